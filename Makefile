@@ -1,0 +1,49 @@
+# snpd — make demo runs the whole story on this host; make test runs every test.
+# Both install what they need first (root: QEMU 10 from bookworm-backports, OVMF, libvirt,
+# a guest kernel); see scripts/install-deps.sh.
+
+GO        ?= go
+BIN       := bin
+FUZZTIME  ?= 5s
+export GOFLAGS ?= -mod=mod
+
+.PHONY: all build deps demo test unit lint fuzz bench install install-hook clean
+
+all: build
+
+deps:
+	bash scripts/install-deps.sh
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ ./cmd/...
+
+demo: deps build
+	bash scripts/demo.sh
+
+# test: install, lint, unit + integration tests with the race detector, then a short run
+# of every fuzz target.
+test: deps lint unit fuzz
+
+unit:
+	$(GO) test -race -count=1 -timeout 40m ./...
+
+lint:
+	bash scripts/lint.sh
+
+fuzz:
+	bash scripts/fuzz-all.sh $(FUZZTIME)
+
+bench: deps build
+	bash scripts/bench.sh
+
+install: build
+	install -D -m 0755 $(BIN)/snpd $(DESTDIR)/usr/local/bin/snpd
+	install -D -m 0755 $(BIN)/snpctl $(DESTDIR)/usr/local/bin/snpctl
+	install -D -m 0644 systemd/snpd.service $(DESTDIR)/etc/systemd/system/snpd.service
+	install -D -m 0644 systemd/snpd.socket $(DESTDIR)/etc/systemd/system/snpd.socket
+
+install-hook: build
+	install -D -m 0755 $(BIN)/snpctl $(DESTDIR)/etc/libvirt/hooks/qemu.d/snpd
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,60 @@
+// Command snpctl is snpd's operator CLI: it measures firmware, builds ID blocks, drives
+// VMs over snpd's unix socket, checks policy, verifies attestation and serves as the
+// libvirt hook.
+//
+// Each subcommand lives in its own file and registers itself with addCommand in init.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+)
+
+var subcommands []func() *cobra.Command
+
+// addCommand registers a constructor for a top-level subcommand.
+func addCommand(f func() *cobra.Command) { subcommands = append(subcommands, f) }
+
+// exitError carries an exit status chosen by a subcommand; its message (if any) has
+// already been printed.
+type exitError struct{ code int }
+
+func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
+
+func newRoot() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "snpctl",
+		Short:         "Operate snpd: measure, launch and attest AMD SEV-SNP guests",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().String("socket", "", "snpd API socket (default $SNPD_SOCKET, then /run/snpd/snpd.sock)")
+	for _, f := range subcommands {
+		root.AddCommand(f())
+	}
+	return root
+}
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+// run executes snpctl with args and returns the process exit status. Errors are printed
+// as one line on stderr.
+func run(args []string) int {
+	root := newRoot()
+	root.SetArgs(args)
+	err := root.Execute()
+	if err == nil {
+		return 0
+	}
+	var ee exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	fmt.Fprintf(os.Stderr, "Error: %v\n", err)
+	return 1
+}
