@@ -1,0 +1,337 @@
+// Package agentproto is the versioned protocol spoken between snpd and snp-agent over
+// the guest channel (a virtio-serial port named "org.snpd.agent.0", or vsock).
+//
+// # Framing
+//
+// Every message is one frame: a 16-byte header followed by a payload.
+//
+//	offset size field
+//	0      4    magic "SNPA"
+//	4      1    version (Version, currently 1)
+//	5      1    message type (Type)
+//	6      2    reserved, zero
+//	8      4    request id, big endian (a response echoes its request's id)
+//	12     4    payload length in bytes, big endian, at most MaxPayload
+//	16     n    payload: one JSON object of the type's struct ([]byte fields are base64),
+//	            decoded strictly (unknown fields are errors)
+//
+// A peer that receives a frame with another version answers TypeError
+// ("unsupported protocol version N") and the exchange fails; nothing is guessed.
+//
+// # Exchanges
+//
+// snpd is the client: it sends ReportRequest (or Ping) and reads exactly one answer with
+// the same id (ReportResponse, Pong, or Error). The agent never initiates. Both sides bound
+// each exchange with a timeout and every field with a size limit (see the Max constants).
+// On vsock snpd dials the guest CID it assigned at launch, and on virtio-serial the
+// per-VM unix socket QEMU serves, so an answer always belongs to that VM's guest.
+//
+// # REPORT_DATA binding
+//
+// The 64-byte REPORT_DATA the agent asks the AMD-SP to sign is exactly
+//
+//	SHA-512( "snpd-attest-v1" || 0x00 || uint16_be(len(nonce)) || nonce || user_data )
+//
+// where nonce is 1..MaxNonce bytes chosen by the verifier and user_data 0..MaxUserData
+// bytes (empty when absent). ReportData computes it; a verifier recomputes it from the
+// nonce it sent.
+package agentproto
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha512"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Version is the protocol version this package speaks.
+const Version = 1
+
+// Magic starts every frame.
+const Magic = "SNPA"
+
+// HeaderSize is the frame header size in bytes.
+const HeaderSize = 16
+
+// Size limits, in bytes.
+const (
+	// MaxPayload bounds one frame's payload (the JSON object).
+	MaxPayload = 64 << 10
+	// MaxNonce and MinNonce bound the verifier's nonce.
+	MaxNonce = 64
+	MinNonce = 1
+	// MaxUserData bounds the optional user data bound into REPORT_DATA.
+	MaxUserData = 64
+	// MaxReport bounds a raw attestation report (1184 bytes on current firmware).
+	MaxReport = 4096
+	// MaxCertTable bounds the GHCB certificate table returned with a report.
+	MaxCertTable = 40 << 10
+	// MaxMessage bounds an error message.
+	MaxMessage = 1024
+)
+
+// BindingLabel is the domain-separation label hashed first into REPORT_DATA.
+const BindingLabel = "snpd-attest-v1"
+
+// Type is a message type.
+type Type uint8
+
+// Message types.
+const (
+	TypeReportRequest  Type = 1
+	TypeReportResponse Type = 2
+	TypeError          Type = 3
+	TypePing           Type = 4
+	TypePong           Type = 5
+)
+
+func (t Type) String() string {
+	switch t {
+	case TypeReportRequest:
+		return "report-request"
+	case TypeReportResponse:
+		return "report-response"
+	case TypeError:
+		return "error"
+	case TypePing:
+		return "ping"
+	case TypePong:
+		return "pong"
+	}
+	return fmt.Sprintf("type-%d", uint8(t))
+}
+
+// ReportRequest asks the agent for an attestation report bound to Nonce and UserData.
+type ReportRequest struct {
+	// Nonce is the verifier's challenge, MinNonce..MaxNonce bytes.
+	Nonce []byte `json:"nonce"`
+	// UserData is optional extra data bound into REPORT_DATA, 0..MaxUserData bytes
+	// (nil: none).
+	UserData []byte `json:"user_data,omitempty"`
+}
+
+// ReportResponse carries the raw report the AMD-SP produced and the certificate table the
+// platform gave with it (GHCB format; empty when the host supplied none).
+type ReportResponse struct {
+	// Report is the raw ATTESTATION_REPORT (1184 bytes on current firmware, at most MaxReport).
+	Report []byte `json:"report"`
+	// CertTable is the GHCB certificate table, at most MaxCertTable bytes (nil: none).
+	CertTable []byte `json:"cert_table,omitempty"`
+}
+
+// Error is the agent's answer when it cannot produce a report.
+type Error struct {
+	// Message is a one-line reason, at most MaxMessage bytes.
+	Message string `json:"message"`
+}
+
+// Ping asks whether the agent is alive; the agent answers Pong with its own version.
+type Ping struct{}
+
+// Pong answers Ping.
+type Pong struct {
+	// Agent names the agent build ("snp-agent").
+	Agent string `json:"agent"`
+}
+
+// ReportData returns the 64-byte REPORT_DATA bound to nonce and userData (see the package
+// comment for the exact construction). It does not check sizes; Validate does.
+func ReportData(nonce, userData []byte) [64]byte {
+	h := sha512.New()
+	h.Write([]byte(BindingLabel))
+	h.Write([]byte{0})
+	var n [2]byte
+	binary.BigEndian.PutUint16(n[:], uint16(len(nonce)))
+	h.Write(n[:])
+	h.Write(nonce)
+	h.Write(userData)
+	var out [64]byte
+	copy(out[:], h.Sum(nil))
+	return out
+}
+
+// Validate checks the request's sizes.
+func (r *ReportRequest) Validate() error {
+	if len(r.Nonce) < MinNonce || len(r.Nonce) > MaxNonce {
+		return fmt.Errorf("nonce is %d bytes, want %d..%d", len(r.Nonce), MinNonce, MaxNonce)
+	}
+	if len(r.UserData) > MaxUserData {
+		return fmt.Errorf("user data is %d bytes, want at most %d", len(r.UserData), MaxUserData)
+	}
+	return nil
+}
+
+// Validate checks the response's sizes.
+func (r *ReportResponse) Validate() error {
+	if len(r.Report) == 0 || len(r.Report) > MaxReport {
+		return fmt.Errorf("report is %d bytes, want 1..%d", len(r.Report), MaxReport)
+	}
+	if len(r.CertTable) > MaxCertTable {
+		return fmt.Errorf("certificate table is %d bytes, want at most %d", len(r.CertTable), MaxCertTable)
+	}
+	return nil
+}
+
+// Validate checks the error's size.
+func (e *Error) Validate() error {
+	if len(e.Message) > MaxMessage {
+		return fmt.Errorf("error message is %d bytes, want at most %d", len(e.Message), MaxMessage)
+	}
+	return nil
+}
+
+// Frame is one decoded frame.
+type Frame struct {
+	// Version is the sender's protocol version.
+	Version uint8
+	// Type is the message type.
+	Type Type
+	// ID pairs a response with its request.
+	ID uint32
+	// Payload is the raw JSON payload (at most MaxPayload bytes).
+	Payload []byte
+}
+
+// Errors returned by ReadFrame.
+var (
+	// ErrBadMagic means the stream is not at a frame boundary (or not this protocol).
+	ErrBadMagic = errors.New("bad frame magic")
+	// ErrTooLarge means a frame announced a payload over MaxPayload.
+	ErrTooLarge = errors.New("frame payload too large")
+)
+
+// ErrVersion is returned by ReadFrame for a frame of another protocol version; the frame's
+// payload has been consumed so the stream stays in sync.
+type ErrVersion struct{ Got uint8 }
+
+func (e ErrVersion) Error() string { return fmt.Sprintf("unsupported protocol version %d", e.Got) }
+
+// WriteFrame writes one frame of type t with id and the JSON encoding of msg.
+func WriteFrame(w io.Writer, t Type, id uint32, msg any) error {
+	payload, err := json.Marshal(msg)
+	if err != nil {
+		return fmt.Errorf("encoding %v: %w", t, err)
+	}
+	if len(payload) > MaxPayload {
+		return fmt.Errorf("encoding %v: %w (%d bytes)", t, ErrTooLarge, len(payload))
+	}
+	buf := make([]byte, HeaderSize+len(payload))
+	copy(buf, Magic)
+	buf[4] = Version
+	buf[5] = byte(t)
+	binary.BigEndian.PutUint32(buf[8:], id)
+	binary.BigEndian.PutUint32(buf[12:], uint32(len(payload)))
+	copy(buf[HeaderSize:], payload)
+	if _, err := w.Write(buf); err != nil {
+		return fmt.Errorf("writing %v frame: %w", t, err)
+	}
+	return nil
+}
+
+// ReadFrame reads one frame. It never allocates more than HeaderSize+MaxPayload bytes.
+func ReadFrame(r io.Reader) (*Frame, error) {
+	var h [HeaderSize]byte
+	if _, err := io.ReadFull(r, h[:]); err != nil {
+		return nil, err
+	}
+	return readAfterHeader(r, h)
+}
+
+func readAfterHeader(r io.Reader, h [HeaderSize]byte) (*Frame, error) {
+	if string(h[:4]) != Magic {
+		return nil, ErrBadMagic
+	}
+	if h[6] != 0 || h[7] != 0 {
+		return nil, errors.New("reserved header bytes are not zero")
+	}
+	n := binary.BigEndian.Uint32(h[12:])
+	if n > MaxPayload {
+		return nil, fmt.Errorf("%w: %d bytes", ErrTooLarge, n)
+	}
+	f := &Frame{Version: h[4], Type: Type(h[5]), ID: binary.BigEndian.Uint32(h[8:]), Payload: make([]byte, n)}
+	if _, err := io.ReadFull(r, f.Payload); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, fmt.Errorf("reading %d-byte payload: %w", n, err)
+	}
+	if f.Version != Version {
+		return f, ErrVersion{Got: f.Version}
+	}
+	return f, nil
+}
+
+// Resync discards bytes from r until the frame magic is seen and then reads the frame that
+// starts there. The agent uses it after a framing error on a virtio-serial port, whose
+// stream survives host reconnects and may hold a partial frame. It gives up after limit
+// discarded bytes.
+func Resync(r *bufio.Reader, limit int) (*Frame, error) {
+	var win []byte
+	for i := 0; i < limit; i++ {
+		b, err := r.ReadByte()
+		if err != nil {
+			return nil, err
+		}
+		win = append(win, b)
+		if len(win) > len(Magic) {
+			win = win[1:]
+		}
+		if string(win) == Magic {
+			var h [HeaderSize]byte
+			copy(h[:], Magic)
+			if _, err := io.ReadFull(r, h[4:]); err != nil {
+				return nil, err
+			}
+			return readAfterHeader(r, h)
+		}
+	}
+	return nil, fmt.Errorf("resynchronizing: no frame magic in %d bytes", limit)
+}
+
+// Decode decodes f's payload strictly into msg (a pointer to one of this package's message
+// structs) and validates its sizes.
+func (f *Frame) Decode(msg any) error {
+	dec := json.NewDecoder(bytes.NewReader(f.Payload))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(msg); err != nil {
+		return fmt.Errorf("decoding %v payload: %w", f.Type, err)
+	}
+	if dec.More() {
+		return fmt.Errorf("decoding %v payload: trailing data", f.Type)
+	}
+	if v, ok := msg.(interface{ Validate() error }); ok {
+		if err := v.Validate(); err != nil {
+			return fmt.Errorf("decoding %v payload: %w", f.Type, err)
+		}
+	}
+	return nil
+}
+
+// RemoteError is an Error message received from the peer.
+type RemoteError struct{ Message string }
+
+func (e *RemoteError) Error() string { return e.Message }
+
+// DecodeReportResponse interprets f as the answer to a report request: a ReportResponse, or
+// a *RemoteError carrying the agent's Error message.
+func DecodeReportResponse(f *Frame) (*ReportResponse, error) {
+	switch f.Type {
+	case TypeReportResponse:
+		var r ReportResponse
+		if err := f.Decode(&r); err != nil {
+			return nil, err
+		}
+		return &r, nil
+	case TypeError:
+		var e Error
+		if err := f.Decode(&e); err != nil {
+			return nil, err
+		}
+		return nil, &RemoteError{Message: e.Message}
+	}
+	return nil, fmt.Errorf("unexpected %v frame in answer to a report request", f.Type)
+}

@@ -1,0 +1,215 @@
+package agentproto
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha512"
+	"encoding/hex"
+	"errors"
+	"net"
+	"strings"
+	"testing"
+	"time"
+)
+
+type fakeSource struct {
+	got [64]byte
+	err error
+}
+
+func (s *fakeSource) GetReport(rd [64]byte) ([]byte, []byte, error) {
+	s.got = rd
+	if s.err != nil {
+		return nil, nil, s.err
+	}
+	return bytes.Repeat([]byte{0xab}, 1184), []byte{1, 2, 3}, nil
+}
+
+func TestReportDataBinding(t *testing.T) {
+	// Recompute the documented construction by hand.
+	nonce, _ := hex.DecodeString("00112233445566778899aabbccddeeff")
+	ud := []byte("hello")
+	var in []byte
+	in = append(in, "snpd-attest-v1"...)
+	in = append(in, 0, 0, 16)
+	in = append(in, nonce...)
+	in = append(in, ud...)
+	want := sha512.Sum512(in)
+	if got := ReportData(nonce, ud); got != want {
+		t.Fatalf("ReportData = %x, want %x", got, want)
+	}
+	// Moving a byte between nonce and user data must change the binding.
+	if ReportData(nonce[:15], append([]byte{nonce[15]}, ud...)) == want {
+		t.Fatal("binding is ambiguous between nonce and user data")
+	}
+}
+
+func pipe(t *testing.T, src ReportSource) net.Conn {
+	t.Helper()
+	a, b := net.Pipe()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Serve(ctx, b, src) }()
+	t.Cleanup(func() {
+		cancel()
+		a.Close()
+		b.Close()
+		<-done
+	})
+	return a
+}
+
+func TestExchangeReport(t *testing.T) {
+	src := &fakeSource{}
+	c := pipe(t, src)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	nonce := []byte("0123456789abcdef")
+	f, err := Exchange(ctx, c, TypeReportRequest, 7, &ReportRequest{Nonce: nonce})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := DecodeReportResponse(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Report) != 1184 || !bytes.Equal(resp.CertTable, []byte{1, 2, 3}) {
+		t.Fatalf("unexpected response %d bytes report, cert table %x", len(resp.Report), resp.CertTable)
+	}
+	if src.got != ReportData(nonce, nil) {
+		t.Fatal("agent did not bind REPORT_DATA to the nonce")
+	}
+}
+
+func TestExchangeAgentError(t *testing.T) {
+	c := pipe(t, &fakeSource{err: errors.New("guest has no SEV-SNP report device")})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	f, err := Exchange(ctx, c, TypeReportRequest, 1, &ReportRequest{Nonce: []byte{1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = DecodeReportResponse(f)
+	var re *RemoteError
+	if !errors.As(err, &re) || re.Message != "guest has no SEV-SNP report device" {
+		t.Fatalf("got %v, want the agent's error", err)
+	}
+}
+
+func TestExchangeRejectsBadNonce(t *testing.T) {
+	c := pipe(t, &fakeSource{})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	f, err := Exchange(ctx, c, TypeReportRequest, 1, &ReportRequest{Nonce: make([]byte, 65)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := DecodeReportResponse(f); err == nil || !strings.Contains(err.Error(), "nonce is 65 bytes") {
+		t.Fatalf("got %v, want a nonce size error", err)
+	}
+}
+
+func TestExchangeTimesOut(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	go func() { // a guest that reads but never answers
+		buf := make([]byte, 4096)
+		for {
+			if _, err := b.Read(buf); err != nil {
+				return
+			}
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	_, err := Exchange(ctx, a, TypePing, 1, &Ping{})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v, want deadline exceeded", err)
+	}
+	if _, err := Exchange(context.Background(), a, TypePing, 1, &Ping{}); err == nil {
+		t.Fatal("exchange without deadline accepted")
+	}
+}
+
+func TestServeResyncsAfterGarbage(t *testing.T) {
+	c := pipe(t, &fakeSource{})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	// A stale partial frame then garbage: the agent reports a framing error and then
+	// answers the next well-formed request.
+	go func() { _, _ = c.Write([]byte("SNPX\x01garbage-bytes")) }()
+	br := bufio.NewReader(c)
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	f, err := ReadFrame(br)
+	if err != nil || f.Type != TypeError {
+		t.Fatalf("want a framing error frame, got %+v %v", f, err)
+	}
+	f, err = Exchange(ctx, struct{ net.Conn }{c}, TypePing, 9, &Ping{})
+	if err != nil || f.Type != TypePong {
+		t.Fatalf("after resync: %+v %v", f, err)
+	}
+}
+
+func TestVersionMismatch(t *testing.T) {
+	var buf bytes.Buffer
+	if err := WriteFrame(&buf, TypePing, 3, &Ping{}); err != nil {
+		t.Fatal(err)
+	}
+	b := buf.Bytes()
+	b[4] = 2
+	_, err := ReadFrame(bytes.NewReader(b))
+	var ve ErrVersion
+	if !errors.As(err, &ve) || ve.Got != 2 {
+		t.Fatalf("got %v, want version error", err)
+	}
+}
+
+func TestReadFrameLimits(t *testing.T) {
+	h := []byte("SNPA\x01\x02\x00\x00\x00\x00\x00\x01\xff\xff\xff\xff")
+	if _, err := ReadFrame(bytes.NewReader(h)); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("got %v, want ErrTooLarge", err)
+	}
+	var buf bytes.Buffer
+	_ = WriteFrame(&buf, TypeReportResponse, 1, map[string]any{"report": "AAAA", "extra": 1})
+	f, err := ReadFrame(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := DecodeReportResponse(f); err == nil || !strings.Contains(err.Error(), "unknown field") {
+		t.Fatalf("got %v, want unknown field error", err)
+	}
+}
+
+// FuzzReadFrame feeds arbitrary bytes to the frame reader and the strict decoders: no
+// panic, and a decoded frame re-encodes to the same header.
+func FuzzReadFrame(f *testing.F) {
+	var buf bytes.Buffer
+	_ = WriteFrame(&buf, TypeReportRequest, 1, &ReportRequest{Nonce: []byte{1, 2, 3}})
+	f.Add(buf.Bytes())
+	buf.Reset()
+	_ = WriteFrame(&buf, TypeReportResponse, 2, &ReportResponse{Report: []byte{1}, CertTable: []byte{2}})
+	f.Add(buf.Bytes())
+	buf.Reset()
+	_ = WriteFrame(&buf, TypeError, 3, &Error{Message: "x"})
+	f.Add(buf.Bytes())
+	f.Add([]byte("SNPA"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fr, err := ReadFrame(bytes.NewReader(data))
+		if err != nil {
+			return
+		}
+		if len(fr.Payload) > MaxPayload {
+			t.Fatalf("payload %d over limit", len(fr.Payload))
+		}
+		var req ReportRequest
+		if fr.Decode(&req) == nil && req.Validate() != nil {
+			t.Fatal("Decode accepted an invalid request")
+		}
+		if resp, err := DecodeReportResponse(fr); err == nil && resp.Validate() != nil {
+			t.Fatal("DecodeReportResponse accepted an invalid response")
+		}
+		_, _ = Resync(bufio.NewReader(bytes.NewReader(data)), 1<<16)
+	})
+}

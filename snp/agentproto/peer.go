@@ -1,0 +1,142 @@
+package agentproto
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"time"
+)
+
+// ReportSource produces a raw attestation report for a 64-byte REPORT_DATA, with the
+// certificate table the platform supplied (nil: none). snp-agent implements it with
+// go-sev-guest's QuoteProvider.
+type ReportSource interface {
+	GetReport(reportData [64]byte) (report, certTable []byte, err error)
+}
+
+// AgentName is sent in Pong.
+const AgentName = "snp-agent"
+
+// maxResync bounds how many stray bytes Serve discards looking for a frame boundary.
+const maxResync = 1 << 20
+
+// Serve answers requests read from rw until rw returns an error (io.EOF on a clean
+// close) or ctx ends. Every request gets exactly one answer; a report the source cannot
+// produce is answered with TypeError carrying the source's error text. A framing error
+// is answered with TypeError (id 0) and Serve resynchronizes on the next frame magic.
+func Serve(ctx context.Context, rw io.ReadWriter, src ReportSource) error {
+	br := bufio.NewReaderSize(rw, HeaderSize+MaxPayload)
+	resync := false
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		var f *Frame
+		var err error
+		if resync {
+			f, err = Resync(br, maxResync)
+		} else {
+			f, err = ReadFrame(br)
+		}
+		resync = false
+		var ve ErrVersion
+		switch {
+		case err == nil:
+		case errors.As(err, &ve):
+			if werr := WriteFrame(rw, TypeError, f.ID, &Error{Message: ve.Error()}); werr != nil {
+				return werr
+			}
+			continue
+		case errors.Is(err, ErrBadMagic) || errors.Is(err, ErrTooLarge):
+			if werr := WriteFrame(rw, TypeError, 0, &Error{Message: "framing error: " + err.Error()}); werr != nil {
+				return werr
+			}
+			resync = true
+			continue
+		default:
+			return err
+		}
+		if err := answer(rw, f, src); err != nil {
+			return err
+		}
+	}
+}
+
+func answer(w io.Writer, f *Frame, src ReportSource) error {
+	switch f.Type {
+	case TypePing:
+		var p Ping
+		if err := f.Decode(&p); err != nil {
+			return WriteFrame(w, TypeError, f.ID, &Error{Message: err.Error()})
+		}
+		return WriteFrame(w, TypePong, f.ID, &Pong{Agent: AgentName})
+	case TypeReportRequest:
+		var req ReportRequest
+		if err := f.Decode(&req); err != nil {
+			return WriteFrame(w, TypeError, f.ID, &Error{Message: err.Error()})
+		}
+		report, certs, err := src.GetReport(ReportData(req.Nonce, req.UserData))
+		if err != nil {
+			return WriteFrame(w, TypeError, f.ID, &Error{Message: truncate(err.Error())})
+		}
+		resp := &ReportResponse{Report: report, CertTable: certs}
+		if err := resp.Validate(); err != nil {
+			return WriteFrame(w, TypeError, f.ID, &Error{Message: "report device answer: " + err.Error()})
+		}
+		return WriteFrame(w, TypeReportResponse, f.ID, resp)
+	}
+	return WriteFrame(w, TypeError, f.ID, &Error{Message: fmt.Sprintf("unsupported request type %v", f.Type)})
+}
+
+func truncate(s string) string {
+	if len(s) > MaxMessage {
+		return s[:MaxMessage]
+	}
+	return s
+}
+
+// Exchange sends one request on conn and returns the answer frame with the same id,
+// skipping stale frames with other ids (left over from an earlier, timed-out exchange on
+// a virtio-serial port). The whole exchange is bounded by ctx's deadline, which it sets
+// on conn; a zero deadline is refused so a silent guest cannot hang the caller.
+func Exchange(ctx context.Context, conn net.Conn, t Type, id uint32, msg any) (*Frame, error) {
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		return nil, errors.New("agent exchange needs a deadline")
+	}
+	if err := conn.SetDeadline(deadline); err != nil {
+		return nil, fmt.Errorf("setting deadline: %w", err)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	if err := WriteFrame(conn, t, id, msg); err != nil {
+		return nil, err
+	}
+	br := bufio.NewReaderSize(conn, 4096)
+	for skipped := 0; ; skipped++ {
+		f, err := ReadFrame(br)
+		if err != nil {
+			var ve ErrVersion
+			if errors.As(err, &ve) {
+				return nil, fmt.Errorf("reading agent answer: %w", err)
+			}
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("waiting for the guest agent: %w", ctx.Err())
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				return nil, fmt.Errorf("waiting for the guest agent: %w", context.DeadlineExceeded)
+			}
+			return nil, fmt.Errorf("reading agent answer: %w", err)
+		}
+		if f.ID == id {
+			return f, nil
+		}
+		if skipped > 16 {
+			return nil, errors.New("reading agent answer: too many stray frames")
+		}
+	}
+}
