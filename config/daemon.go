@@ -1,0 +1,202 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"time"
+)
+
+// Platform names accepted in snpd.toml's platform setting.
+const (
+	// PlatformSEVSNP launches confidential guests (needs /dev/sev and an SNP host).
+	PlatformSEVSNP = "sev-snp"
+	// PlatformNone launches plain KVM guests with the same pinned argv and still computes
+	// and records the expected launch digest (tests, demos, development hosts).
+	PlatformNone = "none"
+)
+
+// Default locations used when snpd.toml leaves them empty.
+const (
+	DefaultConfigPath = "/etc/snpd/snpd.toml"
+	DefaultStateDir   = "/var/lib/snpd"
+	DefaultRuntimeDir = "/run/snpd"
+	DefaultQEMU       = "/usr/bin/qemu-system-x86_64"
+	// DefaultSocketName is the API socket's file name inside the runtime directory.
+	DefaultSocketName = "snpd.sock"
+	// DefaultVsockPort is the vsock port the guest agent listens on.
+	DefaultVsockPort = 5000
+	// DefaultStopTimeout is how long a graceful stop waits before killing QEMU.
+	DefaultStopTimeout = 30 * time.Second
+)
+
+// Daemon is snpd's own configuration (snpd.toml). Relative paths in the file are resolved
+// against the file's directory by LoadDaemon, so an example config works from any working
+// directory.
+type Daemon struct {
+	// StateDir holds the durable store (state.db). Default /var/lib/snpd.
+	StateDir string `toml:"state_dir"`
+	// RuntimeDir holds the API socket and per-VM runtime directories
+	// (<runtime_dir>/vms/<name>/: qmp.sock, agent.sock, console.log). Default /run/snpd.
+	RuntimeDir string `toml:"runtime_dir"`
+	// QEMU is the absolute path of qemu-system-x86_64. Reattach compares /proc/PID/exe
+	// with it. Default /usr/bin/qemu-system-x86_64.
+	QEMU string `toml:"qemu"`
+	// Platform is "sev-snp" (default) or "none".
+	Platform string `toml:"platform"`
+	// Socket is the API socket path. Default <runtime_dir>/snpd.sock.
+	Socket string `toml:"socket"`
+	// OperateGroup names the group whose members may change VMs (define, start, stop...).
+	// Empty: only root may. The socket file is owned by this group (else ReadGroup).
+	OperateGroup string `toml:"operate_group"`
+	// ReadGroup names the group whose members may only read (list, show, log, events).
+	// Empty: nobody besides root and OperateGroup.
+	ReadGroup string `toml:"read_group"`
+	// PolicyFile is the host policy (TOML). Empty: no host policy beyond the built-in
+	// validation of each definition.
+	PolicyFile string `toml:"policy_file"`
+	// VMDir is a directory of *.toml VM definitions imported (defined) at start when no
+	// VM of that name exists in the store yet. Empty: none.
+	VMDir string `toml:"vm_dir"`
+	// StopTimeout is how long "vm stop" waits for a guest to power off before killing
+	// QEMU, as a Go duration ("30s"). Default 30s.
+	StopTimeout Duration `toml:"stop_timeout"`
+	// GuestChannel configures how snpd reaches guest agents.
+	GuestChannel GuestChannel `toml:"guest_channel"`
+}
+
+// GuestChannel configures the guest channel used for attestation.
+type GuestChannel struct {
+	// VsockPort is the vsock port the guest agent listens on (1..0xFFFFFFFE). Default 5000.
+	VsockPort uint32 `toml:"vsock_port"`
+	// Timeout bounds one agent exchange, as a Go duration. Default 10s.
+	Timeout Duration `toml:"timeout"`
+}
+
+// Duration is a time.Duration that decodes from and encodes to TOML/JSON text ("30s").
+type Duration time.Duration
+
+// UnmarshalText parses a Go duration string.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("parsing duration: %w", err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalText formats the duration as Go does ("1m30s").
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// LoadDaemon reads path strictly (unknown keys are errors with their line), resolves
+// relative paths against path's directory, applies defaults and validates.
+func LoadDaemon(path string) (*Daemon, error) {
+	var d Daemon
+	if err := ReadFileStrict(path, &d); err != nil {
+		return nil, err
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("resolving config path: %w", err)
+	}
+	d.ResolvePaths(filepath.Dir(abs))
+	return &d, nil
+}
+
+// ResolvePaths makes every relative path setting absolute against dir.
+func (d *Daemon) ResolvePaths(dir string) {
+	for _, p := range []*string{&d.StateDir, &d.RuntimeDir, &d.QEMU, &d.Socket, &d.PolicyFile, &d.VMDir} {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(dir, *p)
+		}
+	}
+}
+
+// SetDefaults fills every empty setting with its documented default. Call it after
+// command-line overrides (the socket default depends on the runtime directory).
+func (d *Daemon) SetDefaults() {
+	if d.StateDir == "" {
+		d.StateDir = DefaultStateDir
+	}
+	if d.RuntimeDir == "" {
+		d.RuntimeDir = DefaultRuntimeDir
+	}
+	if d.QEMU == "" {
+		d.QEMU = DefaultQEMU
+	}
+	if d.Platform == "" {
+		d.Platform = PlatformSEVSNP
+	}
+	if d.Socket == "" {
+		d.Socket = filepath.Join(d.RuntimeDir, DefaultSocketName)
+	}
+	if d.StopTimeout == 0 {
+		d.StopTimeout = Duration(DefaultStopTimeout)
+	}
+	if d.GuestChannel.VsockPort == 0 {
+		d.GuestChannel.VsockPort = DefaultVsockPort
+	}
+	if d.GuestChannel.Timeout == 0 {
+		d.GuestChannel.Timeout = Duration(10 * time.Second)
+	}
+}
+
+var groupNameRE = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
+
+// Validate reports every problem with the (defaulted) settings, joined.
+func (d *Daemon) Validate() error {
+	var errs []error
+	abs := func(key, v string) {
+		if v != "" && !filepath.IsAbs(v) {
+			errs = append(errs, fmt.Errorf("%s %q: must be an absolute path", key, v))
+		}
+	}
+	abs("state_dir", d.StateDir)
+	abs("runtime_dir", d.RuntimeDir)
+	abs("qemu", d.QEMU)
+	abs("socket", d.Socket)
+	abs("policy_file", d.PolicyFile)
+	abs("vm_dir", d.VMDir)
+	switch d.Platform {
+	case PlatformSEVSNP, PlatformNone:
+	default:
+		errs = append(errs, fmt.Errorf("platform %q: must be %q or %q", d.Platform, PlatformSEVSNP, PlatformNone))
+	}
+	for key, g := range map[string]string{"operate_group": d.OperateGroup, "read_group": d.ReadGroup} {
+		if g != "" && !groupNameRE.MatchString(g) && !isNumeric(g) {
+			errs = append(errs, fmt.Errorf("%s %q: not a group name or numeric gid", key, g))
+		}
+	}
+	if d.StopTimeout < 0 || time.Duration(d.StopTimeout) > time.Hour {
+		errs = append(errs, fmt.Errorf("stop_timeout %s: must be between 0 and 1h", time.Duration(d.StopTimeout)))
+	}
+	if d.GuestChannel.VsockPort == 0xFFFFFFFF {
+		errs = append(errs, errors.New("guest_channel.vsock_port: 0xFFFFFFFF is VMADDR_PORT_ANY"))
+	}
+	if d.GuestChannel.Timeout < 0 {
+		errs = append(errs, errors.New("guest_channel.timeout: must not be negative"))
+	}
+	if d.QEMU != "" && filepath.IsAbs(d.QEMU) {
+		if st, err := os.Stat(d.QEMU); err != nil {
+			errs = append(errs, fmt.Errorf("qemu: %w", err))
+		} else if st.IsDir() || st.Mode()&0o111 == 0 {
+			errs = append(errs, fmt.Errorf("qemu %q: not an executable file", d.QEMU))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func isNumeric(s string) bool {
+	if s == "" || len(s) > 10 {
+		return false
+	}
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,221 @@
+package api
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// Client talks to snpd over its unix socket. The zero value is not usable; use NewClient.
+type Client struct {
+	// Socket is the API socket path.
+	Socket string
+	hc     *http.Client
+}
+
+// SocketFromEnv returns flagValue if set, else $SNPD_SOCKET, else DefaultSocket.
+func SocketFromEnv(flagValue string) string {
+	if flagValue != "" {
+		return flagValue
+	}
+	if s := os.Getenv("SNPD_SOCKET"); s != "" {
+		return s
+	}
+	return DefaultSocket
+}
+
+// NewClient returns a client for the snpd API socket at socket.
+func NewClient(socket string) *Client {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+		DisableCompression: true,
+	}
+	return &Client{Socket: socket, hc: &http.Client{Transport: tr}}
+}
+
+// Do sends a request with in (if non-nil) as JSON body and decodes a 2xx JSON response
+// into out (if non-nil). Non-2xx responses become *Error (errors.Is matches the sentinel
+// kinds); transport failures become one-line errors with a hint.
+func (c *Client) Do(ctx context.Context, method, path string, in, out any) error {
+	resp, err := c.send(ctx, method, path, in)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if out == nil {
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, MaxBodySize))
+		return nil
+	}
+	if w, ok := out.(io.Writer); ok {
+		_, err := io.Copy(w, resp.Body)
+		if err != nil {
+			return fmt.Errorf("reading response: %w", err)
+		}
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("decoding response to %s %s: %w", method, path, err)
+	}
+	return nil
+}
+
+func (c *Client) send(ctx context.Context, method, path string, in any) (*http.Response, error) {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return nil, fmt.Errorf("encoding request: %w", err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://snpd"+path, body)
+	if err != nil {
+		return nil, fmt.Errorf("building request: %w", err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, c.transportError(err)
+	}
+	if resp.StatusCode/100 != 2 {
+		defer resp.Body.Close()
+		return nil, decodeError(resp)
+	}
+	return resp, nil
+}
+
+func (c *Client) transportError(err error) error {
+	switch {
+	case errors.Is(err, syscall.ENOENT), errors.Is(err, syscall.ECONNREFUSED):
+		return &Error{Kind: KindUnavailable, Message: fmt.Sprintf("snpd is not running (no answer on %s): systemctl status snpd", c.Socket)}
+	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
+		return &Error{Kind: KindForbidden, Message: fmt.Sprintf("permission denied on %s: run as root or as a member of snpd's operate or read group", c.Socket)}
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return err
+	}
+	return &Error{Kind: KindUnavailable, Message: fmt.Sprintf("talking to snpd on %s: %v", c.Socket, err)}
+}
+
+func decodeError(resp *http.Response) error {
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	var e Error
+	if json.Unmarshal(b, &e) != nil || e.Message == "" {
+		e = Error{Kind: KindForStatus(resp.StatusCode), Message: strings.TrimSpace(string(b))}
+		if e.Message == "" {
+			e.Message = resp.Status
+		}
+	}
+	e.Status = resp.StatusCode
+	if e.Kind == KindForbidden && !strings.Contains(e.Message, "group") {
+		e.Message += ": run as root or as a member of snpd's operate group (read group for read-only commands)"
+	}
+	return &e
+}
+
+// Status returns the daemon's status.
+func (c *Client) Status(ctx context.Context) (*Status, error) {
+	var s Status
+	return &s, c.Do(ctx, http.MethodGet, "/v1/status", nil, &s)
+}
+
+// List returns every defined VM, sorted by name.
+func (c *Client) List(ctx context.Context) ([]VMSummary, error) {
+	var l ListResponse
+	err := c.Do(ctx, http.MethodGet, "/v1/vms", nil, &l)
+	return l.VMs, err
+}
+
+func vmPath(name, suffix string) string { return "/v1/vms/" + url.PathEscape(name) + suffix }
+
+// Get returns one VM with its definition and last run.
+func (c *Client) Get(ctx context.Context, name string) (*VMInfo, error) {
+	var v VMInfo
+	return &v, c.Do(ctx, http.MethodGet, vmPath(name, ""), nil, &v)
+}
+
+// Define stores a VM definition (TOML text) and returns the stored VM.
+func (c *Client) Define(ctx context.Context, req DefineRequest) (*VMInfo, error) {
+	var v VMInfo
+	return &v, c.Do(ctx, http.MethodPost, "/v1/vms", req, &v)
+}
+
+// Undefine removes a stopped VM and its run history.
+func (c *Client) Undefine(ctx context.Context, name string) error {
+	return c.Do(ctx, http.MethodDelete, vmPath(name, ""), nil, nil)
+}
+
+// Start launches a VM and returns once it runs (or the start failed).
+func (c *Client) Start(ctx context.Context, name string) (*VMInfo, error) {
+	var v VMInfo
+	return &v, c.Do(ctx, http.MethodPost, vmPath(name, "/start"), struct{}{}, &v)
+}
+
+// Stop powers a VM off gracefully, killing QEMU after the timeout.
+func (c *Client) Stop(ctx context.Context, name string, req StopRequest) (*VMInfo, error) {
+	var v VMInfo
+	return &v, c.Do(ctx, http.MethodPost, vmPath(name, "/stop"), req, &v)
+}
+
+// Kill kills a VM's QEMU at once (SIGKILL).
+func (c *Client) Kill(ctx context.Context, name string) (*VMInfo, error) {
+	var v VMInfo
+	return &v, c.Do(ctx, http.MethodPost, vmPath(name, "/kill"), struct{}{}, &v)
+}
+
+// Log writes the last maxBytes bytes (0: server default) of the VM's console log to w.
+func (c *Client) Log(ctx context.Context, name string, maxBytes int, w io.Writer) error {
+	p := vmPath(name, "/log")
+	if maxBytes > 0 {
+		p += "?bytes=" + strconv.Itoa(maxBytes)
+	}
+	return c.Do(ctx, http.MethodGet, p, nil, w)
+}
+
+// Events streams state changes (of VM vm, or all if empty) to fn until ctx ends, fn
+// returns an error, or the server closes the stream.
+func (c *Client) Events(ctx context.Context, vm string, fn func(Event) error) error {
+	p := "/v1/events"
+	if vm != "" {
+		p += "?vm=" + url.QueryEscape(vm)
+	}
+	resp, err := c.send(ctx, http.MethodGet, p, nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		data, ok := strings.CutPrefix(sc.Text(), "data: ")
+		if !ok {
+			continue
+		}
+		var ev Event
+		if err := json.Unmarshal([]byte(data), &ev); err != nil {
+			return fmt.Errorf("decoding event: %w", err)
+		}
+		if err := fn(ev); err != nil {
+			return err
+		}
+	}
+	if err := sc.Err(); err != nil && ctx.Err() == nil {
+		return fmt.Errorf("reading events: %w", err)
+	}
+	return ctx.Err()
+}

@@ -1,0 +1,194 @@
+package api
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// DefaultSocket is where snpd listens unless configured otherwise and where snpctl looks
+// when neither --socket nor SNPD_SOCKET is given.
+const DefaultSocket = "/run/snpd/snpd.sock"
+
+// MaxBodySize bounds every request body the server reads (2 MiB: a VM definition is at
+// most 1 MiB of TOML, JSON-quoted).
+const MaxBodySize = 2 << 20
+
+// State is a VM's lifecycle state.
+type State string
+
+// VM states. A VM that was never started, or whose last run ended cleanly, is stopped.
+const (
+	StateStopped  State = "stopped"
+	StateStarting State = "starting" // QEMU started paused, not yet resumed
+	StateRunning  State = "running"
+	StateStopping State = "stopping"
+	StateCrashed  State = "crashed" // QEMU died without being asked to
+	StateFailed   State = "failed"  // the start failed, or a half-started QEMU was killed
+)
+
+// Terminal reports whether s means no QEMU process belongs to the VM.
+func (s State) Terminal() bool {
+	return s == StateStopped || s == StateCrashed || s == StateFailed
+}
+
+// ValidName checks a VM name: 1..63 characters of [A-Za-z0-9._-], not starting with '.'
+// or '-' (so it can never be a path separator, a relative path or a shell word).
+func ValidName(name string) error {
+	if name == "" || len(name) > 63 {
+		return fmt.Errorf("vm name %q: must be 1 to 63 characters: %w", name, ErrInvalid)
+	}
+	if name[0] == '.' || name[0] == '-' {
+		return fmt.Errorf("vm name %q: must not start with '.' or '-': %w", name, ErrInvalid)
+	}
+	for _, c := range name {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return fmt.Errorf("vm name %q: character %q not allowed (only A-Z a-z 0-9 . _ -): %w", name, c, ErrInvalid)
+		}
+	}
+	return nil
+}
+
+// DefineRequest is the body of POST /v1/vms: the VM definition as TOML text, decoded
+// strictly by the server (errors carry File and line numbers).
+type DefineRequest struct {
+	// File names the definition in error messages (usually the path snpctl read).
+	File string `json:"file,omitempty"`
+	// TOML is the definition text (at most 1 MiB).
+	TOML string `json:"toml"`
+	// Replace allows redefining a VM that exists and is not running.
+	Replace bool `json:"replace,omitempty"`
+}
+
+// VMSummary is one row of GET /v1/vms.
+type VMSummary struct {
+	Name  string `json:"name"`
+	State State  `json:"state"`
+	// PID of QEMU while a process belongs to the VM, else 0.
+	PID int `json:"pid,omitempty"`
+	// Since is when State was entered.
+	Since time.Time `json:"since"`
+	// Starts counts launches since the VM was defined.
+	Starts int `json:"starts"`
+	// Restart is the restart policy: "never" or "on-crash".
+	Restart string `json:"restart,omitempty"`
+	// VCPUs and MemoryMiB (MiB) from the definition.
+	VCPUs     int    `json:"vcpus"`
+	MemoryMiB uint64 `json:"memory_mib"`
+}
+
+// ListResponse is the body of GET /v1/vms.
+type ListResponse struct {
+	VMs []VMSummary `json:"vms"`
+}
+
+// Transition is one state change with its time.
+type Transition struct {
+	State  State     `json:"state"`
+	At     time.Time `json:"at"`
+	Reason string    `json:"reason,omitempty"`
+}
+
+// ExitStatus is how a QEMU process ended.
+type ExitStatus struct {
+	// Known is false when the status could not be observed (the process was not snpd's
+	// child, e.g. after snpd restarted); Code and Signal are then empty.
+	Known bool `json:"known"`
+	// Code is the exit code when QEMU exited normally (nil otherwise).
+	Code *int `json:"code,omitempty"`
+	// Signal names the signal that killed QEMU ("SIGKILL"), if any.
+	Signal string `json:"signal,omitempty"`
+	// Detail says how the status was determined or why it is unknown.
+	Detail string `json:"detail,omitempty"`
+}
+
+func (e *ExitStatus) String() string {
+	switch {
+	case e == nil:
+		return "-"
+	case !e.Known:
+		return "unknown (" + e.Detail + ")"
+	case e.Signal != "":
+		return "killed by " + e.Signal
+	case e.Code != nil:
+		return fmt.Sprintf("exit code %d", *e.Code)
+	}
+	return "-"
+}
+
+// Run is one start of a VM: the launch record plus what happened to the process.
+type Run struct {
+	// Seq numbers runs of a VM from 1.
+	Seq int `json:"seq"`
+	// PID of QEMU (0 if it never started) and its start time in clock ticks since boot
+	// (/proc/PID/stat field 22), which identifies the process across pid reuse.
+	PID            int    `json:"pid,omitempty"`
+	ProcStartTicks uint64 `json:"proc_start_ticks,omitempty"`
+	// QEMU is the executable path QEMU was started from.
+	QEMU string `json:"qemu,omitempty"`
+	// RuntimeDir is the per-VM runtime directory (qmp.sock, console.log).
+	RuntimeDir string `json:"runtime_dir,omitempty"`
+	// State is the run's current state; Transitions every state with its time.
+	State       State        `json:"state"`
+	Transitions []Transition `json:"transitions"`
+	// Exit is set once the process ended (nil while it runs).
+	Exit *ExitStatus `json:"exit,omitempty"`
+	// Error is why the start failed, if it did.
+	Error string `json:"error,omitempty"`
+	// Record is the launch record (expected digest, component digests, argv, QEMU
+	// version...) as the launcher produced it; nil if the start failed before.
+	Record json.RawMessage `json:"record,omitempty"`
+}
+
+// VMInfo is the body of GET /v1/vms/{name}.
+type VMInfo struct {
+	VMSummary
+	// DefinedAt is when the current definition was stored.
+	DefinedAt time.Time `json:"defined_at"`
+	// TOML is the definition text as defined; Definition its decoded form.
+	TOML       string          `json:"toml"`
+	Definition json.RawMessage `json:"definition"`
+	// Last is the most recent run (nil if never started).
+	Last *Run `json:"last,omitempty"`
+}
+
+// StopRequest is the body of POST /v1/vms/{name}/stop.
+type StopRequest struct {
+	// TimeoutSeconds bounds the graceful power-off before QEMU is killed; 0 uses the
+	// daemon's stop_timeout.
+	TimeoutSeconds float64 `json:"timeout_seconds,omitempty"`
+}
+
+// Event is one state change on GET /v1/events (server-sent events, one JSON per
+// "data:" line).
+type Event struct {
+	// Seq increases by one per event since snpd started.
+	Seq    uint64    `json:"seq"`
+	VM     string    `json:"vm"`
+	State  State     `json:"state"`
+	At     time.Time `json:"at"`
+	PID    int       `json:"pid,omitempty"`
+	Reason string    `json:"reason,omitempty"`
+}
+
+// Status is the body of GET /v1/status.
+type Status struct {
+	Version   string        `json:"version"`
+	Platform  string        `json:"platform"`
+	PID       int           `json:"pid"`
+	StartedAt time.Time     `json:"started_at"`
+	StateDir  string        `json:"state_dir"`
+	Socket    string        `json:"socket"`
+	QEMU      string        `json:"qemu"`
+	VMs       map[State]int `json:"vms"`
+	// Reattached lists what happened to each VM found running at start.
+	Reattached []ReattachResult `json:"reattached,omitempty"`
+}
+
+// ReattachResult is what snpd did with one VM recorded as running when it started.
+type ReattachResult struct {
+	VM     string `json:"vm"`
+	PID    int    `json:"pid"`
+	State  State  `json:"state"`
+	Detail string `json:"detail"`
+}
