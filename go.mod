@@ -3,6 +3,7 @@ module github.com/snpd/snpd
 go 1.26.8
 
 require (
+	filippo.io/nistec v0.0.4
 	github.com/coreos/go-systemd/v22 v22.7.0
 	github.com/digitalocean/go-qemu v0.0.0-20250212194115-ee9b0668d242
 	github.com/google/go-sev-guest v0.15.0
