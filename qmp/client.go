@@ -12,6 +12,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -231,7 +232,7 @@ func (c *Client) readLoop(r *bufio.Reader) {
 	for {
 		line, err := readLine(r, c.maxMsg)
 		if err != nil {
-			if errors.Is(err, io.EOF) {
+			if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
 				err = ErrDisconnected
 			} else {
 				err = fmt.Errorf("reading QMP socket: %w", err)

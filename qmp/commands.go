@@ -75,8 +75,8 @@ const (
 )
 
 // SevInfo is query-sev's reply, a QAPI union on sev-type: Policy and Handle are set for
-// "sev" (SEV and SEV-ES), SNPPolicy for "sev-snp". query-sev fails with a GenericError
-// when the VM is not a SEV guest.
+// "sev" (SEV and SEV-ES), SNPPolicy for "sev-snp". On a VM without SEV, QEMU 10.0
+// answers Enabled false, State "uninit" and the "sev" arm with zeros.
 type SevInfo struct {
 	// Enabled is true when memory encryption is active.
 	Enabled bool `json:"enabled"`

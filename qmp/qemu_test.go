@@ -1,0 +1,204 @@
+package qmp_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/snpd/snpd/qmp"
+)
+
+// qemuBinary is the QEMU the project installs (scripts/install-deps.sh).
+const qemuBinary = "qemu-system-x86_64"
+
+// startQEMU starts `qemu-system-x86_64 -machine none -S ...` with its QMP monitor on a
+// listening socket created by this process and passed as fd 3, exactly as snpd does,
+// and returns the socket path. QEMU is killed when the test ends.
+func startQEMU(t *testing.T) (path string, cmd *exec.Cmd) {
+	t.Helper()
+	bin, err := exec.LookPath(qemuBinary)
+	if err != nil {
+		t.Skipf("%s not installed (scripts/install-deps.sh installs it): %v", qemuBinary, err)
+	}
+	dir, err := os.MkdirTemp("", "qmp-qemu")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	path = filepath.Join(dir, "qmp.sock")
+	lf, err := qmp.ListenUnix(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chardev, err := qmp.ChardevSocketFD("qmp", 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	argv := []string{bin, "-machine", "none", "-S", "-nodefaults", "-no-user-config",
+		"-display", "none", "-chardev", chardev, "-mon", "chardev=qmp,mode=control"}
+	t.Logf("argv: %q", argv)
+	cmd = exec.Command(argv[0], argv[1:]...)
+	cmd.ExtraFiles = []*os.File{lf}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		lf.Close()
+		t.Fatalf("starting qemu: %v", err)
+	}
+	lf.Close()
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+		if t.Failed() {
+			t.Logf("qemu stderr: %s", stderr.String())
+		}
+	})
+	return path, cmd
+}
+
+func dialQEMU(t *testing.T, path string) *qmp.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := qmp.Dial(ctx, path, nil)
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func TestQEMUQueries(t *testing.T) {
+	path, _ := startQEMU(t)
+	c := dialQEMU(t, path)
+	ctx := testCtx(t)
+
+	v, err := c.QueryVersion(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("QEMU %s (%s)", v, v.Package)
+	if !v.AtLeast(9, 1) {
+		t.Errorf("QEMU %s is older than 9.1 (no sev-snp-guest)", v)
+	}
+	if g := c.Greeting().Version; g != v {
+		t.Errorf("greeting version %+v != query-version %+v", g, v)
+	}
+	st, err := c.QueryStatus(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Running || st.Status != qmp.RunStatePrelaunch {
+		t.Errorf("query-status = %+v, want prelaunch, not running", st)
+	}
+
+	raw, err := c.ExecuteRaw(ctx, "query-qmp-schema", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("query-qmp-schema reply: %d bytes", len(raw))
+	if len(raw) < 128<<10 {
+		t.Errorf("query-qmp-schema reply is %d bytes, expected > 128 KiB (a line longer than bufio.Scanner's 64 KiB)", len(raw))
+	}
+
+	props, err := c.QOMListProperties(ctx, "sev-snp-guest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]string{}
+	var lines []string
+	for _, p := range props {
+		have[p.Name] = p.Type
+		lines = append(lines, p.Name+" ("+p.Type+")")
+	}
+	sort.Strings(lines)
+	t.Logf("sev-snp-guest properties: %s", strings.Join(lines, ", "))
+	for _, name := range []string{"policy", "id-block", "id-auth", "host-data", "kernel-hashes", "guest-visible-workarounds", "author-key-enabled", "cbitpos", "reduced-phys-bits"} {
+		if _, ok := have[name]; !ok {
+			t.Errorf("sev-snp-guest has no property %q", name)
+		}
+	}
+	if have["policy"] != "uint64" {
+		t.Errorf("sev-snp-guest policy type = %q, want uint64", have["policy"])
+	}
+
+	// -machine none has no SEV: QEMU 10.0 answers enabled=false with the "sev" arm.
+	sev, err := c.QuerySEV(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sev.Enabled || sev.SevType != qmp.SevTypeSEV || sev.Policy == nil || sev.SNPPolicy != nil || sev.State != "uninit" {
+		t.Errorf("query-sev on -machine none = %+v", sev)
+	}
+	// Real error replies keep class and description.
+	var qe *qmp.Error
+	err = c.QOMGet(ctx, "/no/such/object", "type", new(any))
+	if !errors.As(err, &qe) || qe.Class != qmp.ClassDeviceNotFound || !strings.Contains(qe.Desc, "/no/such/object") {
+		t.Errorf("qom-get on a missing path: %v, want DeviceNotFound", err)
+	}
+	_, err = c.QuerySEVCapabilities(ctx)
+	if _, statErr := os.Stat("/dev/sev"); statErr != nil {
+		if !errors.As(err, &qe) || qe.Class != qmp.ClassGenericError {
+			t.Errorf("query-sev-capabilities without /dev/sev: %v, want GenericError", err)
+		} else {
+			t.Logf("query-sev-capabilities: %s: %s", qe.Class, qe.Desc)
+		}
+	}
+
+	list, err := c.QOMList(ctx, "/machine")
+	if err != nil || len(list) == 0 {
+		t.Errorf("qom-list /machine = %d entries, %v", len(list), err)
+	}
+	var typ string
+	if err := c.QOMGet(ctx, "/machine", "type", &typ); err != nil || typ != "none-machine" {
+		t.Errorf("qom-get /machine type = %q, %v", typ, err)
+	}
+	mem, err := c.QueryMemorySizeSummary(ctx)
+	if err != nil {
+		t.Errorf("query-memory-size-summary: %v", err)
+	} else {
+		t.Logf("memory: %+v", mem)
+	}
+	cpus, err := c.QueryCPUsFast(ctx)
+	if err != nil {
+		t.Errorf("query-cpus-fast: %v", err)
+	} else {
+		t.Logf("cpus: %d", len(cpus))
+	}
+}
+
+func TestQEMUQuit(t *testing.T) {
+	path, cmd := startQEMU(t)
+	c := dialQEMU(t, path)
+	sub := c.Subscribe(0)
+	if err := c.Quit(testCtx(t)); err != nil {
+		t.Fatalf("quit: %v", err)
+	}
+	select {
+	case <-c.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("connection still open 10 s after quit")
+	}
+	if !errors.Is(c.Err(), qmp.ErrDisconnected) {
+		t.Errorf("Err after quit = %v, want ErrDisconnected", c.Err())
+	}
+	var names []string
+	for ev := range sub.Events() {
+		names = append(names, ev.Name)
+		if sd, ok := ev.Typed.(qmp.ShutdownEvent); ok && sd.Reason != "host-qmp-quit" {
+			t.Errorf("SHUTDOWN reason = %q", sd.Reason)
+		}
+	}
+	if len(names) == 0 || names[len(names)-1] != qmp.EventShutdown {
+		t.Errorf("events after quit = %v, want SHUTDOWN last", names)
+	}
+	_ = cmd
+}
