@@ -33,7 +33,9 @@ var (
 // It returns an empty map and nil when the process was not socket-activated
 // (LISTEN_PID unset or another process's). Fail closed: malformed variables, or an
 // inherited descriptor that is not a listening stream socket, are an error and no
-// listener is returned (all inherited descriptors are then closed).
+// listener is returned (the inherited descriptors are then closed, except when
+// LISTEN_FDS itself is unreadable and which ones were passed is unknown). The daemon
+// must exit on such an error rather than create its own socket.
 //
 // Closing an activated unix listener does not remove its socket file (it belongs to
 // snpd.socket, which keeps listening while snpd restarts).
