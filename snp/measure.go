@@ -199,8 +199,8 @@ var (
 
 // kernelHashesHint follows ErrNoKernelHashes: it is the case users hit with distro
 // firmware.
-const kernelHashesHint = "this firmware is not an AmdSev build (Debian's OVMF.fd is not an AmdSev build): " +
-	"use an OVMF built from OvmfPkg/AmdSev/AmdSevX64.dsc, or boot without --kernel"
+const kernelHashesHint = "Debian's OVMF.fd is not an AmdSev build; " +
+	"use an OVMF built from OvmfPkg/AmdSev/AmdSevX64.dsc, or boot without a kernel"
 
 // Measure computes the launch digest of in, exactly as virtee/sev-snp-measure v0.0.13
 // does. Firmware pages are hashed in parallel while the PAGE_INFO chain runs in
@@ -416,7 +416,7 @@ func measureSNP(in MeasureInput) (*Measurement, error) {
 	var hashesPage []byte
 	if in.Mode == ModeSNP && in.Kernel != nil {
 		if !fw.HasKernelHashes() {
-			return nil, fmt.Errorf("%w (%s)", ErrNoKernelHashes, kernelHashesHint)
+			return nil, fmt.Errorf("%w: %s", ErrNoKernelHashes, kernelHashesHint)
 		}
 		tgpa, err := fw.SEVHashesTableGPA()
 		if err != nil {
