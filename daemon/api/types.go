@@ -56,6 +56,9 @@ type DefineRequest struct {
 	File string `json:"file,omitempty"`
 	// TOML is the definition text (at most 1 MiB).
 	TOML string `json:"toml"`
+	// Dir is the absolute directory relative paths in the definition are resolved
+	// against (snpctl sends the file's directory); empty: relative paths are errors.
+	Dir string `json:"dir,omitempty"`
 	// Replace allows redefining a VM that exists and is not running.
 	Replace bool `json:"replace,omitempty"`
 }

@@ -1,0 +1,344 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/snpd/snpd/config"
+	"github.com/snpd/snpd/daemon/api"
+)
+
+func init() { addCommand(newVMCmd) }
+
+// apiClient returns a client for the socket named by --socket, $SNPD_SOCKET or the default.
+func apiClient(cmd *cobra.Command) *api.Client {
+	flag, _ := cmd.Flags().GetString("socket")
+	return api.NewClient(api.SocketFromEnv(flag))
+}
+
+func jsonOutput(cmd *cobra.Command) bool {
+	v, _ := cmd.Flags().GetBool("json")
+	return v
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func newVMCmd() *cobra.Command {
+	vm := &cobra.Command{
+		Use:   "vm",
+		Short: "Define, start, stop and inspect VMs managed by snpd",
+	}
+	vm.PersistentFlags().Bool("json", false, "print JSON instead of tables")
+	vm.AddCommand(vmDefineCmd(), vmUndefineCmd(), vmListCmd(), vmShowCmd(), vmStartCmd(),
+		vmStopCmd(), vmKillCmd(), vmLogCmd(), vmEventsCmd())
+	return vm
+}
+
+func vmDefineCmd() *cobra.Command {
+	var replace bool
+	c := &cobra.Command{
+		Use:   "define FILE",
+		Short: "Store a VM definition (TOML) in snpd; relative paths are resolved against FILE's directory",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			f, err := os.Open(args[0])
+			if err != nil {
+				return fmt.Errorf("reading definition: %w", err)
+			}
+			defer f.Close()
+			b, err := io.ReadAll(io.LimitReader(f, config.MaxFileSize+1))
+			if err != nil {
+				return fmt.Errorf("reading definition: %w", err)
+			}
+			if len(b) > config.MaxFileSize {
+				return fmt.Errorf("%s: larger than %d bytes", args[0], config.MaxFileSize)
+			}
+			abs, err := filepath.Abs(args[0])
+			if err != nil {
+				return fmt.Errorf("resolving %s: %w", args[0], err)
+			}
+			info, err := apiClient(cmd).Define(cmd.Context(), api.DefineRequest{File: args[0], TOML: string(b), Dir: filepath.Dir(abs), Replace: replace})
+			if err != nil {
+				return err
+			}
+			if jsonOutput(cmd) {
+				return printJSON(cmd.OutOrStdout(), info)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "defined %s\n", info.Name)
+			return nil
+		},
+	}
+	c.Flags().BoolVar(&replace, "replace", false, "replace an existing definition of a stopped VM")
+	return c
+}
+
+func vmUndefineCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "undefine NAME",
+		Short: "Remove a stopped VM's definition and run history",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := apiClient(cmd).Undefine(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			if jsonOutput(cmd) {
+				return printJSON(cmd.OutOrStdout(), map[string]string{"undefined": args[0]})
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "undefined %s\n", args[0])
+			return nil
+		},
+	}
+}
+
+func age(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return time.Since(t).Truncate(time.Second).String()
+}
+
+func vmListCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "list",
+		Short: "List VMs with their state",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			vms, err := apiClient(cmd).List(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if jsonOutput(cmd) {
+				return printJSON(cmd.OutOrStdout(), api.ListResponse{VMs: vms})
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tSTATE\tPID\tSINCE\tVCPUS\tMEMORY\tSTARTS\tRESTART")
+			for _, v := range vms {
+				pid := "-"
+				if v.PID > 0 {
+					pid = fmt.Sprint(v.PID)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%dMiB\t%d\t%s\n", v.Name, v.State, pid, age(v.Since), v.VCPUs, v.MemoryMiB, v.Starts, orDash(v.Restart))
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func vmShowCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "show NAME",
+		Short: "Show a VM: state, expected measurement and the whole launch record",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			info, err := apiClient(cmd).Get(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if jsonOutput(cmd) {
+				return printJSON(cmd.OutOrStdout(), info)
+			}
+			printVMInfo(cmd.OutOrStdout(), info)
+			return nil
+		},
+	}
+}
+
+func printVMInfo(w io.Writer, info *api.VMInfo) {
+	tw := tabwriter.NewWriter(w, 0, 4, 1, ' ', 0)
+	kv := func(k string, v any) { fmt.Fprintf(tw, "%s:\t%v\n", k, v) }
+	kv("Name", info.Name)
+	kv("State", fmt.Sprintf("%s (since %s)", info.State, info.Since.Format(time.RFC3339)))
+	if info.PID > 0 {
+		kv("PID", info.PID)
+	}
+	kv("Defined", info.DefinedAt.Format(time.RFC3339))
+	kv("Starts", info.Starts)
+	kv("Restart", orDash(info.Restart))
+	r := info.Last
+	if r == nil {
+		tw.Flush()
+		return
+	}
+	kv("Last run", r.Seq)
+	if r.Error != "" {
+		kv("Error", r.Error)
+	}
+	if r.Exit != nil {
+		kv("Exit", r.Exit.String())
+	}
+	var rec api.LaunchRecord
+	if len(r.Record) > 0 && json.Unmarshal(r.Record, &rec) == nil {
+		kv("Platform", rec.Platform+noteSuffix(rec.Note))
+		kv("Expected digest", orDash(rec.ExpectedDigest))
+		kv("Firmware sha256", fmt.Sprintf("%s (%d bytes)", orDash(rec.FirmwareSHA256), rec.FirmwareSize))
+		if rec.FirmwareSHA384 != "" {
+			kv("Firmware sha384", rec.FirmwareSHA384)
+		}
+		kv("Kernel sha256", orDash(rec.KernelSHA256))
+		kv("Initrd sha256", orDash(rec.InitrdSHA256))
+		kv("Cmdline", orDash(rec.Cmdline))
+		kv("vCPUs", fmt.Sprintf("%d x %s (signature %#x)", rec.VCPUs, rec.CPUModel, rec.VCPUSig))
+		kv("Memory", fmt.Sprintf("%d MiB", rec.MemoryMiB))
+		kv("Guest policy", fmt.Sprintf("%#x", rec.Policy))
+		kv("Guest features", fmt.Sprintf("%#x", rec.GuestFeatures))
+		kv("Host data", orDash(rec.HostData))
+		kv("ID block sha256", orDash(rec.IDBlockSHA256))
+		kv("ID auth sha256", orDash(rec.IDAuthSHA256))
+		kv("QEMU", rec.QEMUPath+" "+rec.QEMUVersion+" (accel "+rec.Accel+")")
+		kv("Started", rec.StartedAt.Format(time.RFC3339Nano))
+		kv("Start ticks", rec.StartTicks)
+		kv("Runtime dir", rec.RuntimeDir)
+		kv("Argv", strings.Join(rec.Argv, " "))
+	}
+	fmt.Fprintln(tw, "Transitions:\t")
+	for _, t := range r.Transitions {
+		fmt.Fprintf(tw, "  %s\t%s %s\n", t.At.Format(time.RFC3339Nano), t.State, t.Reason)
+	}
+	tw.Flush()
+}
+
+func noteSuffix(n string) string {
+	if n == "" {
+		return ""
+	}
+	return " (" + n + ")"
+}
+
+func vmStartCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "start NAME",
+		Short: "Launch a VM (measured, verified over QMP, recorded before it runs)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			info, err := apiClient(cmd).Start(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return printStateChange(cmd, info)
+		},
+	}
+}
+
+func printStateChange(cmd *cobra.Command, info *api.VMInfo) error {
+	if jsonOutput(cmd) {
+		return printJSON(cmd.OutOrStdout(), info)
+	}
+	line := fmt.Sprintf("%s: %s", info.Name, info.State)
+	if info.PID > 0 {
+		line += fmt.Sprintf(" (pid %d)", info.PID)
+	}
+	if info.Last != nil && info.Last.Exit != nil {
+		line += ": " + info.Last.Exit.String()
+	}
+	fmt.Fprintln(cmd.OutOrStdout(), line)
+	return nil
+}
+
+func vmStopCmd() *cobra.Command {
+	var timeout time.Duration
+	c := &cobra.Command{
+		Use:   "stop NAME",
+		Short: "Power a VM off (ACPI); QEMU is killed after --timeout",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			info, err := apiClient(cmd).Stop(cmd.Context(), args[0], api.StopRequest{TimeoutSeconds: timeout.Seconds()})
+			if err != nil {
+				return err
+			}
+			return printStateChange(cmd, info)
+		},
+	}
+	c.Flags().DurationVar(&timeout, "timeout", 0, "graceful power-off time before QEMU is killed (0: snpd's stop_timeout)")
+	return c
+}
+
+func vmKillCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "kill NAME",
+		Short: "Kill a VM's QEMU at once",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			info, err := apiClient(cmd).Kill(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return printStateChange(cmd, info)
+		},
+	}
+}
+
+func vmLogCmd() *cobra.Command {
+	var n int
+	c := &cobra.Command{
+		Use:   "log NAME",
+		Short: "Print the tail of a VM's console log",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if jsonOutput(cmd) {
+				var sb strings.Builder
+				if err := apiClient(cmd).Log(cmd.Context(), args[0], n, &sb); err != nil {
+					return err
+				}
+				return printJSON(cmd.OutOrStdout(), map[string]string{"vm": args[0], "log": sb.String()})
+			}
+			return apiClient(cmd).Log(cmd.Context(), args[0], n, cmd.OutOrStdout())
+		},
+	}
+	c.Flags().IntVar(&n, "bytes", 16<<10, "how many bytes of the log's end to print")
+	return c
+}
+
+func vmEventsCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "events [NAME]",
+		Short: "Stream VM state changes until interrupted",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := ""
+			if len(args) == 1 {
+				name = args[0]
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
+			defer stop()
+			asJSON := jsonOutput(cmd)
+			out := cmd.OutOrStdout()
+			err := apiClient(cmd).Events(ctx, name, func(ev api.Event) error {
+				if asJSON {
+					b, err := json.Marshal(ev)
+					if err != nil {
+						return err
+					}
+					_, err = fmt.Fprintf(out, "%s\n", b)
+					return err
+				}
+				_, err := fmt.Fprintf(out, "%s %s %s pid=%d %s\n", ev.At.Format(time.RFC3339Nano), ev.VM, ev.State, ev.PID, ev.Reason)
+				return err
+			})
+			if err == context.Canceled {
+				return nil
+			}
+			return err
+		},
+	}
+}

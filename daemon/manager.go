@@ -1,0 +1,552 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/snpd/snpd/config"
+	"github.com/snpd/snpd/daemon/api"
+)
+
+// vmProcess is a QEMU process the Manager watches: one this snpd launched (its child,
+// whose exit status can be waited for) or one it reattached to after a restart.
+type vmProcess interface {
+	// PID is QEMU's process id.
+	PID() int
+	// Done is closed when the process has exited.
+	Done() <-chan struct{}
+	// Exit is how the process ended; valid after Done is closed.
+	Exit() api.ExitStatus
+	// Stop asks the guest to power off (ACPI) and kills QEMU after grace; it returns
+	// once the process has exited or ctx ends.
+	Stop(ctx context.Context, grace time.Duration) error
+	// Kill sends SIGKILL.
+	Kill() error
+}
+
+// startFunc launches vm. beforeCont is called with the launch record once QEMU runs
+// paused and has been checked, before the first cont; an error from it aborts the launch
+// (QEMU is killed). The returned process is running (resumed).
+type startFunc func(ctx context.Context, vm *config.VM, beforeCont func(*api.LaunchRecord) error) (vmProcess, error)
+
+// Manager owns the VMs: definitions and runs in the Store, the live QEMU processes, and
+// the stream of state changes. All methods are safe for concurrent use.
+type Manager struct {
+	store       *Store
+	start       startFunc
+	log         *slog.Logger
+	runtimeDir  string
+	qemu        string
+	stopTimeout time.Duration
+	// validate checks a decoded definition (defaults applied) before it is stored.
+	validate func(*config.VM) error
+
+	mu   sync.Mutex
+	live map[string]*liveVM
+	subs map[chan api.Event]string
+	seq  uint64
+	// closed is set by Close: no more starts or restarts.
+	closed bool
+	// crashRestarts counts on-crash restarts per VM within restartWindow.
+	crashRestarts map[string][]time.Time
+}
+
+// liveVM is a VM with a QEMU process (starting, running or stopping), or reserved for
+// a start in progress (proc nil).
+type liveVM struct {
+	run  api.Run
+	proc vmProcess
+	// stopRequested is set by Stop/Kill: the exit is then "stopped", not "crashed".
+	stopRequested bool
+	restart       string
+	// finished is closed once the exit has been recorded.
+	finished chan struct{}
+}
+
+const (
+	restartWindow   = 10 * time.Minute
+	restartMaxTimes = 5
+)
+
+// ManagerOptions configure NewManager.
+type ManagerOptions struct {
+	Store *Store
+	// Start launches a VM (see startFunc).
+	Start startFunc
+	// Validate checks a definition before it is stored (nil: none beyond the name).
+	Validate func(*config.VM) error
+	// RuntimeDir is snpd's runtime directory (per-VM dirs are RuntimeDir/vms/<name>).
+	RuntimeDir string
+	// QEMU is the configured QEMU binary path (reattach checks /proc/PID/exe against it).
+	QEMU string
+	// StopTimeout is the default graceful-stop timeout.
+	StopTimeout time.Duration
+	// Log receives state changes and errors (nil: discarded).
+	Log *slog.Logger
+}
+
+// NewManager returns a Manager. Call Reattach before serving requests.
+func NewManager(o ManagerOptions) *Manager {
+	log := o.Log
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return &Manager{
+		store: o.Store, start: o.Start, log: log, runtimeDir: o.RuntimeDir, qemu: o.QEMU,
+		stopTimeout: o.StopTimeout, validate: o.Validate,
+		live: map[string]*liveVM{}, subs: map[chan api.Event]string{},
+		crashRestarts: map[string][]time.Time{},
+	}
+}
+
+// vmRuntimeDir is the per-VM runtime directory.
+func (m *Manager) vmRuntimeDir(name string) string {
+	return filepath.Join(m.runtimeDir, "vms", name)
+}
+
+// transition moves run to state at now, records it durably and publishes the event.
+// Callers hold m.mu.
+func (m *Manager) transitionLocked(name string, run *api.Run, state api.State, reason string) error {
+	now := time.Now().UTC()
+	run.State = state
+	run.Transitions = append(run.Transitions, api.Transition{State: state, At: now, Reason: reason})
+	err := m.store.PutRun(name, run)
+	m.seq++
+	ev := api.Event{Seq: m.seq, VM: name, State: state, At: now, PID: run.PID, Reason: reason}
+	for ch, filter := range m.subs {
+		if filter != "" && filter != name {
+			continue
+		}
+		select {
+		case ch <- ev:
+		default: // a subscriber that does not keep up loses events rather than blocking VMs
+		}
+	}
+	m.log.Info("vm state", "vm", name, "state", state, "pid", run.PID, "reason", reason)
+	return err
+}
+
+// Subscribe returns a channel of state changes (of VM vm, or all if empty) and a cancel
+// function that must be called to release it. Slow readers lose events (buffer 256).
+func (m *Manager) Subscribe(vm string) (<-chan api.Event, func()) {
+	ch := make(chan api.Event, 256)
+	m.mu.Lock()
+	m.subs[ch] = vm
+	m.mu.Unlock()
+	return ch, func() {
+		m.mu.Lock()
+		delete(m.subs, ch)
+		m.mu.Unlock()
+	}
+}
+
+// Define decodes req's TOML strictly, validates it and stores it.
+func (m *Manager) Define(req api.DefineRequest) (*api.VMInfo, error) {
+	file := req.File
+	if file == "" {
+		file = "definition"
+	}
+	var vm config.VM
+	if err := config.DecodeStrict(filepath.Base(file), []byte(req.TOML), &vm); err != nil {
+		return nil, fmt.Errorf("decoding vm definition: %w: %w", err, api.ErrInvalid)
+	}
+	if err := api.ValidName(vm.Name); err != nil {
+		return nil, err
+	}
+	if req.Dir != "" {
+		if !filepath.IsAbs(req.Dir) {
+			return nil, fmt.Errorf("dir %q: must be absolute: %w", req.Dir, api.ErrInvalid)
+		}
+		vm.ResolvePaths(filepath.Clean(req.Dir))
+	}
+	if m.validate != nil {
+		if err := m.validate(&vm); err != nil {
+			return nil, fmt.Errorf("validating vm %q: %w: %w", vm.Name, err, api.ErrInvalid)
+		}
+	}
+	def, err := json.Marshal(&vm)
+	if err != nil {
+		return nil, fmt.Errorf("encoding vm %q: %w", vm.Name, err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.live[vm.Name]; ok && req.Replace {
+		return nil, fmt.Errorf("vm %q is running; stop it before redefining: %w", vm.Name, api.ErrConflict)
+	}
+	sv := StoredVM{Name: vm.Name, TOML: req.TOML, File: req.File, Definition: def, DefinedAt: time.Now().UTC()}
+	if err := m.store.PutVM(sv, req.Replace); err != nil {
+		return nil, err
+	}
+	return m.infoLocked(vm.Name)
+}
+
+// Undefine removes a VM that has no QEMU process, with its run history.
+func (m *Manager) Undefine(name string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.live[name]; ok {
+		return fmt.Errorf("vm %q is running; stop it first: %w", name, api.ErrConflict)
+	}
+	return m.store.DeleteVM(name)
+}
+
+func summary(sv *StoredVM, last *api.Run, starts int, l *liveVM) api.VMSummary {
+	s := api.VMSummary{Name: sv.Name, State: api.StateStopped, Since: sv.DefinedAt, Starts: starts}
+	var vm config.VM
+	if json.Unmarshal(sv.Definition, &vm) == nil {
+		s.VCPUs, s.MemoryMiB, s.Restart = vm.VCPUs, vm.MemoryMiB, vm.Restart
+	}
+	run := last
+	if l != nil {
+		run = &l.run
+	}
+	if run != nil && run.State != "" {
+		s.State = run.State
+		if n := len(run.Transitions); n > 0 {
+			s.Since = run.Transitions[n-1].At
+		}
+		if !run.State.Terminal() {
+			s.PID = run.PID
+		}
+	}
+	return s
+}
+
+// List returns every VM with its state, sorted by name.
+func (m *Manager) List() ([]api.VMSummary, error) {
+	vms, err := m.store.ListVMs()
+	if err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]api.VMSummary, 0, len(vms))
+	for i := range vms {
+		var last *api.Run
+		starts := 0
+		l := m.live[vms[i].Name]
+		if l == nil || l.run.Seq == 0 {
+			if last, starts, err = m.store.LastRun(vms[i].Name); err != nil {
+				return nil, err
+			}
+		} else {
+			starts = l.run.Seq
+		}
+		out = append(out, summary(&vms[i], last, starts, l))
+	}
+	return out, nil
+}
+
+// Get returns one VM with its definition and last run.
+func (m *Manager) Get(name string) (*api.VMInfo, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.infoLocked(name)
+}
+
+func (m *Manager) infoLocked(name string) (*api.VMInfo, error) {
+	sv, err := m.store.GetVM(name)
+	if err != nil {
+		return nil, err
+	}
+	last, starts, err := m.store.LastRun(name)
+	if err != nil {
+		return nil, err
+	}
+	l := m.live[name]
+	if l != nil && l.run.Seq != 0 {
+		r := l.run
+		last = &r
+	}
+	info := &api.VMInfo{VMSummary: summary(sv, last, starts, l), DefinedAt: sv.DefinedAt, TOML: sv.TOML, Definition: sv.Definition, Last: last}
+	return info, nil
+}
+
+// Runs returns up to limit of a VM's newest runs (0: all), oldest first.
+func (m *Manager) Runs(name string, limit int) ([]api.Run, error) {
+	if _, err := m.store.GetVM(name); err != nil {
+		return nil, err
+	}
+	runs, _, err := m.store.Runs(name, limit)
+	return runs, err
+}
+
+// Counts returns how many VMs are in each state.
+func (m *Manager) Counts() (map[api.State]int, error) {
+	l, err := m.List()
+	if err != nil {
+		return nil, err
+	}
+	c := map[api.State]int{}
+	for _, v := range l {
+		c[v.State]++
+	}
+	return c, nil
+}
+
+// Start launches a defined VM and returns once it runs or the start failed (the failure
+// is recorded as a failed run).
+func (m *Manager) Start(ctx context.Context, name string) (*api.VMInfo, error) {
+	sv, err := m.store.GetVM(name)
+	if err != nil {
+		return nil, err
+	}
+	var vm config.VM
+	if err := json.Unmarshal(sv.Definition, &vm); err != nil {
+		return nil, fmt.Errorf("decoding stored definition of %q: %w", name, err)
+	}
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil, fmt.Errorf("snpd is shutting down: %w", api.ErrUnavailable)
+	}
+	if l, ok := m.live[name]; ok {
+		m.mu.Unlock()
+		return nil, fmt.Errorf("vm %q is already %s (pid %d): %w", name, l.run.State, l.run.PID, api.ErrConflict)
+	}
+	l := &liveVM{restart: vm.Restart, finished: make(chan struct{})}
+	m.live[name] = l
+	m.mu.Unlock()
+
+	run, err := m.store.NewRun(name, api.Run{
+		State: api.StateStarting, QEMU: m.qemu, RuntimeDir: m.vmRuntimeDir(name),
+		Transitions: []api.Transition{{State: api.StateStarting, At: time.Now().UTC()}},
+	})
+	if err != nil {
+		m.mu.Lock()
+		delete(m.live, name)
+		m.mu.Unlock()
+		return nil, err
+	}
+	m.mu.Lock()
+	l.run = run
+	m.mu.Unlock()
+	m.publish(name, &run, api.StateStarting, "")
+
+	proc, err := m.start(ctx, &vm, func(rec *api.LaunchRecord) error {
+		// Durable before cont: a crash of snpd from here on leaves a record reattach can
+		// act on (a QEMU found paused before cont is killed).
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		l.run.PID, l.run.ProcStartTicks = rec.PID, rec.StartTicks
+		if rec.QEMUPath != "" {
+			l.run.QEMU = rec.QEMUPath
+		}
+		if rec.RuntimeDir != "" {
+			l.run.RuntimeDir = rec.RuntimeDir
+		}
+		b, err := json.Marshal(rec)
+		if err != nil {
+			return fmt.Errorf("encoding launch record: %w", err)
+		}
+		l.run.Record = b
+		if err := m.store.PutRun(name, &l.run); err != nil {
+			return err
+		}
+		if testHookBeforeCont != nil {
+			testHookBeforeCont(name)
+		}
+		return nil
+	})
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err != nil {
+		l.run.Error = err.Error()
+		if ee := m.transitionLocked(name, &l.run, api.StateFailed, "start failed"); ee != nil {
+			m.log.Error("recording failed start", "vm", name, "err", ee)
+		}
+		delete(m.live, name)
+		close(l.finished)
+		return nil, fmt.Errorf("starting vm %q: %w", name, err)
+	}
+	l.proc = proc
+	l.run.PID = proc.PID()
+	if err := m.transitionLocked(name, &l.run, api.StateRunning, ""); err != nil {
+		m.log.Error("recording running state", "vm", name, "err", err)
+	}
+	go m.watch(name, l)
+	return m.infoLocked(name)
+}
+
+// publish is transitionLocked's event half for a transition already stored.
+func (m *Manager) publish(name string, run *api.Run, state api.State, reason string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.seq++
+	ev := api.Event{Seq: m.seq, VM: name, State: state, At: time.Now().UTC(), PID: run.PID, Reason: reason}
+	for ch, filter := range m.subs {
+		if filter == "" || filter == name {
+			select {
+			case ch <- ev:
+			default:
+			}
+		}
+	}
+}
+
+// testHookBeforeCont, set only by tests, runs after the pre-cont record is durable.
+var testHookBeforeCont func(vm string)
+
+// watch waits for a live VM's QEMU to exit and records how it ended.
+func (m *Manager) watch(name string, l *liveVM) {
+	<-l.proc.Done()
+	exit := l.proc.Exit()
+	m.mu.Lock()
+	l.run.Exit = &exit
+	state, reason := api.StateCrashed, "qemu exited unexpectedly: "+exit.String()
+	if l.stopRequested {
+		state, reason = api.StateStopped, "stopped: "+exit.String()
+	}
+	if err := m.transitionLocked(name, &l.run, state, reason); err != nil {
+		m.log.Error("recording exit", "vm", name, "err", err)
+	}
+	delete(m.live, name)
+	close(l.finished)
+	restart := state == api.StateCrashed && l.restart == "on-crash" && !m.closed && m.allowRestartLocked(name)
+	m.mu.Unlock()
+	if restart {
+		m.log.Info("restarting crashed vm", "vm", name)
+		go func() {
+			if _, err := m.Start(context.Background(), name); err != nil {
+				m.log.Error("restarting crashed vm", "vm", name, "err", err)
+			}
+		}()
+	}
+}
+
+// allowRestartLocked applies the restart budget: at most restartMaxTimes on-crash
+// restarts per restartWindow, so a VM that crashes at boot does not loop forever.
+func (m *Manager) allowRestartLocked(name string) bool {
+	now := time.Now()
+	var recent []time.Time
+	for _, t := range m.crashRestarts[name] {
+		if now.Sub(t) < restartWindow {
+			recent = append(recent, t)
+		}
+	}
+	if len(recent) >= restartMaxTimes {
+		m.crashRestarts[name] = recent
+		return false
+	}
+	m.crashRestarts[name] = append(recent, now)
+	return true
+}
+
+// liveFor returns the live VM, or an error saying it is not running.
+func (m *Manager) liveForLocked(name string) (*liveVM, error) {
+	l, ok := m.live[name]
+	if !ok {
+		if _, err := m.store.GetVM(name); err != nil {
+			return nil, err
+		}
+		return nil, fmt.Errorf("vm %q is not running: %w", name, api.ErrConflict)
+	}
+	if l.proc == nil {
+		return nil, fmt.Errorf("vm %q is still starting: %w", name, api.ErrConflict)
+	}
+	return l, nil
+}
+
+// Stop powers a VM off (ACPI), kills QEMU after timeout (0: the default), and returns
+// once the exit is recorded.
+func (m *Manager) Stop(ctx context.Context, name string, timeout time.Duration) (*api.VMInfo, error) {
+	if timeout <= 0 {
+		timeout = m.stopTimeout
+	}
+	m.mu.Lock()
+	l, err := m.liveForLocked(name)
+	if err != nil {
+		m.mu.Unlock()
+		return nil, err
+	}
+	first := !l.stopRequested
+	l.stopRequested = true
+	if first {
+		if err := m.transitionLocked(name, &l.run, api.StateStopping, fmt.Sprintf("graceful stop, kill after %s", timeout)); err != nil {
+			m.log.Error("recording stopping state", "vm", name, "err", err)
+		}
+	}
+	m.mu.Unlock()
+	if err := l.proc.Stop(ctx, timeout); err != nil {
+		m.log.Warn("stopping vm", "vm", name, "err", err)
+	}
+	select {
+	case <-l.finished:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("waiting for vm %q to stop: %w", name, ctx.Err())
+	}
+	return m.Get(name)
+}
+
+// Kill kills a VM's QEMU at once and returns once the exit is recorded.
+func (m *Manager) Kill(ctx context.Context, name string) (*api.VMInfo, error) {
+	m.mu.Lock()
+	l, err := m.liveForLocked(name)
+	if err != nil {
+		m.mu.Unlock()
+		return nil, err
+	}
+	l.stopRequested = true
+	m.mu.Unlock()
+	if err := l.proc.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return nil, fmt.Errorf("killing vm %q: %w", name, err)
+	}
+	select {
+	case <-l.finished:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("waiting for vm %q to die: %w", name, ctx.Err())
+	}
+	return m.Get(name)
+}
+
+// ConsoleLog returns the last maxBytes bytes of the VM's console log.
+func (m *Manager) ConsoleLog(name string, maxBytes int64) ([]byte, error) {
+	m.mu.Lock()
+	info, err := m.infoLocked(name)
+	m.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	dir := m.vmRuntimeDir(name)
+	if info.Last != nil && info.Last.RuntimeDir != "" {
+		dir = info.Last.RuntimeDir
+	}
+	f, err := os.Open(filepath.Join(dir, "console.log"))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("vm %q has no console log yet: %w", name, api.ErrNotFound)
+		}
+		return nil, fmt.Errorf("opening console log: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("reading console log: %w", err)
+	}
+	off := max(st.Size()-maxBytes, 0)
+	b, err := io.ReadAll(io.NewSectionReader(f, off, st.Size()-off))
+	if err != nil {
+		return nil, fmt.Errorf("reading console log: %w", err)
+	}
+	return b, nil
+}
+
+// Close stops restarts and new starts. Running VMs are left running (snpd's exit must
+// not touch guests); the next snpd reattaches to them.
+func (m *Manager) Close() {
+	m.mu.Lock()
+	m.closed = true
+	for ch := range m.subs {
+		close(ch)
+		delete(m.subs, ch)
+	}
+	m.mu.Unlock()
+}

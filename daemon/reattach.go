@@ -1,0 +1,338 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/snpd/snpd/daemon/api"
+	"github.com/snpd/snpd/qmp"
+)
+
+// procExe returns /proc/PID/exe's target; deleted reports a binary replaced on disk
+// since the process started (a package upgrade).
+func procExe(pid int) (path string, deleted bool, err error) {
+	p, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe")
+	if err != nil {
+		return "", false, fmt.Errorf("reading /proc/%d/exe: %w", pid, err)
+	}
+	if s, ok := strings.CutSuffix(p, " (deleted)"); ok {
+		return s, true, nil
+	}
+	return p, false, nil
+}
+
+// pidfdInfo mirrors the kernel's struct pidfd_info up to exit_code (PIDFD_INFO_SIZE_VER0,
+// 64 bytes; include/uapi/linux/pidfd.h). x/sys/unix has no PIDFD_GET_INFO yet.
+type pidfdInfo struct {
+	Mask, CgroupID                                      uint64
+	PID, TGID, PPID, RUID, RGID, EUID, EGID, SUID, SGID uint32
+	FSUID, FSGID                                        uint32
+	ExitCode                                            int32
+}
+
+const (
+	// _IOWR(PIDFS_IOCTL_MAGIC=0xFF, 11, struct pidfd_info of 64 bytes).
+	ioctlPidfdGetInfo = 3<<30 | 64<<16 | 0xFF<<8 | 11
+	pidfdInfoExit     = 1 << 3 // PIDFD_INFO_EXIT, Linux >= 6.15
+)
+
+// pidfdExitStatus asks the kernel (Linux >= 6.15) for the wait status of the exited
+// process behind pidfd. That works for a process that is not our child, as long as we
+// held the pidfd when it exited; the status appears once its parent reaped it.
+func pidfdExitStatus(pidfd int) (ws unix.WaitStatus, ok bool) {
+	var info pidfdInfo
+	info.Mask = pidfdInfoExit
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(pidfd), ioctlPidfdGetInfo, uintptr(unsafe.Pointer(&info)))
+	if errno != 0 || info.Mask&pidfdInfoExit == 0 {
+		return 0, false
+	}
+	return unix.WaitStatus(info.ExitCode), true
+}
+
+// exitFromWaitStatus converts a wait status into an api.ExitStatus.
+func exitFromWaitStatus(ws unix.WaitStatus, detail string) api.ExitStatus {
+	e := api.ExitStatus{Known: true, Detail: detail}
+	switch {
+	case ws.Signaled():
+		e.Signal = unix.SignalName(ws.Signal())
+	case ws.Exited():
+		c := ws.ExitStatus()
+		e.Code = &c
+	default:
+		e.Known = false
+		e.Detail = fmt.Sprintf("unexpected wait status %#x", uint32(ws))
+	}
+	return e
+}
+
+// notChildDetail says why an exit status may be unknowable.
+const notChildDetail = "qemu was not snpd's child (reattached after an snpd restart) and this kernel did not report its exit status"
+
+// reattachedProc is a QEMU found running at start: watched through a pidfd, driven
+// through a fresh QMP connection (nil if the monitor could not be reached).
+type reattachedProc struct {
+	pid   int
+	pidfd int
+	mon   *qmp.Client
+
+	done     chan struct{}
+	once     sync.Once
+	exit     api.ExitStatus
+	killSent bool
+	mu       sync.Mutex
+}
+
+func (p *reattachedProc) PID() int              { return p.pid }
+func (p *reattachedProc) Done() <-chan struct{} { return p.done }
+func (p *reattachedProc) Exit() api.ExitStatus  { return p.exit }
+
+// watch waits for the pidfd to become readable (the process exited), polling in slices
+// of 250 ms so an exit is noticed well within a second, then fetches the exit status.
+func (p *reattachedProc) watch() {
+	for {
+		fds := []unix.PollFd{{Fd: int32(p.pidfd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, 250)
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			break
+		}
+		if n > 0 {
+			break
+		}
+	}
+	// The status exists once the new parent (init or a subreaper) reaped the zombie.
+	var exit api.ExitStatus
+	deadline := time.Now().Add(time.Second)
+	for {
+		if ws, ok := pidfdExitStatus(p.pidfd); ok {
+			exit = exitFromWaitStatus(ws, "from the pidfd (qemu was reattached, not snpd's child)")
+			break
+		}
+		if time.Now().After(deadline) {
+			exit = api.ExitStatus{Known: false, Detail: notChildDetail}
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	p.mu.Lock()
+	if !exit.Known && p.killSent {
+		exit.Detail += "; snpd had sent SIGKILL"
+	}
+	p.exit = exit
+	p.mu.Unlock()
+	if p.mon != nil {
+		p.mon.Close()
+	}
+	unix.Close(p.pidfd)
+	close(p.done)
+}
+
+func (p *reattachedProc) Kill() error {
+	p.mu.Lock()
+	p.killSent = true
+	p.mu.Unlock()
+	select {
+	case <-p.done:
+		return os.ErrProcessDone
+	default:
+	}
+	if err := unix.PidfdSendSignal(p.pidfd, unix.SIGKILL, nil, 0); err != nil {
+		if errors.Is(err, unix.ESRCH) {
+			return os.ErrProcessDone
+		}
+		return fmt.Errorf("sending SIGKILL to qemu %d: %w", p.pid, err)
+	}
+	return nil
+}
+
+func (p *reattachedProc) Stop(ctx context.Context, grace time.Duration) error {
+	if p.mon != nil {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := p.mon.SystemPowerdown(cctx)
+		cancel()
+		if err != nil {
+			_ = p.Kill()
+		}
+	} else if err := unix.PidfdSendSignal(p.pidfd, unix.SIGTERM, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("sending SIGTERM to qemu %d: %w", p.pid, err)
+	}
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-p.done:
+		return nil
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	_ = p.Kill()
+	select {
+	case <-p.done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for qemu %d to exit: %w", p.pid, ctx.Err())
+	}
+}
+
+// adoptError says why a recorded process is not (or no longer) ours.
+type adoptError struct{ reason string }
+
+func (e *adoptError) Error() string { return e.reason }
+
+// openRecorded opens a pidfd for the process a run records and proves it is the same
+// process: the pid's start time and executable must match the record. The pidfd is
+// taken first, so the checks cannot race with pid reuse.
+func openRecorded(run *api.Run, qemuPath string) (int, error) {
+	if run.PID <= 0 {
+		return -1, &adoptError{"no pid recorded"}
+	}
+	fd, err := unix.PidfdOpen(run.PID, 0)
+	if err != nil {
+		if errors.Is(err, unix.ESRCH) {
+			return -1, &adoptError{fmt.Sprintf("qemu pid %d is gone", run.PID)}
+		}
+		return -1, fmt.Errorf("opening pidfd of %d: %w", run.PID, err)
+	}
+	fail := func(err error) (int, error) { unix.Close(fd); return -1, err }
+	ticks, err := procStartTicks(run.PID)
+	if err != nil {
+		return fail(&adoptError{fmt.Sprintf("qemu pid %d is gone", run.PID)})
+	}
+	if run.ProcStartTicks != 0 && ticks != run.ProcStartTicks {
+		return fail(&adoptError{fmt.Sprintf("pid %d now belongs to another process (start time %d, recorded %d)", run.PID, ticks, run.ProcStartTicks)})
+	}
+	exe, _, err := procExe(run.PID)
+	if err != nil {
+		return fail(&adoptError{fmt.Sprintf("qemu pid %d is gone", run.PID)})
+	}
+	want := run.QEMU
+	if want == "" {
+		want = qemuPath
+	}
+	if wantReal, err := filepath.EvalSymlinks(want); err == nil {
+		want = wantReal
+	}
+	if exe != want {
+		return fail(&adoptError{fmt.Sprintf("pid %d runs %s, not %s", run.PID, exe, want)})
+	}
+	// A zombie (exited, not reaped) still matches the checks above; the pidfd is then
+	// readable at once and the watcher records the exit.
+	return fd, nil
+}
+
+// Reattach adopts every VM the store records as having a QEMU (starting, running or
+// stopping): the same process (pidfd, start time, executable) with a QMP connection is
+// watched again; one found paused before its first cont is killed and marked failed;
+// one whose process is gone is marked crashed (with its exit status only where the
+// kernel can tell it). It returns what it did per VM.
+func (m *Manager) Reattach(ctx context.Context) ([]api.ReattachResult, error) {
+	vms, err := m.store.ListVMs()
+	if err != nil {
+		return nil, err
+	}
+	var out []api.ReattachResult
+	for _, sv := range vms {
+		last, _, err := m.store.LastRun(sv.Name)
+		if err != nil {
+			return out, err
+		}
+		if last == nil || last.State.Terminal() {
+			continue
+		}
+		res := m.reattachOne(ctx, sv.Name, last)
+		m.log.Info("reattach", "vm", res.VM, "pid", res.PID, "state", res.State, "detail", res.Detail)
+		out = append(out, res)
+	}
+	return out, nil
+}
+
+func (m *Manager) reattachOne(ctx context.Context, name string, run *api.Run) api.ReattachResult {
+	res := api.ReattachResult{VM: name, PID: run.PID}
+	var restart string
+	if sv, err := m.store.GetVM(name); err == nil {
+		var vm struct {
+			Restart string `json:"restart"`
+		}
+		_ = json.Unmarshal(sv.Definition, &vm)
+		restart = vm.Restart
+	}
+	record := func(state api.State, reason string, exit *api.ExitStatus) api.ReattachResult {
+		run.Exit = exit
+		m.mu.Lock()
+		if err := m.transitionLocked(name, run, state, reason); err != nil {
+			m.log.Error("recording reattach result", "vm", name, "err", err)
+		}
+		m.mu.Unlock()
+		res.State, res.Detail = state, reason
+		return res
+	}
+	fd, err := openRecorded(run, m.qemu)
+	if err != nil {
+		if run.State == api.StateStarting {
+			return record(api.StateFailed, "snpd stopped during the launch; "+err.Error(), &api.ExitStatus{Detail: notChildDetail})
+		}
+		if run.State == api.StateStopping {
+			return record(api.StateStopped, "stopped while snpd was down; "+err.Error(), &api.ExitStatus{Detail: notChildDetail})
+		}
+		return record(api.StateCrashed, "qemu died while snpd was down; "+err.Error(), &api.ExitStatus{Detail: notChildDetail})
+	}
+	p := &reattachedProc{pid: run.PID, pidfd: fd, done: make(chan struct{})}
+	dir := run.RuntimeDir
+	if dir == "" {
+		dir = m.vmRuntimeDir(name)
+	}
+	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	mon, qerr := qmp.Dial(qctx, filepath.Join(dir, "qmp.sock"), nil)
+	var st qmp.StatusInfo
+	if qerr == nil {
+		p.mon = mon
+		st, qerr = mon.QueryStatus(qctx)
+	}
+	cancel()
+	go p.watch()
+
+	halfStarted := run.State == api.StateStarting ||
+		(qerr == nil && st.Status == qmp.RunStatePrelaunch)
+	if halfStarted {
+		_ = p.Kill()
+		select {
+		case <-p.done:
+		case <-time.After(5 * time.Second):
+		}
+		exit := p.Exit()
+		detail := "found half-started (paused before cont) after an snpd restart; killed"
+		if qerr == nil {
+			detail += " (qmp status " + st.Status + ")"
+		}
+		return record(api.StateFailed, detail, &exit)
+	}
+	l := &liveVM{run: *run, proc: p, restart: restart, finished: make(chan struct{}), stopRequested: run.State == api.StateStopping}
+	m.mu.Lock()
+	m.live[name] = l
+	reason := "reattached after snpd restart"
+	if qerr != nil {
+		reason += "; qmp unreachable: " + qerr.Error()
+	} else {
+		reason += "; qmp status " + st.Status
+	}
+	state := api.StateRunning
+	if run.State == api.StateStopping {
+		state = api.StateStopping
+	}
+	if err := m.transitionLocked(name, &l.run, state, reason); err != nil {
+		m.log.Error("recording reattach", "vm", name, "err", err)
+	}
+	m.mu.Unlock()
+	go m.watch(name, l)
+	res.State, res.Detail = state, reason
+	return res
+}

@@ -1,0 +1,231 @@
+package daemon
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/snpd/snpd/daemon/api"
+)
+
+// routes is the API's one route table (Go 1.22 ServeMux patterns). Add a route by adding
+// a line here; handlers return errors wrapping an api.Err* kind.
+func (s *Server) routes() []Route {
+	return []Route{
+		{"GET /v1/status", RoleRead, s.getStatus},
+		{"GET /v1/events", RoleRead, s.getEvents},
+
+		{"GET /v1/vms", RoleRead, s.listVMs},
+		{"POST /v1/vms", RoleOperate, s.defineVM},
+		{"GET /v1/vms/{name}", RoleRead, s.getVM},
+		{"DELETE /v1/vms/{name}", RoleOperate, s.undefineVM},
+		{"GET /v1/vms/{name}/runs", RoleRead, s.getRuns},
+		{"GET /v1/vms/{name}/log", RoleRead, s.getLog},
+		{"POST /v1/vms/{name}/start", RoleOperate, s.startVM},
+		{"POST /v1/vms/{name}/stop", RoleOperate, s.stopVM},
+		{"POST /v1/vms/{name}/kill", RoleOperate, s.killVM},
+	}
+}
+
+func (s *Server) getStatus(w http.ResponseWriter, r *http.Request) error {
+	counts, err := s.mgr.Counts()
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, api.Status{
+		Version: Version, Platform: s.cfg.Platform, PID: os.Getpid(), StartedAt: s.started,
+		StateDir: s.cfg.StateDir, Socket: s.cfg.Socket, QEMU: s.cfg.QEMU, VMs: counts,
+		Reattached: s.reattached,
+	})
+}
+
+func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) error {
+	l, err := s.mgr.List()
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, api.ListResponse{VMs: l})
+}
+
+func (s *Server) defineVM(w http.ResponseWriter, r *http.Request) error {
+	var req api.DefineRequest
+	if err := decodeJSON(r, &req); err != nil {
+		return err
+	}
+	info, err := s.mgr.Define(req)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusCreated, info)
+}
+
+func (s *Server) getVM(w http.ResponseWriter, r *http.Request) error {
+	name, err := vmName(r)
+	if err != nil {
+		return err
+	}
+	info, err := s.mgr.Get(name)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, info)
+}
+
+func (s *Server) undefineVM(w http.ResponseWriter, r *http.Request) error {
+	name, err := vmName(r)
+	if err != nil {
+		return err
+	}
+	if err := s.mgr.Undefine(name); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (s *Server) getRuns(w http.ResponseWriter, r *http.Request) error {
+	name, err := vmName(r)
+	if err != nil {
+		return err
+	}
+	limit, err := queryInt(r, "limit", 0, 0, 1<<20)
+	if err != nil {
+		return err
+	}
+	runs, err := s.mgr.Runs(name, limit)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, runs)
+}
+
+func (s *Server) getLog(w http.ResponseWriter, r *http.Request) error {
+	name, err := vmName(r)
+	if err != nil {
+		return err
+	}
+	n, err := queryInt(r, "bytes", 16<<10, 1, 16<<20)
+	if err != nil {
+		return err
+	}
+	b, err := s.mgr.ConsoleLog(name, int64(n))
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, err = w.Write(b)
+	return err
+}
+
+// emptyBody accepts an empty body or an empty JSON object (unknown fields rejected).
+func emptyBody(r *http.Request) error {
+	if r.ContentLength == 0 {
+		return nil
+	}
+	var v struct{}
+	return decodeJSON(r, &v)
+}
+
+func (s *Server) startVM(w http.ResponseWriter, r *http.Request) error {
+	name, err := vmName(r)
+	if err != nil {
+		return err
+	}
+	if err := emptyBody(r); err != nil {
+		return err
+	}
+	// The launch continues if the client goes away: a half-done launch is worse.
+	info, err := s.mgr.Start(contextWithoutCancel(r), name)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, info)
+}
+
+func (s *Server) stopVM(w http.ResponseWriter, r *http.Request) error {
+	name, err := vmName(r)
+	if err != nil {
+		return err
+	}
+	var req api.StopRequest
+	if r.ContentLength != 0 {
+		if err := decodeJSON(r, &req); err != nil {
+			return err
+		}
+	}
+	if req.TimeoutSeconds < 0 || req.TimeoutSeconds > 3600 {
+		return fmt.Errorf("timeout_seconds %v: must be between 0 and 3600: %w", req.TimeoutSeconds, api.ErrInvalid)
+	}
+	info, err := s.mgr.Stop(r.Context(), name, time.Duration(req.TimeoutSeconds*float64(time.Second)))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, info)
+}
+
+func (s *Server) killVM(w http.ResponseWriter, r *http.Request) error {
+	name, err := vmName(r)
+	if err != nil {
+		return err
+	}
+	if err := emptyBody(r); err != nil {
+		return err
+	}
+	info, err := s.mgr.Kill(r.Context(), name)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, info)
+}
+
+// getEvents streams state changes as server-sent events until the client leaves.
+func (s *Server) getEvents(w http.ResponseWriter, r *http.Request) error {
+	vm := r.URL.Query().Get("vm")
+	if vm != "" {
+		if err := api.ValidName(vm); err != nil {
+			return err
+		}
+	}
+	fl, ok := w.(http.Flusher)
+	if !ok {
+		return fmt.Errorf("streaming not supported: %w", api.ErrInternal)
+	}
+	ch, cancel := s.mgr.Subscribe(vm)
+	defer cancel()
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	fmt.Fprint(w, ": snpd events\n\n")
+	fl.Flush()
+	keepalive := time.NewTicker(15 * time.Second)
+	defer keepalive.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			return nil
+		case <-keepalive.C:
+			fmt.Fprint(w, ": keepalive\n\n")
+		case ev, ok := <-ch:
+			if !ok {
+				return nil
+			}
+			b, _ := jsonLine(ev)
+			fmt.Fprintf(w, "id: %d\nevent: state\ndata: %s\n\n", ev.Seq, b)
+		}
+		fl.Flush()
+	}
+}
+
+func queryInt(r *http.Request, key string, def, lo, hi int) (int, error) {
+	v := r.URL.Query().Get(key)
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < lo || n > hi {
+		return 0, fmt.Errorf("query %s=%q: want an integer in [%d, %d]: %w", key, v, lo, hi, api.ErrInvalid)
+	}
+	return n, nil
+}

@@ -1,0 +1,210 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/snpd/snpd/config"
+	"github.com/snpd/snpd/daemon/api"
+	"github.com/snpd/snpd/systemd"
+)
+
+// Version is snpd's version, reported by GET /v1/status (set with -ldflags -X).
+var Version = "dev"
+
+// Server is snpd's API server: the route table over the Manager, served on the unix
+// socket with per-connection authorization.
+type Server struct {
+	cfg        *config.Daemon
+	mgr        *Manager
+	store      *Store
+	log        *slog.Logger
+	started    time.Time
+	reattached []api.ReattachResult
+}
+
+// contextWithoutCancel keeps r's values but not its cancellation.
+func contextWithoutCancel(r *http.Request) context.Context {
+	return context.WithoutCancel(r.Context())
+}
+
+func jsonLine(v any) ([]byte, error) { return json.Marshal(v) }
+
+// Run is snpd: it opens the store, reattaches to running VMs, serves the API on the
+// unix socket (or the socket systemd passed) until ctx ends, then stops serving and
+// returns. Running guests are never touched on the way out. cfg must have defaults
+// applied; Run validates it. Logs go to slog.Default().
+func Run(ctx context.Context, cfg *config.Daemon) error {
+	log := slog.Default()
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("validating config: %w", err)
+	}
+	operateGID, err := lookupGroup(cfg.OperateGroup)
+	if err != nil {
+		return err
+	}
+	readGID, err := lookupGroup(cfg.ReadGroup)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(cfg.RuntimeDir, 0o755); err != nil {
+		return fmt.Errorf("creating runtime directory: %w", err)
+	}
+
+	// The socket first: a live snpd answering there means we must not touch its store.
+	ln, activated, err := systemd.APIListener("api")
+	if err != nil {
+		return fmt.Errorf("using the activated socket: %w", err)
+	}
+	if !activated {
+		gid := operateGID
+		if gid < 0 {
+			gid = readGID
+		}
+		ln, err = listenAPI(cfg.Socket, gid)
+		if err != nil {
+			return err
+		}
+	}
+	defer ln.Close()
+
+	store, err := OpenStore(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+
+	launcher := &Launcher{QEMU: cfg.QEMU, Platform: Platform(cfg.Platform), RuntimeDir: cfg.RuntimeDir}
+	admit, err := loadAdmission(cfg)
+	if err != nil {
+		return err
+	}
+	mgr := NewManager(ManagerOptions{
+		Store: store, Start: launcherStart(launcher, admit), Validate: validateDefinition,
+		RuntimeDir: cfg.RuntimeDir, QEMU: cfg.QEMU, StopTimeout: time.Duration(cfg.StopTimeout), Log: log,
+	})
+	defer mgr.Close()
+	if cfg.VMDir != "" {
+		if err := importVMDir(mgr, cfg.VMDir, log); err != nil {
+			return err
+		}
+	}
+	reattached, err := mgr.Reattach(ctx)
+	if err != nil {
+		return fmt.Errorf("reattaching to running vms: %w", err)
+	}
+
+	s := &Server{cfg: cfg, mgr: mgr, store: store, log: log, started: time.Now().UTC(), reattached: reattached}
+	srv := newHTTPServer(newMux(s.routes(), log), Authorizer{OperateGID: operateGID, ReadGID: readGID}, log)
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+
+	if err := waitAnswering(ctx, ln.Addr().String()); err != nil {
+		return err
+	}
+	log.Info("snpd ready", "socket", ln.Addr().String(), "activated", activated, "platform", cfg.Platform, "pid", os.Getpid(), "reattached", len(reattached))
+	if err := systemd.Ready(statusLine(mgr)); err != nil {
+		log.Warn("notifying systemd", "err", err)
+	}
+	go func() {
+		err := systemd.WatchdogLoopFunc(ctx, func(context.Context) error {
+			_, err := store.ListVMs()
+			return err
+		})
+		if err != nil {
+			log.Warn("systemd watchdog", "err", err)
+		}
+	}()
+	go func() {
+		events, cancel := mgr.Subscribe("")
+		defer cancel()
+		for range events {
+			if err := systemd.Status("%s", statusLine(mgr)); err != nil {
+				log.Debug("notifying systemd", "err", err)
+			}
+		}
+	}()
+
+	select {
+	case <-ctx.Done():
+	case err := <-serveErr:
+		return fmt.Errorf("serving the API: %w", err)
+	}
+	log.Info("snpd stopping; guests keep running")
+	_ = systemd.Stopping()
+	mgr.Close() // ends event streams
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		srv.Close()
+	}
+	return nil
+}
+
+// waitAnswering returns once the API socket accepts connections (READY=1 must mean it).
+func waitAnswering(ctx context.Context, path string) error {
+	for i := 0; ; i++ {
+		c, err := net.DialTimeout("unix", path, time.Second)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if i > 50 || ctx.Err() != nil {
+			return fmt.Errorf("checking the API answers on %s: %w", path, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// statusLine is systemd's STATUS=: VM counts by state.
+func statusLine(m *Manager) string {
+	c, err := m.Counts()
+	if err != nil {
+		return "store error: " + err.Error()
+	}
+	total := 0
+	var parts []string
+	for st, n := range c {
+		total += n
+		parts = append(parts, fmt.Sprintf("%d %s", n, st))
+	}
+	sort.Strings(parts)
+	if total == 0 {
+		return "no vms defined"
+	}
+	return fmt.Sprintf("%d vms: %s", total, strings.Join(parts, ", "))
+}
+
+// importVMDir defines every *.toml in dir not yet in the store. A bad file is an error:
+// snpd refuses to start on a configuration it cannot honour.
+func importVMDir(m *Manager, dir string, log *slog.Logger) error {
+	files, err := filepath.Glob(filepath.Join(dir, "*.toml"))
+	if err != nil {
+		return fmt.Errorf("listing vm_dir: %w", err)
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return fmt.Errorf("reading vm definition: %w", err)
+		}
+		_, err = m.Define(api.DefineRequest{File: f, TOML: string(b)})
+		if errors.Is(err, api.ErrConflict) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("importing %s: %w", f, err)
+		}
+		log.Info("imported vm definition", "file", f)
+	}
+	return nil
+}
