@@ -23,6 +23,10 @@ const (
 	// MaxMetadataSections is the most SEV metadata sections ParseFirmware accepts. edk2
 	// builds have at most 7; the limit stops a forged count from driving allocation.
 	MaxMetadataSections = 256
+	// MaxMetadataBytes bounds the total size of the metadata sections (edk2 and
+	// COCONUT-SVSM use well under 1 MiB), so a forged table cannot make a
+	// measurement run for minutes.
+	MaxMetadataBytes = 256 << 20
 )
 
 // GUIDs of the OVMF footer table entries (edk2 OvmfPkg/ResetVector), as the
@@ -255,6 +259,7 @@ func (fw *Firmware) parseMetadata(r io.ReaderAt) error {
 	if _, err := r.ReadAt(descs, start+16); err != nil {
 		return fmt.Errorf("reading metadata sections: %w", err)
 	}
+	var total uint64
 	for i := int64(0); i < count; i++ {
 		d := descs[12*i:]
 		s := MetadataSection{
@@ -264,6 +269,10 @@ func (fw *Firmware) parseMetadata(r io.ReaderAt) error {
 		}
 		if err := s.validate(); err != nil {
 			return fmt.Errorf("%w: section %d: %w", ErrBadMetadata, i, err)
+		}
+		total += s.Size
+		if total > MaxMetadataBytes {
+			return fmt.Errorf("%w: sections cover more than %d MiB", ErrBadMetadata, MaxMetadataBytes>>20)
 		}
 		fw.sections = append(fw.sections, s)
 	}
