@@ -1,0 +1,140 @@
+package daemon
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"github.com/mdlayher/vsock"
+
+	"github.com/snpd/snpd/snp/agentproto"
+)
+
+// DefaultAgentTimeout bounds one guest-agent exchange when the caller's context has no
+// deadline.
+const DefaultAgentTimeout = 10 * time.Second
+
+// ErrNoGuestChannel means the VM was launched without a guest channel (no virtio-serial
+// port and no vsock CID), so snpd cannot reach an agent in it.
+var ErrNoGuestChannel = errors.New("VM has no guest channel (set [channel] serial or vsock_cid)")
+
+// GuestChannel reaches the snp-agent of one VM. The zero value is unusable; fill in at least
+// one of SerialSocket and VsockCID.
+type GuestChannel struct {
+	// SerialSocket is the path of the VM's agent.sock (empty: no virtio-serial port).
+	SerialSocket string
+	// VsockCID is the guest CID snpd assigned at launch (0: no vsock device). CIDs 0..2
+	// (hypervisor, local, host) are refused.
+	VsockCID uint32
+	// VsockPort is the port the agent listens on (config guest_channel.vsock_port).
+	VsockPort uint32
+	// Timeout bounds one exchange when ctx has no earlier deadline (0: DefaultAgentTimeout).
+	Timeout time.Duration
+}
+
+// SerialChannel returns the GuestChannel of a VM whose runtime directory is dir
+// (<RuntimeDir>/vms/<name>), using its virtio-serial port.
+func SerialChannel(dir string) GuestChannel {
+	return GuestChannel{SerialSocket: filepath.Join(dir, AgentSocketName)}
+}
+
+var exchangeID atomic.Uint32
+
+func (g GuestChannel) dial(ctx context.Context) (net.Conn, error) {
+	// The serial port is preferred: it needs no vsock support in the guest kernel and is
+	// bound to this VM's QEMU by a path only snpd can reach.
+	if g.SerialSocket != "" {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "unix", g.SerialSocket)
+		if err != nil {
+			return nil, fmt.Errorf("dialing guest channel %s: %w", g.SerialSocket, err)
+		}
+		return c, nil
+	}
+	if g.VsockCID != 0 {
+		if g.VsockCID <= vsock.Host {
+			return nil, fmt.Errorf("dialing guest channel: refusing vsock CID %d (not a guest)", g.VsockCID)
+		}
+		c, err := vsock.Dial(g.VsockCID, g.VsockPort, nil)
+		if err != nil {
+			return nil, fmt.Errorf("dialing guest vsock %d:%d: %w", g.VsockCID, g.VsockPort, err)
+		}
+		return c, nil
+	}
+	return nil, ErrNoGuestChannel
+}
+
+// Challenge sends the verifier's nonce (and optional user data, nil: none) to the guest
+// agent and returns its report and certificate table. The agent's own refusal (for example
+// "guest has no SEV-SNP report device") comes back as an error whose text is the agent's
+// message. The exchange is bounded by ctx and g.Timeout.
+func (g GuestChannel) Challenge(ctx context.Context, nonce, userData []byte) (*agentproto.ReportResponse, error) {
+	req := &agentproto.ReportRequest{Nonce: nonce, UserData: userData}
+	if err := req.Validate(); err != nil {
+		return nil, fmt.Errorf("challenging guest: %w", err)
+	}
+	ctx, cancel := g.withTimeout(ctx)
+	defer cancel()
+	conn, err := g.dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	f, err := agentproto.Exchange(ctx, conn, agentproto.TypeReportRequest, exchangeID.Add(1), req)
+	if err != nil {
+		return nil, fmt.Errorf("challenging guest: %w", err)
+	}
+	resp, err := agentproto.DecodeReportResponse(f)
+	if err != nil {
+		var re *agentproto.RemoteError
+		if errors.As(err, &re) {
+			return nil, fmt.Errorf("guest agent: %w", err)
+		}
+		return nil, fmt.Errorf("challenging guest: %w", err)
+	}
+	return resp, nil
+}
+
+// Ping checks that an agent answers on the channel.
+func (g GuestChannel) Ping(ctx context.Context) error {
+	ctx, cancel := g.withTimeout(ctx)
+	defer cancel()
+	conn, err := g.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	f, err := agentproto.Exchange(ctx, conn, agentproto.TypePing, exchangeID.Add(1), &agentproto.Ping{})
+	if err != nil {
+		return fmt.Errorf("pinging guest agent: %w", err)
+	}
+	if f.Type != agentproto.TypePong {
+		return fmt.Errorf("pinging guest agent: got %v", f.Type)
+	}
+	return nil
+}
+
+func (g GuestChannel) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	t := g.Timeout
+	if t <= 0 {
+		t = DefaultAgentTimeout
+	}
+	return context.WithTimeout(ctx, t)
+}
+
+// NewNonce returns n random bytes for a challenge (n is 1..agentproto.MaxNonce).
+func NewNonce(n int) ([]byte, error) {
+	if n < agentproto.MinNonce || n > agentproto.MaxNonce {
+		return nil, fmt.Errorf("nonce size %d out of range", n)
+	}
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		return nil, fmt.Errorf("reading random nonce: %w", err)
+	}
+	return b, nil
+}
