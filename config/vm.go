@@ -9,7 +9,7 @@ package config
 type VM struct {
 	// Name identifies the VM: 1..63 characters of [A-Za-z0-9._-], not starting with '.' or '-'.
 	Name string `toml:"name" json:"name"`
-	// VCPUs is the number of vCPUs (one VMSA each in the launch digest). 1..512.
+	// VCPUs is the number of vCPUs (one VMSA each in the launch digest). 1..512, default 1.
 	VCPUs int `toml:"vcpus" json:"vcpus"`
 	// CPUModel is the QEMU CPU model (-cpu), e.g. "EPYC-v4". Its CPUID signature is what
 	// the VMSA carries, so it is part of the launch digest. Default "EPYC-v4".
@@ -36,6 +36,14 @@ type VM struct {
 	// Restart is the restart policy when QEMU dies unexpectedly: "never" (default) or
 	// "on-crash".
 	Restart string `toml:"restart,omitempty" json:"restart,omitempty"`
+	// Console is the guest console: "serial" (default: the first serial port, logged by
+	// snpd) or "none".
+	Console string `toml:"console,omitempty" json:"console,omitempty"`
+
+	// Libvirt is set only for a VM mapped from a libvirt domain (FromLibvirtXML): what
+	// libvirt would launch beyond this spec, for the host policy to judge. nil for
+	// snpd's own definitions; never read from TOML.
+	Libvirt *LibvirtSource `toml:"-" json:"libvirt,omitempty"`
 }
 
 // SNP are the sev-snp-guest object's settings and the measurement parameters.
@@ -62,6 +70,12 @@ type SNP struct {
 	ImageID  string `toml:"image_id,omitempty" json:"image_id,omitempty"`
 	// GuestSVN is the guest security version number placed in a built ID block.
 	GuestSVN uint32 `toml:"guest_svn,omitempty" json:"guest_svn,omitempty"`
+	// AuthorKeyEnabled sets the sev-snp-guest author-key-enabled property: the given
+	// IDAuth carries an author key (set automatically when AuthorKeyFile is used).
+	AuthorKeyEnabled bool `toml:"author_key_enabled,omitempty" json:"author_key_enabled,omitempty"`
+	// GuestVisibleWorkarounds is base64 of the 16-byte guest-visible-workarounds
+	// property (SNP_LAUNCH_START GOSVW); empty: all zero.
+	GuestVisibleWorkarounds string `toml:"guest_visible_workarounds,omitempty" json:"guest_visible_workarounds,omitempty"`
 	// VCEKDisabled sets the sev-snp-guest vcek-disabled property (reports must use VLEK).
 	VCEKDisabled bool `toml:"vcek_disabled,omitempty" json:"vcek_disabled,omitempty"`
 	// CBitPos and ReducedPhysBits: 0 means read from the host (CPUID 0x8000001F).
