@@ -541,3 +541,33 @@ func FuzzVerifyIDAuth(f *testing.F) {
 		}
 	})
 }
+
+// Benchmarks: the cost of making and checking an ID auth, keyless recovery side by side
+// with real signing (go test -run '^$' -bench 'IDAuth|SignIDBlock' ./snp/).
+func BenchmarkSignIDBlock(b *testing.B) {
+	idKey, authorKey := idbKey(b), idbKey(b)
+	blk := idbTestBlock()
+	for b.Loop() {
+		if _, err := SignIDBlock(blk, idKey, authorKey); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkKeylessIDAuth(b *testing.B) {
+	blk := idbTestBlock()
+	for b.Loop() {
+		if _, err := KeylessIDAuth(blk); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkVerifyIDAuth(b *testing.B) {
+	block, auth := idbSeedPair(b, true)
+	for b.Loop() {
+		if _, err := VerifyIDAuth(block, auth); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
