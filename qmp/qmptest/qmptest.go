@@ -124,6 +124,15 @@ func NewPipe(tb testing.TB, opts ...Option) (*Server, net.Conn) {
 	return s, client
 }
 
+// ServeConn serves one client on c until it hangs up or the server closes. Use it for a
+// connection made some other way (a socketpair fd); do not mix it with a concurrently
+// connected socket client.
+func (s *Server) ServeConn(c net.Conn) {
+	s.wg.Add(1)
+	defer s.wg.Done()
+	s.serve(c)
+}
+
 func newServer(opts ...Option) *Server {
 	s := &Server{
 		greet:     true,
