@@ -36,11 +36,17 @@ fuzz:
 bench: deps build
 	bash scripts/bench.sh
 
+# install: binaries, units and the sysusers.d entry. On a live host (no DESTDIR) it also
+# creates group snpd (snpd.socket's SocketGroup) and reloads units when systemd is the
+# init; then: systemctl enable --now snpd.socket snpd.service
 install: build
 	install -D -m 0755 $(BIN)/snpd $(DESTDIR)/usr/local/bin/snpd
 	install -D -m 0755 $(BIN)/snpctl $(DESTDIR)/usr/local/bin/snpctl
 	install -D -m 0644 systemd/snpd.service $(DESTDIR)/etc/systemd/system/snpd.service
 	install -D -m 0644 systemd/snpd.socket $(DESTDIR)/etc/systemd/system/snpd.socket
+	install -D -m 0644 systemd/snpd.sysusers $(DESTDIR)/etc/sysusers.d/snpd.conf
+	if [ -z "$(DESTDIR)" ] && command -v systemd-sysusers >/dev/null; then systemd-sysusers /etc/sysusers.d/snpd.conf; fi
+	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 
 install-hook: build
 	install -D -m 0755 $(BIN)/snpctl $(DESTDIR)/etc/libvirt/hooks/qemu.d/snpd

@@ -11,6 +11,10 @@ import (
 	"github.com/coreos/go-systemd/v22/activation"
 )
 
+// APIName is the FileDescriptorName= of the API socket in snpd.socket: pass it to
+// APIListener.
+const APIName = "api"
+
 // listenFDsStart is SD_LISTEN_FDS_START: the first inherited descriptor.
 const listenFDsStart = 3
 
