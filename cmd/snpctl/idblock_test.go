@@ -152,6 +152,33 @@ func TestIDBlockCmdKnownAnswer(t *testing.T) {
 	if _, err := snp.VerifyIDAuth(block, auth); err != nil {
 		t.Fatalf("printed ID auth does not verify: %v", err)
 	}
+
+	// `id-block verify` accepts the reference's own pair and prints its key digests.
+	refBlock := strings.TrimPrefix(wantBlock, "id-block=")
+	_, refAuth, _ := strings.Cut(want[0], ",id-auth=")
+	out, stderr, code = idbRun(t, bin, "id-block", "verify", "--id-block", refBlock, "--id-auth", refAuth, "--json")
+	if code != 0 {
+		t.Fatalf("verify of the reference's pair: exit %d: %s", code, stderr)
+	}
+	var v idBlockVerifyOutput
+	if err := json.Unmarshal([]byte(out), &v); err != nil {
+		t.Fatal(err)
+	}
+	b64hex := func(line, prefix string) string {
+		raw, _ := base64.StdEncoding.DecodeString(strings.TrimPrefix(line, prefix))
+		return hex.EncodeToString(raw)
+	}
+	if v.IDKeyDigest != b64hex(want[1], "id_key_hash: ") || v.AuthorKeyDigest != b64hex(want[2], "author_key: ") ||
+		v.Policy != "0x30000" || v.Keyless {
+		t.Fatalf("verify output %+v does not match the reference digests", v)
+	}
+	// A changed ID block no longer verifies: exit 1, one line.
+	badBlock := []byte(refBlock)
+	badBlock[0] ^= 'B' ^ 'C'
+	out, stderr, code = idbRun(t, bin, "id-block", "verify", "--id-block", string(badBlock), "--id-auth", refAuth)
+	if code != 1 || out != "" || !strings.HasPrefix(stderr, "Error: verifying ID block signature") || strings.Count(stderr, "\n") != 1 {
+		t.Fatalf("verify of a changed block: exit %d, stdout %q, stderr %q", code, out, stderr)
+	}
 }
 
 // idbQOMGet starts QEMU paused with objectJSON (-object, JSON syntax) and reads props of
