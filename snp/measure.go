@@ -223,7 +223,7 @@ func (in *MeasureInput) check() error {
 		return errors.New("no firmware given")
 	}
 	if in.FirmwareSize <= 0 || in.FirmwareSize%PageSize != 0 {
-		return fmt.Errorf("firmware: %w (got %d)", ErrFirmwareSize, in.FirmwareSize)
+		return fmt.Errorf("%w (got %d)", ErrFirmwareSize, in.FirmwareSize)
 	}
 	if in.Kernel == nil && (in.Initrd != nil || in.Cmdline != "") {
 		return errors.New("an initrd or command line needs a kernel")

@@ -1,0 +1,362 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/snpd/snpd/snp/snptest"
+)
+
+// measureRepoRoot returns the module root.
+func measureRepoRoot(t *testing.T) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir
+		}
+		if filepath.Dir(dir) == dir {
+			t.Fatal("go.mod not found")
+		}
+		dir = filepath.Dir(dir)
+	}
+}
+
+// measureBuild builds snpctl into a temporary directory and returns its path.
+func measureBuild(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "snpctl")
+	cmd := exec.Command("go", "build", "-o", bin, ".")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+type measureResult struct {
+	stdout, stderr string
+	rc             int
+}
+
+func measureRun(t *testing.T, bin, dir string, args ...string) measureResult {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"measure"}, args...)...)
+	cmd.Dir = dir
+	var so, se bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &so, &se
+	err := cmd.Run()
+	rc := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		rc = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return measureResult{so.String(), se.String(), rc}
+}
+
+// measureSplit splits a command line with single quotes (the vector files' only
+// quoting).
+func measureSplit(s string) []string {
+	var out []string
+	var cur strings.Builder
+	in, quoted := false, false
+	for _, c := range s {
+		switch {
+		case c == '\'':
+			quoted, in = !quoted, true
+		case c == ' ' && !quoted:
+			if in {
+				out = append(out, cur.String())
+				cur.Reset()
+				in = false
+			}
+		default:
+			cur.WriteRune(c)
+			in = true
+		}
+	}
+	if in {
+		out = append(out, cur.String())
+	}
+	return out
+}
+
+type measureVector struct {
+	name, stdout, stderr string
+	args                 []string
+	rc                   int
+}
+
+// measureVectors reads vectors.tsv (cmdCol 4) or the upstream expectations
+// (cmdCol 1) and keeps the sev-snp-measure rows.
+func measureVectors(t *testing.T, path string, upstream bool) []measureVector {
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []measureVector
+	sc := bufio.NewScanner(f)
+	sc.Buffer(nil, 1<<20)
+	sc.Scan() // header
+	for sc.Scan() {
+		r := strings.Split(sc.Text(), "\t")
+		var v measureVector
+		if upstream {
+			if len(r) < 3 || r[1] == "" {
+				continue
+			}
+			v = measureVector{name: r[0], args: measureSplit(r[1]), stdout: r[2]}
+			if msg, ok := strings.CutPrefix(r[2], "ERROR: "); ok {
+				v.rc, v.stdout, v.stderr = 1, "", "Error: "+msg
+			}
+		} else {
+			if len(r) < 8 {
+				continue
+			}
+			v = measureVector{name: r[0], args: measureSplit(r[4]), stdout: r[6], stderr: r[7]}
+			if r[5] != "0" {
+				v.rc = 1
+			}
+		}
+		if len(v.args) == 0 || v.args[0] != "sev-snp-measure" {
+			continue
+		}
+		v.args = v.args[1:]
+		out = append(out, v)
+	}
+	return out
+}
+
+func measureCheck(t *testing.T, bin, dir string, v measureVector) {
+	t.Helper()
+	r := measureRun(t, bin, dir, v.args...)
+	if v.rc == 0 {
+		if r.rc != 0 || r.stdout != v.stdout+"\n" || r.stderr != "" {
+			t.Fatalf("snpctl measure %q: rc %d stdout %q stderr %q\nwant stdout %q", v.args, r.rc, r.stdout, r.stderr, v.stdout)
+		}
+		return
+	}
+	if r.rc != 1 || r.stdout != "" || strings.Count(r.stderr, "\n") != 1 || !strings.HasPrefix(r.stderr, v.stderr) {
+		t.Fatalf("snpctl measure %q: rc %d stdout %q stderr %q\nwant rc 1, stderr starting %q", v.args, r.rc, r.stdout, r.stderr, v.stderr)
+	}
+}
+
+// TestMeasureBinary runs the built snpctl like a script that used to call
+// sev-snp-measure: every vector row, flag spellings, extra outputs and errors.
+func TestMeasureBinary(t *testing.T) {
+	bin := measureBuild(t)
+	root := measureRepoRoot(t)
+	committed := filepath.Join(root, "snp", "testdata")
+	shared := filepath.Join(root, "..", "shared", "testdata", "snp")
+	haveShared := true
+	if _, err := os.Stat(filepath.Join(shared, "upstream")); err != nil {
+		haveShared = false
+	}
+
+	t.Run("committed vectors", func(t *testing.T) {
+		n := 0
+		for _, v := range measureVectors(t, filepath.Join(committed, "vectors.tsv"), false) {
+			if strings.Contains(strings.Join(v.args, " "), "upstream/") {
+				continue
+			}
+			n++
+			t.Run(v.name, func(t *testing.T) { measureCheck(t, bin, committed, v) })
+		}
+		if n < 10 {
+			t.Fatalf("only %d rows", n)
+		}
+	})
+
+	t.Run("shared vectors", func(t *testing.T) {
+		if !haveShared {
+			t.Skipf("shared test data absent (%s): upstream fixtures are not committed", shared)
+		}
+		rows := measureVectors(t, filepath.Join(shared, "vectors.tsv"), false)
+		rows = append(rows, measureVectors(t, filepath.Join(shared, "upstream", "upstream-test-expectations.tsv"), true)...)
+		if len(rows) < 40 {
+			t.Fatalf("only %d rows", len(rows))
+		}
+		for _, v := range rows {
+			t.Run(v.name, func(t *testing.T) { measureCheck(t, bin, shared, v) })
+		}
+	})
+
+	const trixie1 = "6eef547a9fcf5720c5c04883fe85788d29de46b55a51e554467029b554a3352e66d2f3c71b84cea937d19a1a6c41596f"
+	fw := "firmware/ovmf-trixie-2025.02.fd"
+
+	t.Run("flag spellings", func(t *testing.T) {
+		for _, args := range [][]string{
+			{"--mode=snp", "--vcpus=1", "--vcpu-type=EPYC-v4", "--ovmf=" + fw},
+			{"--ovmf", fw, "--vcpu-sig", "0x800f12", "--vcpus", "1", "--mode", "snp"},
+			{"--mode", "snp", "--vcpus", "1", "--vcpu-family", "23", "--vcpu-model", "1", "--vcpu-stepping", "2", "--ovmf", fw},
+			{"--mode", "snp", "--vcpus", "1", "--vcpu-sig", "8392466", "--ovmf", fw, "--guest-features", "1", "--vmm-type", "QEMU"},
+		} {
+			r := measureRun(t, bin, committed, args...)
+			if r.rc != 0 || r.stdout != trixie1+"\n" {
+				t.Errorf("%q: rc %d %q %q", args, r.rc, r.stdout, r.stderr)
+			}
+		}
+		r := measureRun(t, bin, committed, "-v", "--mode", "snp", "--vcpus", "1", "--vcpu-type", "EPYC-v4", "--ovmf", fw)
+		if r.stdout != "Calculated SEV_SNP guest measurement: "+trixie1+"\n" {
+			t.Errorf("verbose: %q", r.stdout)
+		}
+	})
+
+	t.Run("json", func(t *testing.T) {
+		r := measureRun(t, bin, committed, "--mode", "snp", "--vcpus", "1", "--vcpu-type", "EPYC-v4", "--ovmf", fw, "--json")
+		var doc struct {
+			Measurement string
+			VCPUSig     string `json:"vcpu_sig"`
+			Firmware    struct{ SHA256, SHA384 string }
+			Sections    []map[string]string `json:"metadata_sections"`
+		}
+		if err := json.Unmarshal([]byte(r.stdout), &doc); err != nil || r.rc != 0 {
+			t.Fatalf("rc %d, %v: %s %s", r.rc, err, r.stdout, r.stderr)
+		}
+		raw, err := os.ReadFile(filepath.Join(committed, fw))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256(raw)
+		if doc.Measurement != trixie1 || doc.Firmware.SHA256 != hex.EncodeToString(sum[:]) || len(doc.Firmware.SHA384) != 96 ||
+			doc.VCPUSig != "0x800f12" || len(doc.Sections) != 6 {
+			t.Fatalf("json: %+v", doc)
+		}
+	})
+
+	t.Run("explain", func(t *testing.T) {
+		r := measureRun(t, bin, committed, "--mode", "snp", "--vcpus", "2", "--vcpu-type", "EPYC-v4", "--ovmf", fw, "--explain")
+		lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+		if r.rc != 0 || len(lines) < 10 {
+			t.Fatalf("rc %d: %s %s", r.rc, r.stdout, r.stderr)
+		}
+		for _, want := range []string{"NORMAL     0xffc00000", "1024", "SECRETS", "CPUID", "VMSA", "AP) differs from the BSP", "rip          BSP 0xfff0  AP 0xb004"} {
+			if !strings.Contains(r.stdout, want) {
+				t.Errorf("explain output lacks %q:\n%s", want, r.stdout)
+			}
+		}
+		if lines[len(lines)-1] != "dde22ec32131c388cdd74935c4fe73726cdbf327422c9fcdb96c2984283fb826993ec008addab81fd33109bad66d9fd9" {
+			t.Errorf("last line %q is not the 2-vCPU digest", lines[len(lines)-1])
+		}
+	})
+
+	t.Run("dump-vmsa", func(t *testing.T) {
+		if !haveShared {
+			t.Skipf("shared test data absent (%s): the reference VMSA dumps live there", shared)
+		}
+		dir := t.TempDir()
+		r := measureRun(t, bin, dir, "--mode", "snp", "--vcpus", "2", "--vcpu-type", "EPYC-v4", "--vmm-type", "ec2",
+			"--ovmf", filepath.Join(committed, fw), "--dump-vmsa")
+		if r.rc != 0 {
+			t.Fatal(r.stderr)
+		}
+		for i, name := range []string{"snp-trixie-ec2-gf0x1-vmsa0.bin", "snp-trixie-ec2-gf0x1-vmsa1.bin"} {
+			got, err := os.ReadFile(filepath.Join(dir, "vmsa"+string(rune('0'+i))+".bin"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := os.ReadFile(filepath.Join(shared, "vmsa", name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Errorf("vmsa%d differs from %s", i, name)
+			}
+		}
+	})
+
+	t.Run("variants", func(t *testing.T) {
+		base := measureRun(t, bin, committed, "--mode", "snp", "--vcpus", "1", "--vcpu-type", "EPYC-v4", "--ovmf", fw)
+		seen := map[string]string{base.stdout: "default"}
+		for _, extra := range [][]string{{"--vmsa-gpa", "0xFFFFFFFFFF000"}, {"--vmsa-variant", "qemu-pre-init2"},
+			{"--vmm-type", "ec2", "--vmsa-variant", "ec2-rdx0"}} {
+			r := measureRun(t, bin, committed, append([]string{"--mode", "snp", "--vcpus", "1", "--vcpu-type", "EPYC-v4", "--ovmf", fw}, extra...)...)
+			if r.rc != 0 || len(r.stdout) != 97 {
+				t.Fatalf("%q: rc %d %q %q", extra, r.rc, r.stdout, r.stderr)
+			}
+			if prev, dup := seen[r.stdout]; dup {
+				t.Fatalf("%q gives the same digest as %s", extra, prev)
+			}
+			seen[r.stdout] = strings.Join(extra, " ")
+		}
+	})
+
+	t.Run("errors", func(t *testing.T) {
+		dir := t.TempDir()
+		write := func(name string, b []byte) string {
+			p := filepath.Join(dir, name)
+			if err := os.WriteFile(p, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			return p
+		}
+		empty := write("empty.fd", nil)
+		odd := write("odd.fd", make([]byte, 5000))
+		zeros := write("zeros.fd", make([]byte, 8192))
+		badType := write("badtype.fd", snptest.OVMF(snptest.OVMFOptions{ResetEIP: 1, Sections: []snptest.Section{{GPA: 0x800000, Size: 0x1000, Type: 9}}}))
+		twoPages := write("twopages.fd", snptest.OVMF(snptest.OVMFOptions{ResetEIP: 0x80b004, HashTableGPA: 0x810c00,
+			Sections: []snptest.Section{{GPA: 0x810000, Size: 0x2000, Type: 0x10}}}))
+		kernel := filepath.Join(committed, "inputs", "kernel-synthetic.bin")
+		snp1 := func(ovmf string, more ...string) []string {
+			return append([]string{"--mode", "snp", "--vcpus", "1", "--vcpu-type", "EPYC-v4", "--ovmf", ovmf}, more...)
+		}
+		for _, tc := range []struct {
+			name string
+			args []string
+			want string
+		}{
+			{"empty file", snp1(empty), "Error: firmware size must be a non-zero multiple of 4096 bytes (got 0)"},
+			{"size not multiple", snp1(odd), "(got 5000)"},
+			{"no footer", snp1(zeros), "no OVMF footer table"},
+			{"unknown section type", snp1(badType), "unknown OVMF metadata section type 0x9"},
+			{"hashes not one page", snp1(twoPages, "--kernel", kernel), "want exactly one page"},
+			{"debian kernel", snp1(filepath.Join(committed, fw), "--kernel", kernel),
+				"Error: Kernel specified but OVMF metadata doesn't include SNP_KERNEL_HASHES section: Debian's OVMF.fd is not an AmdSev build"},
+			{"vcpus 0", []string{"--mode", "snp", "--vcpus", "0", "--vcpu-type", "EPYC-v4", "--ovmf", fw}, "--vcpus must be at least 1"},
+			{"vcpus missing", []string{"--mode", "snp", "--vcpu-type", "EPYC-v4", "--ovmf", fw}, "Error: missing --vcpus N in guest mode 'snp'"},
+			{"vcpus not a number", []string{"--mode", "snp", "--vcpus", "two", "--ovmf", fw}, "Error: invalid argument \"two\""},
+			{"unknown vcpu type", []string{"--mode", "snp", "--vcpus", "1", "--vcpu-type", "EPYC-v9", "--ovmf", fw}, `Error: unknown vCPU type "EPYC-v9"`},
+			{"no vcpu type for QEMU", []string{"--mode", "snp", "--vcpus", "1", "--ovmf", fw}, "missing --vcpu-type or --vcpu-sig or --vcpu-family"},
+			{"bad hex ovmf hash", snp1(fw, "--snp-ovmf-hash", "zz"), "--snp-ovmf-hash: not a hex string"},
+			{"short ovmf hash", snp1(fw, "--snp-ovmf-hash", "abcd"), "must be 48 bytes"},
+			{"bad guest features", snp1(fw, "--guest-features", "0xg"), `--guest-features: invalid value "0xg"`},
+			{"bad vcpu sig", []string{"--mode", "snp", "--vcpus", "1", "--vcpu-sig", "x", "--ovmf", fw}, "--vcpu-sig: invalid value"},
+			{"unknown mode", []string{"--mode", "csv", "--ovmf", fw}, `unknown mode "csv"`},
+			{"unknown vmm", snp1(fw, "--vmm-type", "azure"), "unknown VMM type 'azure'"},
+			{"bad format", snp1(fw, "--output-format", "raw"), "--output-format: invalid choice"},
+			{"missing ovmf", []string{"--mode", "snp"}, "required: --ovmf"},
+			{"missing firmware file", snp1("nope.fd"), "opening firmware: open nope.fd: no such file or directory"},
+			{"initrd without kernel", snp1(fw, "--initrd", kernel), "--kernel required when using --initrd"},
+			{"append without kernel", snp1(fw, "--append", "x"), "--kernel required when using --append"},
+			{"svsm without vars", []string{"--mode", "snp:svsm", "--vcpus", "1", "--vcpu-type", "EPYC-v4", "--ovmf", fw, "--svsm", fw}, "requires --vars-size or --vars-file"},
+			{"vars conflict", []string{"--mode", "snp:svsm", "--vcpus", "1", "--ovmf", fw, "--vars-size", "1", "--vars-file", fw}, "vars-file vars-size] were all set"},
+			{"dump-vmsa in sev", []string{"--mode", "sev", "--ovmf", fw, "--dump-vmsa"}, "--dump-vmsa is not available"},
+			{"bad vmsa gpa", snp1(fw, "--vmsa-gpa", "0x123"), "not a non-zero page-aligned address"},
+			{"bad variant", snp1(fw, "--vmsa-variant", "old"), "unknown VMSA variant"},
+			{"positional argument", snp1(fw, "extra"), `unknown command "extra"`},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				r := measureRun(t, bin, committed, tc.args...)
+				if r.rc != 1 || r.stdout != "" || strings.Count(r.stderr, "\n") != 1 || !strings.HasPrefix(r.stderr, "Error: ") ||
+					!strings.Contains(r.stderr, tc.want) {
+					t.Fatalf("rc %d stdout %q stderr %q; want rc 1 and one line containing %q", r.rc, r.stdout, r.stderr, tc.want)
+				}
+			})
+		}
+	})
+}
