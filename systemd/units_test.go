@@ -41,6 +41,7 @@ func TestServiceUnitSettings(t *testing.T) {
 		"Service.ExecStart":                "/usr/local/bin/snpd --config /etc/snpd/snpd.toml",
 		"Service.Restart":                  "on-failure",
 		"Service.KillMode":                 "process",
+		"Service.OOMPolicy":                "continue",
 		"Service.StateDirectory":           "snpd",
 		"Service.RuntimeDirectory":         "snpd",
 		"Service.RuntimeDirectoryPreserve": "yes",
