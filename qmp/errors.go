@@ -46,7 +46,7 @@ var (
 	// QMP greeting does not arrive before the context ends. QEMU serves one QMP client
 	// per monitor socket and does not greet a second one until the first disconnects, so
 	// this almost always means another client holds the monitor.
-	ErrNoGreeting = errors.New("no QMP greeting before the deadline: another QMP client probably holds the monitor (QEMU serves one client per socket)")
+	ErrNoGreeting = errors.New("no greeting before the deadline: another QMP client probably holds the monitor (QEMU serves one client per socket)")
 
 	// ErrDisconnected is the cause recorded when QEMU closes the connection (it exited,
 	// or quit ran).

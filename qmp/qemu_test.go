@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/digitalocean/go-qemu/qmp/raw"
 	"github.com/snpd/snpd/qmp"
 )
 
@@ -201,4 +202,107 @@ func TestQEMUQuit(t *testing.T) {
 		t.Errorf("events after quit = %v, want SHUTDOWN last", names)
 	}
 	_ = cmd
+}
+
+// cont on a paused QEMU: RESUME arrives before cont's reply, and with a subscriber that
+// never reads, cont still returns (the go-qemu SocketMonitor deadlock).
+func TestQEMUContStopEvents(t *testing.T) {
+	path, _ := startQEMU(t)
+	c := dialQEMU(t, path)
+	ctx := testCtx(t)
+	c.Subscribe(1) // never read
+	sub := c.Subscribe(0)
+	if err := c.Cont(ctx); err != nil {
+		t.Fatalf("cont: %v", err)
+	}
+	st, err := c.QueryStatus(ctx)
+	if err != nil || !st.Running || st.Status != qmp.RunStateRunning {
+		t.Errorf("after cont: %+v, %v", st, err)
+	}
+	if err := c.Stop(ctx); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	st, err = c.QueryStatus(ctx)
+	if err != nil || st.Running || st.Status != qmp.RunStatePaused {
+		t.Errorf("after stop: %+v, %v", st, err)
+	}
+	for _, want := range []any{qmp.ResumeEvent{}, qmp.StopEvent{}} {
+		select {
+		case ev := <-sub.Events():
+			if ev.Typed != want || ev.Time.IsZero() {
+				t.Errorf("event %s: Typed %#v, want %#v (time %v)", ev.Name, ev.Typed, want, ev.Time)
+			}
+		case <-ctx.Done():
+			t.Fatalf("no %T event", want)
+		}
+	}
+}
+
+// While one client holds QEMU's monitor a second one times out with ErrNoGreeting; after
+// the first leaves (snpd restarting), dialing the same path again reattaches.
+func TestQEMUSecondClientAndReconnect(t *testing.T) {
+	path, _ := startQEMU(t)
+	first := dialQEMU(t, path)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err := qmp.Dial(ctx, path, nil)
+	if !errors.Is(err, qmp.ErrNoGreeting) {
+		t.Fatalf("second client: %v, want ErrNoGreeting", err)
+	}
+	t.Logf("second client: %v", err)
+	if err := first.Cont(testCtx(t)); err != nil {
+		t.Fatalf("first client after the second gave up: %v", err)
+	}
+	if err := first.Stop(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	first.Close()
+	for i := 0; i < 3; i++ { // reattach repeatedly; state persists in QEMU
+		c := dialQEMU(t, path)
+		st, err := c.QueryStatus(testCtx(t))
+		if err != nil || st.Status != qmp.RunStatePaused {
+			t.Errorf("reconnect %d: %+v, %v", i, st, err)
+		}
+		c.Close()
+	}
+}
+
+// Monitor adapts Client to go-qemu's qmp.Monitor: go-qemu's raw package runs on it.
+func TestQEMUGoQemuMonitor(t *testing.T) {
+	path, _ := startQEMU(t)
+	m := qmp.NewMonitor(path, 5*time.Second)
+	if _, err := m.Run([]byte(`{"execute":"query-status"}`)); err == nil {
+		t.Error("Run before Connect succeeded")
+	}
+	if err := m.Connect(); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Disconnect()
+	ctx := testCtx(t)
+	events, err := m.Events(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := raw.NewMonitor(m)
+	st, err := r.QueryStatus()
+	if err != nil || st.Status != raw.RunStatePrelaunch {
+		t.Errorf("raw QueryStatus = %+v, %v", st, err)
+	}
+	if err := r.Cont(); err != nil { // RESUME is delivered to events, not blocking Run
+		t.Fatal(err)
+	}
+	select {
+	case ev := <-events:
+		if ev.Event != qmp.EventResume || ev.Timestamp.Seconds == 0 {
+			t.Errorf("event = %+v", ev)
+		}
+	case <-ctx.Done():
+		t.Fatal("no RESUME event")
+	}
+	if _, err := m.Run([]byte(`{"execute":"qom-get","arguments":{"path":"/nope","property":"x"}}`)); err == nil {
+		t.Error("qom-get /nope succeeded")
+	}
+	if _, err := m.Run([]byte(`not json`)); err == nil {
+		t.Error("Run accepted malformed JSON")
+	}
 }
