@@ -115,12 +115,12 @@ type IDAuth struct {
 	// 0 when not.
 	AuthorKeyAlgo uint32
 	// BlockSignature (0x40) is the ID key's signature over the 96-byte ID block.
-	BlockSignature Signature
+	BlockSignature ECDSASignature
 	// IDKey (0x240) is the ID key; never nil in a parsed structure.
 	IDKey *ecdsa.PublicKey
 	// IDKeySignature (0x680) is the author key's signature over the 1028-byte ID key
 	// structure; R and S are nil when there is no author key.
-	IDKeySignature Signature
+	IDKeySignature ECDSASignature
 	// AuthorKey (0x880) is the author key, nil when there is none.
 	AuthorKey *ecdsa.PublicKey
 }
@@ -136,8 +136,8 @@ func (a *IDAuth) MarshalBinary() ([]byte, error) {
 	out := make([]byte, IDAuthSize)
 	binary.LittleEndian.PutUint32(out[idAuthIDKeyAlgo:], a.IDKeyAlgo)
 	binary.LittleEndian.PutUint32(out[idAuthAuthorKeyAlgo:], a.AuthorKeyAlgo)
-	copy(out[idAuthBlockSig:], marshalSignature(a.BlockSignature))
-	idKey, err := marshalPublicKey(a.IDKey)
+	copy(out[idAuthBlockSig:], idMarshalSignature(a.BlockSignature))
+	idKey, err := idMarshalPublicKey(a.IDKey)
 	if err != nil {
 		return nil, fmt.Errorf("encoding ID key: %w", err)
 	}
@@ -148,8 +148,8 @@ func (a *IDAuth) MarshalBinary() ([]byte, error) {
 		if a.IDKeySignature.R == nil || a.IDKeySignature.S == nil {
 			return nil, errors.New("ID key signature is missing")
 		}
-		copy(out[idAuthIDKeySig:], marshalSignature(a.IDKeySignature))
-		author, err := marshalPublicKey(a.AuthorKey)
+		copy(out[idAuthIDKeySig:], idMarshalSignature(a.IDKeySignature))
+		author, err := idMarshalPublicKey(a.AuthorKey)
 		if err != nil {
 			return nil, fmt.Errorf("encoding author key: %w", err)
 		}
@@ -183,36 +183,36 @@ func parseIDAuth(data []byte) (*IDAuth, error) {
 	if a.IDKeyAlgo != KeyAlgoECDSAP384SHA384 {
 		return nil, fmt.Errorf("ID key algorithm is %d, want %d (ECDSA P-384 SHA-384)", a.IDKeyAlgo, KeyAlgoECDSAP384SHA384)
 	}
-	if !allZero(data[0x08:idAuthBlockSig]) {
+	if !idAllZero(data[0x08:idAuthBlockSig]) {
 		return nil, errors.New("reserved bytes 0x08-0x3f are not zero")
 	}
 	var err error
-	if a.BlockSignature, err = parseSignature(data[idAuthBlockSig:idAuthIDKey]); err != nil {
+	if a.BlockSignature, err = idParseSignature(data[idAuthBlockSig:idAuthIDKey]); err != nil {
 		return nil, fmt.Errorf("reading ID block signature: %w", err)
 	}
-	if a.IDKey, err = parsePublicKey(data[idAuthIDKey : idAuthIDKey+ECDSAPublicKeySize]); err != nil {
+	if a.IDKey, err = idParsePublicKey(data[idAuthIDKey : idAuthIDKey+ECDSAPublicKeySize]); err != nil {
 		return nil, fmt.Errorf("reading ID key: %w", err)
 	}
-	if !allZero(data[idAuthIDKey+ECDSAPublicKeySize : idAuthIDKeySig]) {
+	if !idAllZero(data[idAuthIDKey+ECDSAPublicKeySize : idAuthIDKeySig]) {
 		return nil, errors.New("reserved bytes after the ID key are not zero")
 	}
 	authorEnd := idAuthAuthorKey + ECDSAPublicKeySize
 	switch a.AuthorKeyAlgo {
 	case 0:
-		if !allZero(data[idAuthIDKeySig:authorEnd]) {
+		if !idAllZero(data[idAuthIDKeySig:authorEnd]) {
 			return nil, errors.New("author key algorithm is 0 but the ID key signature or author key fields are not zero")
 		}
 	case KeyAlgoECDSAP384SHA384:
-		if a.IDKeySignature, err = parseSignature(data[idAuthIDKeySig:idAuthAuthorKey]); err != nil {
+		if a.IDKeySignature, err = idParseSignature(data[idAuthIDKeySig:idAuthAuthorKey]); err != nil {
 			return nil, fmt.Errorf("reading ID key signature: %w", err)
 		}
-		if a.AuthorKey, err = parsePublicKey(data[idAuthAuthorKey:authorEnd]); err != nil {
+		if a.AuthorKey, err = idParsePublicKey(data[idAuthAuthorKey:authorEnd]); err != nil {
 			return nil, fmt.Errorf("reading author key: %w", err)
 		}
 	default:
 		return nil, fmt.Errorf("author key algorithm is %d, want 0 (none) or %d (ECDSA P-384 SHA-384)", a.AuthorKeyAlgo, KeyAlgoECDSAP384SHA384)
 	}
-	if !allZero(data[authorEnd:]) {
+	if !idAllZero(data[authorEnd:]) {
 		return nil, errors.New("reserved bytes after the author key are not zero")
 	}
 	return a, nil
@@ -263,7 +263,7 @@ func VerifyIDAuth(block, auth []byte) (*IDAuthInfo, error) {
 		info.HasAuthorKey = true
 		info.AuthorKeyDigest = sha512.Sum384(auth[idAuthAuthorKey : idAuthAuthorKey+ECDSAPublicKeySize])
 	}
-	if k, err := keyless(); err == nil {
+	if k, err := idKeylessParams(); err == nil {
 		info.Keyless = a.BlockSignature.R.Cmp(k.r) == 0 && a.BlockSignature.S.Cmp(k.s) == 0
 	}
 	return info, nil
@@ -282,14 +282,14 @@ func SignIDBlock(b *IDBlock, idKey, authorKey *ecdsa.PrivateKey) (auth []byte, e
 	}
 	h := sha512.Sum384(block)
 	// Checked here so a wrong curve is reported as such, not as a signing failure.
-	if _, err := marshalPublicKey(&idKey.PublicKey); err != nil {
+	if _, err := idMarshalPublicKey(&idKey.PublicKey); err != nil {
 		return nil, fmt.Errorf("signing ID block: ID key: %w", err)
 	}
 	r, s, err := ecdsa.Sign(rand.Reader, idKey, h[:])
 	if err != nil {
 		return nil, fmt.Errorf("signing ID block: %w", err)
 	}
-	return finishIDAuth(block, &idKey.PublicKey, Signature{R: r, S: s}, authorKey)
+	return finishIDAuth(block, &idKey.PublicKey, ECDSASignature{R: r, S: s}, authorKey)
 }
 
 // KeylessIDAuth returns an ID auth for b that needs no private key: its ID block
@@ -315,7 +315,7 @@ func KeylessIDAuthWithAuthor(b *IDBlock, authorKey *ecdsa.PrivateKey) (auth []by
 	if err != nil {
 		return nil, fmt.Errorf("making keyless ID auth: %w", err)
 	}
-	pub, err := recoverKeylessKey(block)
+	pub, err := idRecoverKeylessKey(block)
 	if err != nil {
 		return nil, fmt.Errorf("making keyless ID auth: %w", err)
 	}
@@ -324,14 +324,14 @@ func KeylessIDAuthWithAuthor(b *IDBlock, authorKey *ecdsa.PrivateKey) (auth []by
 
 // finishIDAuth adds the optional author signature, encodes the ID auth and verifies the
 // result against block, so no unverifiable structure ever leaves this package.
-func finishIDAuth(block []byte, idPub *ecdsa.PublicKey, blockSig Signature, authorKey *ecdsa.PrivateKey) ([]byte, error) {
+func finishIDAuth(block []byte, idPub *ecdsa.PublicKey, blockSig ECDSASignature, authorKey *ecdsa.PrivateKey) ([]byte, error) {
 	a := &IDAuth{IDKeyAlgo: KeyAlgoECDSAP384SHA384, BlockSignature: blockSig, IDKey: idPub}
 	if authorKey != nil {
-		idKeyBytes, err := marshalPublicKey(idPub)
+		idKeyBytes, err := idMarshalPublicKey(idPub)
 		if err != nil {
 			return nil, fmt.Errorf("encoding ID key: %w", err)
 		}
-		if _, err := marshalPublicKey(&authorKey.PublicKey); err != nil {
+		if _, err := idMarshalPublicKey(&authorKey.PublicKey); err != nil {
 			return nil, fmt.Errorf("signing ID key: author key: %w", err)
 		}
 		h := sha512.Sum384(idKeyBytes)
@@ -340,7 +340,7 @@ func finishIDAuth(block []byte, idPub *ecdsa.PublicKey, blockSig Signature, auth
 			return nil, fmt.Errorf("signing ID key with the author key: %w", err)
 		}
 		a.AuthorKeyAlgo = KeyAlgoECDSAP384SHA384
-		a.IDKeySignature = Signature{R: r, S: s}
+		a.IDKeySignature = ECDSASignature{R: r, S: s}
 		a.AuthorKey = &authorKey.PublicKey
 	}
 	auth, err := a.MarshalBinary()

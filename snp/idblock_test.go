@@ -444,7 +444,7 @@ func TestIDBlockRoundTripAndBadInput(t *testing.T) {
 func TestMarshalPublicKeyMatchesGoSevGuest(t *testing.T) {
 	for range 4 {
 		k := idbKey(t)
-		ours, err := marshalPublicKey(&k.PublicKey)
+		ours, err := idMarshalPublicKey(&k.PublicKey)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -455,9 +455,9 @@ func TestMarshalPublicKeyMatchesGoSevGuest(t *testing.T) {
 		if !bytes.Equal(ours, theirs) {
 			t.Fatal("AMD public key layout differs from go-sev-guest's abi.EcdsaPublicKeyToBytes")
 		}
-		back, err := parsePublicKey(ours)
+		back, err := idParsePublicKey(ours)
 		if err != nil || !back.Equal(&k.PublicKey) {
-			t.Fatalf("parsePublicKey round trip: %v", err)
+			t.Fatalf("idParsePublicKey round trip: %v", err)
 		}
 	}
 }

@@ -28,40 +28,40 @@ const (
 	// R (72 bytes) + S (72) + reserved (368).
 	ECDSASignatureSize = 0x200
 
-	// amdIntSize is the width of one little-endian integer field (QX, QY, R, S).
-	amdIntSize = 72
-	// p384Size is the byte length of a P-384 field element or scalar.
-	p384Size = 48
+	// idAMDIntSize is the width of one little-endian integer field (QX, QY, R, S).
+	idAMDIntSize = 72
+	// idP384Size is the byte length of a P-384 field element or scalar.
+	idP384Size = 48
 
-	keyQXOffset = 0x04
-	keyQYOffset = 0x4c
-	keyEnd      = 0x94 // first reserved byte of the key structure
-	sigSOffset  = 0x48
-	sigEnd      = 0x90 // first reserved byte of the signature structure
+	idKeyQXOffset = 0x04
+	idKeyQYOffset = 0x4c
+	idKeyEnd      = 0x94 // first reserved byte of the key structure
+	idSigSOffset  = 0x48
+	idSigEnd      = 0x90 // first reserved byte of the signature structure
 )
 
 // IDKeyDigest returns the SHA-384 digest of pub in AMD's 1028-byte public key layout,
 // exactly as the AMD-SP reports it in ID_KEY_DIGEST (or AUTHOR_KEY_DIGEST for an author
 // key). pub must be a valid P-384 key.
 func IDKeyDigest(pub *ecdsa.PublicKey) ([48]byte, error) {
-	b, err := marshalPublicKey(pub)
+	b, err := idMarshalPublicKey(pub)
 	if err != nil {
 		return [48]byte{}, err
 	}
 	return sha512.Sum384(b), nil
 }
 
-// marshalPublicKey returns pub in AMD's 1028-byte ECDSA public key layout.
+// idMarshalPublicKey returns pub in AMD's 1028-byte ECDSA public key layout.
 //
 // go-sev-guest's abi.EcdsaPublicKeyToBytes produces the same bytes (a test checks that)
 // but reads the deprecated big.Int coordinates; this version goes through
 // PublicKey.Bytes, which also rejects keys that are not on the curve.
-func marshalPublicKey(pub *ecdsa.PublicKey) ([]byte, error) {
+func idMarshalPublicKey(pub *ecdsa.PublicKey) ([]byte, error) {
 	if pub == nil {
 		return nil, errors.New("public key is missing")
 	}
 	if pub.Curve != elliptic.P384() {
-		return nil, fmt.Errorf("key is on curve %s; SEV-SNP ID and author keys must be P-384", curveName(pub.Curve))
+		return nil, fmt.Errorf("key is on curve %s; SEV-SNP ID and author keys must be P-384", idCurveName(pub.Curve))
 	}
 	raw, err := pub.Bytes() // 0x04 || X (48, big-endian) || Y (48, big-endian)
 	if err != nil {
@@ -69,32 +69,32 @@ func marshalPublicKey(pub *ecdsa.PublicKey) ([]byte, error) {
 	}
 	out := make([]byte, ECDSAPublicKeySize)
 	binary.LittleEndian.PutUint32(out[0:4], abi.EccP384)
-	putLE(out[keyQXOffset:keyQXOffset+p384Size], raw[1:1+p384Size])
-	putLE(out[keyQYOffset:keyQYOffset+p384Size], raw[1+p384Size:])
+	idPutLE(out[idKeyQXOffset:idKeyQXOffset+idP384Size], raw[1:1+idP384Size])
+	idPutLE(out[idKeyQYOffset:idKeyQYOffset+idP384Size], raw[1+idP384Size:])
 	return out, nil
 }
 
-// parsePublicKey parses AMD's 1028-byte ECDSA public key layout. It accepts only curve
+// idParsePublicKey parses AMD's 1028-byte ECDSA public key layout. It accepts only curve
 // P-384, coordinates that fit 48 bytes, a point on the curve and zero reserved bytes.
-func parsePublicKey(b []byte) (*ecdsa.PublicKey, error) {
+func idParsePublicKey(b []byte) (*ecdsa.PublicKey, error) {
 	if len(b) != ECDSAPublicKeySize {
 		return nil, fmt.Errorf("public key is %d bytes, want %d", len(b), ECDSAPublicKeySize)
 	}
 	if c := binary.LittleEndian.Uint32(b[0:4]); c != abi.EccP384 {
 		return nil, fmt.Errorf("public key curve is %d, want %d (P-384)", c, abi.EccP384)
 	}
-	x, err := getLE(b[keyQXOffset:keyQYOffset])
+	x, err := idGetLE(b[idKeyQXOffset:idKeyQYOffset])
 	if err != nil {
 		return nil, fmt.Errorf("reading QX: %w", err)
 	}
-	y, err := getLE(b[keyQYOffset:keyEnd])
+	y, err := idGetLE(b[idKeyQYOffset:idKeyEnd])
 	if err != nil {
 		return nil, fmt.Errorf("reading QY: %w", err)
 	}
-	if !allZero(b[keyEnd:]) {
+	if !idAllZero(b[idKeyEnd:]) {
 		return nil, errors.New("public key reserved bytes are not zero")
 	}
-	raw := make([]byte, 0, 1+2*p384Size)
+	raw := make([]byte, 0, 1+2*idP384Size)
 	raw = append(append(append(raw, 4), x...), y...)
 	pub, err := ecdsa.ParseUncompressedPublicKey(elliptic.P384(), raw)
 	if err != nil {
@@ -103,73 +103,73 @@ func parsePublicKey(b []byte) (*ecdsa.PublicKey, error) {
 	return pub, nil
 }
 
-// Signature is an ECDSA P-384 signature. R and S are in [1, n-1] when parsed.
-type Signature struct {
+// ECDSASignature is an ECDSA P-384 signature. R and S are in [1, n-1] when parsed.
+type ECDSASignature struct {
 	R, S *big.Int
 }
 
-// marshalSignature returns sig in AMD's 512-byte signature layout.
-func marshalSignature(sig Signature) []byte {
+// idMarshalSignature returns sig in AMD's 512-byte signature layout.
+func idMarshalSignature(sig ECDSASignature) []byte {
 	out := make([]byte, ECDSASignatureSize)
-	var buf [p384Size]byte
-	putLE(out[0:p384Size], sig.R.FillBytes(buf[:]))
-	putLE(out[sigSOffset:sigSOffset+p384Size], sig.S.FillBytes(buf[:]))
+	var buf [idP384Size]byte
+	idPutLE(out[0:idP384Size], sig.R.FillBytes(buf[:]))
+	idPutLE(out[idSigSOffset:idSigSOffset+idP384Size], sig.S.FillBytes(buf[:]))
 	return out
 }
 
-// parseSignature parses AMD's 512-byte signature layout: R and S must be in [1, n-1] and
+// idParseSignature parses AMD's 512-byte signature layout: R and S must be in [1, n-1] and
 // the reserved bytes zero.
-func parseSignature(b []byte) (Signature, error) {
+func idParseSignature(b []byte) (ECDSASignature, error) {
 	if len(b) != ECDSASignatureSize {
-		return Signature{}, fmt.Errorf("signature is %d bytes, want %d", len(b), ECDSASignatureSize)
+		return ECDSASignature{}, fmt.Errorf("signature is %d bytes, want %d", len(b), ECDSASignatureSize)
 	}
 	n := elliptic.P384().Params().N
-	var sig Signature
+	var sig ECDSASignature
 	for _, part := range []struct {
 		name string
 		dst  **big.Int
 		b    []byte
-	}{{"R", &sig.R, b[0:sigSOffset]}, {"S", &sig.S, b[sigSOffset:sigEnd]}} {
-		be, err := getLE(part.b)
+	}{{"R", &sig.R, b[0:idSigSOffset]}, {"S", &sig.S, b[idSigSOffset:idSigEnd]}} {
+		be, err := idGetLE(part.b)
 		if err != nil {
-			return Signature{}, fmt.Errorf("reading signature %s: %w", part.name, err)
+			return ECDSASignature{}, fmt.Errorf("reading signature %s: %w", part.name, err)
 		}
 		v := new(big.Int).SetBytes(be)
 		if v.Sign() == 0 || v.Cmp(n) >= 0 {
-			return Signature{}, fmt.Errorf("signature %s is out of range [1, n-1]", part.name)
+			return ECDSASignature{}, fmt.Errorf("signature %s is out of range [1, n-1]", part.name)
 		}
 		*part.dst = v
 	}
-	if !allZero(b[sigEnd:]) {
-		return Signature{}, errors.New("signature reserved bytes are not zero")
+	if !idAllZero(b[idSigEnd:]) {
+		return ECDSASignature{}, errors.New("signature reserved bytes are not zero")
 	}
 	return sig, nil
 }
 
-// putLE writes the big-endian p384Size-byte integer be into dst little-endian.
-func putLE(dst, be []byte) {
+// idPutLE writes the big-endian idP384Size-byte integer be into dst little-endian.
+func idPutLE(dst, be []byte) {
 	for i := range be {
 		dst[i] = be[len(be)-1-i]
 	}
 }
 
-// getLE reads a 72-byte little-endian field and returns its value as 48 big-endian bytes;
+// idGetLE reads a 72-byte little-endian field and returns its value as 48 big-endian bytes;
 // the 24 high bytes must be zero (a P-384 value never needs them).
-func getLE(le []byte) ([]byte, error) {
-	if len(le) != amdIntSize {
-		return nil, fmt.Errorf("field is %d bytes, want %d", len(le), amdIntSize)
+func idGetLE(le []byte) ([]byte, error) {
+	if len(le) != idAMDIntSize {
+		return nil, fmt.Errorf("field is %d bytes, want %d", len(le), idAMDIntSize)
 	}
-	if !allZero(le[p384Size:]) {
+	if !idAllZero(le[idP384Size:]) {
 		return nil, errors.New("value does not fit 48 bytes")
 	}
-	be := make([]byte, p384Size)
+	be := make([]byte, idP384Size)
 	for i := range be {
-		be[i] = le[p384Size-1-i]
+		be[i] = le[idP384Size-1-i]
 	}
 	return be, nil
 }
 
-func allZero(b []byte) bool {
+func idAllZero(b []byte) bool {
 	for _, c := range b {
 		if c != 0 {
 			return false
@@ -178,7 +178,7 @@ func allZero(b []byte) bool {
 	return true
 }
 
-func curveName(c elliptic.Curve) string {
+func idCurveName(c elliptic.Curve) string {
 	if c == nil || c.Params() == nil {
 		return "<none>"
 	}
@@ -227,7 +227,7 @@ func ParsePrivateKeyPEM(data []byte) (*ecdsa.PrivateKey, error) {
 			return nil, fmt.Errorf("parsing private key PEM %q block: %w", block.Type, err)
 		}
 		if key.Curve != elliptic.P384() {
-			return nil, fmt.Errorf("parsing private key PEM: key is on curve %s; SEV-SNP ID and author keys must be P-384", curveName(key.Curve))
+			return nil, fmt.Errorf("parsing private key PEM: key is on curve %s; SEV-SNP ID and author keys must be P-384", idCurveName(key.Curve))
 		}
 	}
 	if key == nil {
@@ -262,12 +262,12 @@ const (
 	keylessSLabel = "snpd keyless ID block signature S v1"
 )
 
-type keylessParams struct {
+type idKeylessParamsT struct {
 	r, s *big.Int
 	R    *nistec.P384Point
 }
 
-var keyless = sync.OnceValues(func() (keylessParams, error) {
+var idKeylessParams = sync.OnceValues(func() (idKeylessParamsT, error) {
 	n := elliptic.P384().Params().N
 	for ctr := 0; ctr < 256; ctr++ {
 		x := sha512.Sum384(append([]byte(keylessRLabel), byte(ctr)))
@@ -281,27 +281,27 @@ var keyless = sync.OnceValues(func() (keylessParams, error) {
 		sh := sha512.Sum384([]byte(keylessSLabel))
 		s := new(big.Int).Mod(new(big.Int).SetBytes(sh[:]), n)
 		if s.Sign() == 0 {
-			return keylessParams{}, errors.New("deriving keyless signature: s is zero")
+			return idKeylessParamsT{}, errors.New("deriving keyless signature: s is zero")
 		}
-		return keylessParams{r: new(big.Int).SetBytes(x[:]), s: s, R: R}, nil
+		return idKeylessParamsT{r: new(big.Int).SetBytes(x[:]), s: s, R: R}, nil
 	}
-	return keylessParams{}, errors.New("deriving keyless signature: no curve point found")
+	return idKeylessParamsT{}, errors.New("deriving keyless signature: no curve point found")
 })
 
 // KeylessSignature returns the fixed (r, s) that every keyless ID auth carries as its
 // ID block signature.
-func KeylessSignature() (Signature, error) {
-	p, err := keyless()
+func KeylessSignature() (ECDSASignature, error) {
+	p, err := idKeylessParams()
 	if err != nil {
-		return Signature{}, err
+		return ECDSASignature{}, err
 	}
-	return Signature{R: new(big.Int).Set(p.r), S: new(big.Int).Set(p.s)}, nil
+	return ECDSASignature{R: new(big.Int).Set(p.r), S: new(big.Int).Set(p.s)}, nil
 }
 
-// recoverKeylessKey returns the public key Q under which the keyless signature is valid
+// idRecoverKeylessKey returns the public key Q under which the keyless signature is valid
 // for the SHA-384 digest of msg: Q = r⁻¹·s·R − r⁻¹·e·G.
-func recoverKeylessKey(msg []byte) (*ecdsa.PublicKey, error) {
-	p, err := keyless()
+func idRecoverKeylessKey(msg []byte) (*ecdsa.PublicKey, error) {
+	p, err := idKeylessParams()
 	if err != nil {
 		return nil, err
 	}
@@ -314,7 +314,7 @@ func recoverKeylessKey(msg []byte) (*ecdsa.PublicKey, error) {
 	u2 := new(big.Int).Mul(p.s, rInv)
 	u2.Mod(u2, n)
 
-	var b1, b2 [p384Size]byte
+	var b1, b2 [idP384Size]byte
 	a, err := nistec.NewP384Point().ScalarBaseMult(u1.FillBytes(b1[:]))
 	if err != nil {
 		return nil, fmt.Errorf("recovering keyless ID key: %w", err)
