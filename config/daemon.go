@@ -49,7 +49,9 @@ type Daemon struct {
 	// Socket is the API socket path. Default <runtime_dir>/snpd.sock.
 	Socket string `toml:"socket"`
 	// OperateGroup names the group whose members may change VMs (define, start, stop...).
-	// Empty: only root may. The socket file is owned by this group (else ReadGroup).
+	// Empty: only root may. The socket file (mode 0660) belongs to ReadGroup when set,
+	// else to OperateGroup: with both set, operators must be members of both groups to
+	// reach the socket; the API then grants each caller its role from SO_PEERCRED.
 	OperateGroup string `toml:"operate_group"`
 	// ReadGroup names the group whose members may only read (list, show, log, events).
 	// Empty: nobody besides root and OperateGroup.

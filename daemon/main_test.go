@@ -12,5 +12,9 @@ func TestMain(m *testing.M) {
 		storeWriter(dir)
 		return
 	}
+	if cfg := os.Getenv("SNPD_TEST_DAEMON"); cfg != "" {
+		daemonMain(cfg)
+		return
+	}
 	os.Exit(m.Run())
 }

@@ -67,9 +67,11 @@ func Run(ctx context.Context, cfg *config.Daemon) error {
 		return fmt.Errorf("using the activated socket: %w", err)
 	}
 	if !activated {
-		gid := operateGID
+		// The socket's group is the read group (the wider one: operators must be in it
+		// too to reach the file), else the operate group; SO_PEERCRED then decides.
+		gid := readGID
 		if gid < 0 {
-			gid = readGID
+			gid = operateGID
 		}
 		ln, err = listenAPI(cfg.Socket, gid)
 		if err != nil {
