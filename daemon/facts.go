@@ -1,0 +1,153 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/sha512"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"regexp"
+	"time"
+
+	"github.com/snpd/snpd/config"
+	"github.com/snpd/snpd/snp"
+)
+
+// qemuVersionTimeout bounds `qemu --version`.
+const qemuVersionTimeout = 5 * time.Second
+
+// VMFacts learns what the host policy needs beyond the definition (see config.Facts):
+// the firmware file's digests and kernel-hashes section, the QEMU binary and its
+// version, and the key digests of a given ID block and ID auth. platform is
+// config.PlatformSEVSNP or config.PlatformNone; qemuPath is the QEMU binary snpd would
+// run (a libvirt domain's own emulator is used instead when it names one). What cannot
+// be learned stays unknown, so Check reports it (fail closed), and the reasons are
+// returned joined in err; the facts are valid either way.
+//
+// At launch the daemon fills the firmware facts from the sealed memfd instead (see
+// FirmwareFacts), so what was checked is what QEMU loads.
+func VMFacts(ctx context.Context, vm *config.VM, platform, qemuPath string) (config.Facts, error) {
+	f := config.Facts{Platform: platform}
+	var errs []error
+	if vm.Firmware != "" {
+		if err := firmwareFileFacts(vm.Firmware, &f); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if vm.Libvirt != nil && vm.Libvirt.Emulator != "" {
+		qemuPath = vm.Libvirt.Emulator
+	}
+	if qemuPath != "" {
+		f.QEMUPath = qemuPath
+		v, err := QEMUVersion(ctx, qemuPath)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		f.QEMUVersion = v
+	}
+	if err := IDAuthFacts(vm, &f); err != nil {
+		errs = append(errs, err)
+	}
+	return f, errors.Join(errs...)
+}
+
+func firmwareFileFacts(path string, f *config.Facts) error {
+	fd, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("reading firmware: %w", err)
+	}
+	defer fd.Close()
+	st, err := fd.Stat()
+	if err != nil {
+		return fmt.Errorf("reading firmware: %w", err)
+	}
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("reading firmware %s: not a regular file", path)
+	}
+	if err := FirmwareFacts(fd, st.Size(), f); err != nil {
+		return fmt.Errorf("firmware %s: %w", path, err)
+	}
+	return nil
+}
+
+// FirmwareFacts hashes the size bytes of firmware in r (SHA-256 and SHA-384 of the whole
+// image) and parses its SEV metadata to learn whether it has an SNP kernel-hashes
+// section, filling the firmware fields of f. r is typically the sealed memfd QEMU will
+// load. A firmware without SEV metadata (e.g. a plain OvmfPkgX64 build) is not an
+// error: it has no kernel-hashes section. On error f's firmware fields stay unknown.
+func FirmwareFacts(r io.ReaderAt, size int64, f *config.Facts) error {
+	h256, h384 := sha256.New(), sha512.New384()
+	n, err := io.Copy(io.MultiWriter(h256, h384), io.NewSectionReader(r, 0, size))
+	if err != nil {
+		return fmt.Errorf("hashing firmware: %w", err)
+	}
+	if n != size {
+		return fmt.Errorf("hashing firmware: read %d of %d bytes", n, size)
+	}
+	hasKH := false
+	if fw, err := snp.ParseFirmware(r, size); err == nil {
+		hasKH = fw.HasKernelHashes()
+	}
+	f.FirmwareSHA256, f.FirmwareSHA384 = h256.Sum(nil), h384.Sum(nil)
+	f.FirmwareHasKernelHashes = hasKH
+	return nil
+}
+
+// IDAuthFacts verifies vm's given ID block and ID auth (snp.VerifyIDAuth) and fills the
+// ID and author key digests of f. Without a given ID block it does nothing (an ID block
+// built at start from snp.id_key_file gets its digests from the launch). An ID auth that
+// does not verify leaves the digests unknown and is returned as the error.
+func IDAuthFacts(vm *config.VM, f *config.Facts) error {
+	if vm.SNP.IDBlock == "" || vm.SNP.IDAuth == "" {
+		return nil
+	}
+	block, err1 := base64.StdEncoding.DecodeString(vm.SNP.IDBlock)
+	auth, err2 := base64.StdEncoding.DecodeString(vm.SNP.IDAuth)
+	if err := errors.Join(err1, err2); err != nil {
+		return fmt.Errorf("decoding ID block: %w", err)
+	}
+	info, err := snp.VerifyIDAuth(block, auth)
+	if err != nil {
+		return err
+	}
+	f.IDKeyDigest = bytes.Clone(info.IDKeyDigest[:])
+	if info.HasAuthorKey {
+		f.AuthorKeyDigest = bytes.Clone(info.AuthorKeyDigest[:])
+	}
+	return nil
+}
+
+var qemuVersionRE = regexp.MustCompile(`QEMU emulator version ([0-9]+\.[0-9]+(?:\.[0-9]+)?)`)
+
+// QEMUVersion runs `path --version` (no shell, at most 5 s) and returns its version.
+func QEMUVersion(ctx context.Context, path string) ([3]int, error) {
+	ctx, cancel := context.WithTimeout(ctx, qemuVersionTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, path, "--version")
+	cmd.Env = []string{"LC_ALL=C"}
+	out, err := cmd.Output()
+	if err != nil {
+		return [3]int{}, fmt.Errorf("running %s --version: %w", path, err)
+	}
+	return ParseQEMUVersion(out)
+}
+
+// ParseQEMUVersion extracts the version from `qemu-system-x86_64 --version` output
+// ("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-1~bpo12+1)").
+func ParseQEMUVersion(out []byte) ([3]int, error) {
+	m := qemuVersionRE.FindSubmatch(out)
+	if m == nil {
+		line, _, _ := bytes.Cut(out, []byte("\n"))
+		return [3]int{}, fmt.Errorf("parsing QEMU version: no \"QEMU emulator version\" in %q", line)
+	}
+	v, err := config.ParseVersion(string(m[1]))
+	if err != nil {
+		return v, fmt.Errorf("parsing QEMU version: %w", err)
+	}
+	return v, nil
+}
