@@ -192,8 +192,10 @@ func (m *Measurement) VMSAPage(i int) []byte {
 // Measurement errors users act on.
 var (
 	// ErrNoKernelHashes: a kernel was given but the firmware cannot measure it.
+	//lint:ignore ST1005 the reference tool's exact wording, which scripts match
 	ErrNoKernelHashes = errors.New("Kernel specified but OVMF metadata doesn't include SNP_KERNEL_HASHES section")
 	// ErrNoSEVHashTable: SEV/SEV-ES kernel measurement needs the hashes table.
+	//lint:ignore ST1005 the reference tool's exact wording, which scripts match
 	ErrNoSEVHashTable = errors.New("Kernel specified but OVMF doesn't support kernel/initrd/cmdline measurement")
 )
 

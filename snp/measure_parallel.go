@@ -20,19 +20,28 @@ import (
 // size. Page contents hashes are independent; only the 112-byte PAGE_INFO chain is
 // sequential (2 SHA-512 blocks per page against 33 for the contents).
 //
-// An all-zero page (most of a large image) is recognised with a SIMD compare and
-// given the precomputed SHA-384 of 4096 zero bytes: bit-exact, and ~50x cheaper
-// than hashing it.
+// A uniform page (every byte the same: all-zero padding in large images, 0xff in
+// unused flash; 62% of Debian's 4 MiB OVMF) is recognised with one SIMD compare of
+// the page against itself shifted by one byte, and given the SHA-384 of that page,
+// computed once per byte value: bit-exact, and ~50x cheaper than hashing it.
 
 const (
 	chunkPages = 128
 	chunkSize  = chunkPages * PageSize // 512 KiB
 )
 
-var (
-	zeroPage       [PageSize]byte
-	zeroPageDigest = sha512.Sum384(zeroPage[:])
-)
+// uniformDigests[b] is the SHA-384 of a page of 4096 bytes of value b, computed on
+// first use.
+var uniformDigests [256]struct {
+	once sync.Once
+	d    [48]byte
+}
+
+func uniformDigest(b byte) *[48]byte {
+	u := &uniformDigests[b]
+	u.once.Do(func() { u.d = sha512.Sum384(bytes.Repeat([]byte{b}, PageSize)) })
+	return &u.d
+}
 
 type chunk struct {
 	buf  []byte
@@ -45,8 +54,8 @@ type chunk struct {
 func (c *chunk) hashPages() {
 	for p := 0; p*PageSize < c.n; p++ {
 		page := c.buf[p*PageSize : (p+1)*PageSize]
-		if bytes.Equal(page, zeroPage[:]) {
-			c.sums[p] = zeroPageDigest
+		if bytes.Equal(page[1:], page[:PageSize-1]) {
+			c.sums[p] = *uniformDigest(page[0])
 		} else {
 			c.sums[p] = sha512.Sum384(page)
 		}

@@ -300,9 +300,26 @@ func readGoPortMetadata(t *testing.T, path string) goPortMeta {
 // for every worker count, image size (chunk boundaries) and zero/non-zero mix.
 func TestParallelMatchesSequential(t *testing.T) {
 	for _, pages := range []int{1, chunkPages - 1, chunkPages, chunkPages + 1, 3*chunkPages + 5} {
+		// A mix of zero pages, uniform 0xff pages, pages that are uniform but for
+		// their first or last byte, and pages with one stray byte.
 		img := make([]byte, pages*PageSize)
-		for p := 0; p < pages; p += 3 {
-			img[p*PageSize+p%PageSize] = byte(p + 1)
+		for p := 0; p < pages; p++ {
+			page := img[p*PageSize : (p+1)*PageSize]
+			switch p % 5 {
+			case 1:
+				for i := range page {
+					page[i] = 0xff
+				}
+			case 2:
+				for i := range page {
+					page[i] = 0xff
+				}
+				page[PageSize-1] = 0xfe
+			case 3:
+				page[0] = 1
+			case 4:
+				page[p%PageSize] = byte(p + 1)
+			}
 		}
 		want := &gctx{}
 		for p := 0; p < pages; p++ {
