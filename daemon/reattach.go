@@ -60,6 +60,38 @@ func pidfdExitStatus(pidfd int) (ws unix.WaitStatus, ok bool) {
 	return unix.WaitStatus(info.ExitCode), true
 }
 
+// zombieExitStatus reads the wait status of pid from /proc/PID/stat (field 52,
+// exit_code) if pid is a zombie whose start time is startTicks (0: not checked).
+func zombieExitStatus(pid int, startTicks uint64) (unix.WaitStatus, bool) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, false
+	}
+	return parseZombieStat(b, startTicks)
+}
+
+// parseZombieStat extracts state, start time and exit code from a /proc/PID/stat line;
+// fields are counted after the last ')' because the command name may contain anything.
+func parseZombieStat(b []byte, startTicks uint64) (unix.WaitStatus, bool) {
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, false
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// f[0] is field 3 (state); field 22 (starttime) is f[19], field 52 (exit_code) f[49].
+	if len(f) < 50 || f[0] != "Z" {
+		return 0, false
+	}
+	if st, err := strconv.ParseUint(f[19], 10, 64); err != nil || (startTicks != 0 && st != startTicks) {
+		return 0, false
+	}
+	code, err := strconv.ParseUint(f[49], 10, 32)
+	if err != nil {
+		return 0, false
+	}
+	return unix.WaitStatus(code), true
+}
+
 // exitFromWaitStatus converts a wait status into an api.ExitStatus.
 func exitFromWaitStatus(ws unix.WaitStatus, detail string) api.ExitStatus {
 	e := api.ExitStatus{Known: true, Detail: detail}
@@ -82,8 +114,9 @@ const notChildDetail = "qemu was not snpd's child (reattached after an snpd rest
 // reattachedProc is a QEMU found running at start: watched through a pidfd, driven
 // through a fresh QMP connection (nil if the monitor could not be reached).
 type reattachedProc struct {
-	pid   int
-	pidfd int
+	pid        int
+	startTicks uint64
+	pidfd      int
 	mon   *qmp.Client
 
 	done     chan struct{}
@@ -110,10 +143,15 @@ func (p *reattachedProc) watch() {
 			break
 		}
 	}
-	// The status exists once the new parent (init or a subreaper) reaped the zombie.
+	// While the process is a zombie, /proc/PID/stat carries its wait status; once the
+	// new parent (init or a subreaper) reaped it, the pidfd does (Linux >= 6.15).
 	var exit api.ExitStatus
 	deadline := time.Now().Add(time.Second)
 	for {
+		if ws, ok := zombieExitStatus(p.pid, p.startTicks); ok {
+			exit = exitFromWaitStatus(ws, "from /proc (qemu was reattached, not snpd's child)")
+			break
+		}
 		if ws, ok := pidfdExitStatus(p.pidfd); ok {
 			exit = exitFromWaitStatus(ws, "from the pidfd (qemu was reattached, not snpd's child)")
 			break
@@ -285,7 +323,7 @@ func (m *Manager) reattachOne(ctx context.Context, name string, run *api.Run) ap
 		}
 		return record(api.StateCrashed, "qemu died while snpd was down; "+err.Error(), &api.ExitStatus{Detail: notChildDetail})
 	}
-	p := &reattachedProc{pid: run.PID, pidfd: fd, done: make(chan struct{})}
+	p := &reattachedProc{pid: run.PID, startTicks: run.ProcStartTicks, pidfd: fd, done: make(chan struct{})}
 	dir := run.RuntimeDir
 	if dir == "" {
 		dir = m.vmRuntimeDir(name)

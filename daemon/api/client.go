@@ -160,6 +160,12 @@ func (c *Client) Undefine(ctx context.Context, name string) error {
 	return c.Do(ctx, http.MethodDelete, vmPath(name, ""), nil, nil)
 }
 
+// Runs returns a VM's runs (launch records with their state history), oldest first.
+func (c *Client) Runs(ctx context.Context, name string) ([]Run, error) {
+	var r []Run
+	return r, c.Do(ctx, http.MethodGet, vmPath(name, "/runs"), nil, &r)
+}
+
 // Start launches a VM and returns once it runs (or the start failed).
 func (c *Client) Start(ctx context.Context, name string) (*VMInfo, error) {
 	var v VMInfo

@@ -1,0 +1,249 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/snpd/snpd/daemon/api"
+)
+
+// TestReattachAfterSIGKILL is the restart story with the real QEMU on platform "none":
+// three running VMs survive a SIGKILL of snpd and are adopted by the next snpd with the
+// same pids; a VM whose launch snpd died in (paused before cont) is killed and reported;
+// a QEMU killed with SIGKILL is reported crashed with its signal (as snpd's child, and
+// after a reattach through the pidfd), noticed within a second.
+func TestReattachAfterSIGKILL(t *testing.T) {
+	needQEMU(t)
+	e := newTestEnv(t, "")
+	d1 := startDaemon(t, e, "SNPD_TEST_HALT_BEFORE_CONT=half")
+	c := d1.Client
+	names := []string{"a", "b", "c"}
+	for _, n := range append(names, "half", "child") {
+		mustDefine(t, c, n, "")
+	}
+	pids := map[string]int{}
+	for _, n := range names {
+		info, err := c.Start(ctxT(t, time.Minute), n)
+		if err != nil {
+			t.Fatalf("starting %s: %v", n, err)
+		}
+		if info.State != api.StateRunning || info.PID <= 0 || !pidAlive(info.PID) {
+			t.Fatalf("%s after start: %+v", n, info.VMSummary)
+		}
+		pids[n] = info.PID
+	}
+	t.Cleanup(func() {
+		for _, p := range pids {
+			_ = syscall.Kill(p, syscall.SIGKILL)
+		}
+	})
+
+	// A QEMU killed while snpd (its parent) runs: crashed, with the signal.
+	info, err := c.Start(ctxT(t, time.Minute), "child")
+	if err != nil {
+		t.Fatal(err)
+	}
+	events, cancelEvents := context.WithCancel(context.Background())
+	defer cancelEvents()
+	got := make(chan api.Event, 16)
+	go func() {
+		_ = c.Events(events, "child", func(ev api.Event) error { got <- ev; return nil })
+	}()
+	time.Sleep(100 * time.Millisecond) // let the stream subscribe
+	killedAt := time.Now()
+	if err := syscall.Kill(info.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case ev := <-got:
+		if ev.State != api.StateCrashed {
+			t.Fatalf("event %+v, want crashed", ev)
+		}
+		if d := time.Since(killedAt); d > time.Second {
+			t.Errorf("crash noticed after %s, want < 1s", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no crashed event within 5s")
+	}
+	ci, err := vmState(c, "child")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ci.State != api.StateCrashed || ci.Last.Exit == nil || !ci.Last.Exit.Known || ci.Last.Exit.Signal != "SIGKILL" {
+		t.Fatalf("child after SIGKILL: state %s exit %+v", ci.State, ci.Last.Exit)
+	}
+
+	// snpd dies with SIGKILL in the middle of launching "half": QEMU is left paused
+	// before cont with a durable "starting" record.
+	_, err = c.Start(ctxT(t, time.Minute), "half")
+	if err == nil {
+		t.Fatal("start of half returned although snpd killed itself")
+	}
+	<-d1.done
+	halfRun := lastRunFromStore(t, e, "half")
+	if halfRun.State != api.StateStarting || halfRun.PID <= 0 || !pidAlive(halfRun.PID) {
+		t.Fatalf("half after snpd's death: %+v (alive %v)", halfRun, pidAlive(halfRun.PID))
+	}
+	pids["half"] = halfRun.PID
+	for _, n := range names {
+		if !pidAlive(pids[n]) {
+			t.Fatalf("%s (pid %d) died with snpd", n, pids[n])
+		}
+	}
+
+	d2 := startDaemon(t, e)
+	c = d2.Client
+	for _, n := range names {
+		info, err := vmState(c, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State != api.StateRunning || info.PID != pids[n] || !pidAlive(pids[n]) {
+			t.Errorf("%s after restart: state %s pid %d (was %d)", n, info.State, info.PID, pids[n])
+		}
+		if !strings.Contains(info.Last.Transitions[len(info.Last.Transitions)-1].Reason, "reattached") {
+			t.Errorf("%s: last transition %+v", n, info.Last.Transitions)
+		}
+	}
+	hi, err := vmState(c, "half")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hi.State != api.StateFailed || !strings.Contains(hi.Last.Transitions[len(hi.Last.Transitions)-1].Reason, "half-started") {
+		t.Errorf("half after restart: %s %+v", hi.State, hi.Last.Transitions)
+	}
+	waitFor(t, "the half-started qemu to be gone", 5*time.Second, func() (bool, error) { return !pidAlive(pids["half"]), nil })
+	st, err := c.Status(ctxT(t, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.VMs[api.StateRunning] != 3 || len(st.Reattached) != 4 {
+		t.Errorf("status after restart: %+v", st)
+	}
+
+	// A reattached QEMU (no longer snpd's child) killed with SIGKILL: crashed; the
+	// signal comes from the pidfd (Linux >= 6.15), else the record says it is unknown.
+	killedAt = time.Now()
+	if err := syscall.Kill(pids["c"], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	var cc *api.VMInfo
+	waitFor(t, "c to be reported crashed", 5*time.Second, func() (bool, error) {
+		var err error
+		cc, err = vmState(c, "c")
+		return err == nil && cc.State == api.StateCrashed, err
+	})
+	noticed := time.Since(killedAt)
+	t.Logf("reattached qemu crash noticed after %s; exit %s", noticed, cc.Last.Exit)
+	if noticed > 1500*time.Millisecond {
+		t.Errorf("crash of a reattached qemu noticed after %s", noticed)
+	}
+	if ex := cc.Last.Exit; ex == nil || (ex.Known && ex.Signal != "SIGKILL") || (!ex.Known && !strings.Contains(ex.Detail, "not snpd's child")) {
+		t.Errorf("c exit %+v", ex)
+	}
+
+	// Stop and kill through the API work on reattached VMs.
+	ai, err := c.Stop(ctxT(t, 30*time.Second), "a", api.StopRequest{TimeoutSeconds: 1})
+	if err != nil || ai.State != api.StateStopped || pidAlive(pids["a"]) {
+		t.Errorf("stop a: %v %+v", err, ai)
+	}
+	bi, err := c.Kill(ctxT(t, 30*time.Second), "b")
+	if err != nil || bi.State != api.StateStopped || pidAlive(pids["b"]) {
+		t.Errorf("kill b: %v %+v", err, bi)
+	}
+	if _, err := c.Kill(ctxT(t, 5*time.Second), "b"); !errors.Is(err, api.ErrConflict) {
+		t.Errorf("killing a stopped vm: %v", err)
+	}
+}
+
+// lastRunFromStore reads a VM's newest run directly (snpd must not be running).
+func lastRunFromStore(t *testing.T, e *testEnv, name string) *api.Run {
+	t.Helper()
+	s, err := OpenStore(e.StateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	r, _, err := s.LastRun(name)
+	if err != nil || r == nil {
+		t.Fatalf("last run of %s: %v", name, err)
+	}
+	return r
+}
+
+// TestRestartOnCrash checks the optional per-VM restart policy.
+func TestRestartOnCrash(t *testing.T) {
+	needQEMU(t)
+	e := newTestEnv(t, "")
+	d := startDaemon(t, e)
+	mustDefine(t, d.Client, "phoenix", "restart = \"on-crash\"\n")
+	info, err := d.Client.Start(ctxT(t, time.Minute), "phoenix")
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := info.PID
+	if err := syscall.Kill(first, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	var again *api.VMInfo
+	waitFor(t, "phoenix to run again", 30*time.Second, func() (bool, error) {
+		var err error
+		again, err = vmState(d.Client, "phoenix")
+		return err == nil && again.State == api.StateRunning && again.PID != first, err
+	})
+	t.Cleanup(func() { _ = syscall.Kill(again.PID, syscall.SIGKILL) })
+	if again.Starts != 2 {
+		t.Errorf("starts = %d, want 2", again.Starts)
+	}
+	runs, err := d.Client.Runs(ctxT(t, 5*time.Second), "phoenix")
+	if err != nil || len(runs) != 2 || runs[0].State != api.StateCrashed || runs[0].Exit.Signal != "SIGKILL" {
+		t.Fatalf("runs: %v %+v", err, runs)
+	}
+	if _, err := d.Client.Stop(ctxT(t, 30*time.Second), "phoenix", api.StopRequest{TimeoutSeconds: 1}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if info, _ := vmState(d.Client, "phoenix"); info.State != api.StateStopped {
+		t.Errorf("a stopped on-crash vm came back: %s", info.State)
+	}
+	_ = fmt.Sprint
+	_ = os.Getpid
+}
+
+func TestParseZombieStat(t *testing.T) {
+	// A real zombie line: comm with a space and a ')' inside, killed by SIGKILL (9).
+	fields := make([]string, 50)
+	for i := range fields {
+		fields[i] = "0"
+	}
+	fields[0], fields[19], fields[49] = "Z", "4242", "9"
+	line := []byte("123 (qemu) x) " + strings.Join(fields, " ") + "\n")
+	ws, ok := parseZombieStat(line, 4242)
+	if !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		t.Fatalf("got %#x %v", uint32(ws), ok)
+	}
+	if _, ok := parseZombieStat(line, 4243); ok {
+		t.Error("start time mismatch accepted (pid reuse)")
+	}
+	fields[0] = "S"
+	if _, ok := parseZombieStat([]byte("1 (q) "+strings.Join(fields, " ")), 0); ok {
+		t.Error("a live process reported as exited")
+	}
+}
+
+func FuzzParseZombieStat(f *testing.F) {
+	f.Add([]byte("1 (a) Z 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 7 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 256"), uint64(7))
+	f.Add([]byte("((("), uint64(0))
+	f.Fuzz(func(t *testing.T, b []byte, ticks uint64) {
+		ws, ok := parseZombieStat(b, ticks)
+		if !ok && ws != 0 {
+			t.Fatal("status without ok")
+		}
+	})
+}
