@@ -74,9 +74,8 @@ type blockdevFormat struct {
 	ReadOnly bool   `json:"read-only"`
 	Driver   string `json:"driver"`
 	File     string `json:"file"`
-	// Backing is JSON null for qcow2: QEMU must not follow a backing file named inside
-	// the image (that would open host files the definition never named).
-	Backing *struct{} `json:"backing,omitempty"`
+	// backing true adds "backing": null (qcow2): QEMU must not follow a backing file
+	// named inside the image (that would open host files the definition never named).
 	backing bool
 }
 

@@ -454,25 +454,18 @@ func qemuExitError(ex ExitInfo) error {
 			break
 		}
 	}
-	all := strings.Join(ex.StderrTail, "\n")
-	for _, m := range []string{"SEV is not enabled in KVM", "/dev/sev", "sev_kvm_init", "KVM_SEV_INIT"} {
-		if strings.Contains(all, m) {
-			return fmt.Errorf("SEV-SNP is not available on this host (qemu: %s): check that /dev/sev exists, kvm_amd is loaded with sev_snp=1 (/sys/module/kvm_amd/parameters/sev_snp) and the host kernel is >= 6.11", qemuMsg(ex.StderrTail, m))
+	for _, l := range ex.StderrTail {
+		// QEMU 10: "SEV is not enabled in KVM", "-accel kvm: vm-type SEV-SNP not supported
+		// by KVM", "sev_kvm_init: Failed to open /dev/sev ...".
+		if strings.Contains(l, "SEV") && (strings.Contains(l, "KVM") || strings.Contains(l, "/dev/sev")) ||
+			strings.Contains(l, "/dev/sev") {
+			return fmt.Errorf("SEV-SNP is not available on this host (qemu: %s): check that /dev/sev exists, kvm_amd is loaded with sev_snp=1 (/sys/module/kvm_amd/parameters/sev_snp) and the host kernel is >= 6.11", stripQEMUPrefix(strings.TrimSpace(l)))
 		}
 	}
 	if last == "" {
 		return fmt.Errorf("qemu exited at start (%s) with no message", ex)
 	}
 	return fmt.Errorf("qemu exited at start (%s): %s", ex, stripQEMUPrefix(last))
-}
-
-func qemuMsg(lines []string, marker string) string {
-	for _, l := range lines {
-		if strings.Contains(l, marker) {
-			return stripQEMUPrefix(strings.TrimSpace(l))
-		}
-	}
-	return marker
 }
 
 // stripQEMUPrefix removes "qemu-system-x86_64: " and a -msg timestamp prefix.
