@@ -17,8 +17,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// helperEnv selects a helper role when the test binary is re-executed.
-const helperEnv = "SNPD_SYSTEMD_TEST_HELPER"
+// helperEnv selects a helper role when the test binary is re-executed; execArgvEnv
+// (a JSON array) makes the "exec" role exec that program instead of itself.
+const (
+	helperEnv   = "SNPD_SYSTEMD_TEST_HELPER"
+	execArgvEnv = "SNPD_SYSTEMD_TEST_ARGV"
+)
 
 // TestMain lets the test binary play systemd's part in socket activation. systemd
 // forks, sets LISTEN_PID to the child's pid and execs the service; the pid is only
@@ -29,11 +33,24 @@ const helperEnv = "SNPD_SYSTEMD_TEST_HELPER"
 func TestMain(m *testing.M) {
 	switch os.Getenv(helperEnv) {
 	case "exec":
+		// As systemd does after fork: LISTEN_PID (and WATCHDOG_PID when a watchdog is
+		// set) name the process that is about to exec the service.
 		os.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()))
+		if os.Getenv("WATCHDOG_USEC") != "" {
+			os.Setenv("WATCHDOG_PID", strconv.Itoa(os.Getpid()))
+		}
 		os.Setenv(helperEnv, "child")
 		exe, err := os.Executable()
+		argv := os.Args
+		if a := os.Getenv(execArgvEnv); a != "" && err == nil {
+			// Exec another program (the real snpd) instead of this test binary.
+			os.Unsetenv(execArgvEnv)
+			os.Unsetenv(helperEnv)
+			err = json.Unmarshal([]byte(a), &argv)
+			exe = argv[0]
+		}
 		if err == nil {
-			err = syscall.Exec(exe, os.Args, os.Environ())
+			err = syscall.Exec(exe, argv, os.Environ())
 		}
 		fmt.Fprintln(os.Stderr, "trampoline exec:", err)
 		os.Exit(2)
