@@ -216,7 +216,9 @@ func TestBuildArgvFragments(t *testing.T) {
 			jsonArg("-blockdev", 1, map[string]any{"driver": "raw", "read-only": true}),
 			hasNot("backing"),
 		}},
-		{"tap runs no scripts", func(v *config.VM) { v.Networks = []config.Network{{Type: "tap", Tap: "tap0", MAC: "52:54:00:00:00:01"}} }, PlatformNone, AccelTCG, []check{
+		{"tap runs no scripts", func(v *config.VM) {
+			v.Networks = []config.Network{{Type: "tap", Tap: "tap0", MAC: "52:54:00:00:00:01"}}
+		}, PlatformNone, AccelTCG, []check{
 			jsonArg("-netdev", 0, map[string]any{"type": "tap", "ifname": "tap0", "script": "no", "downscript": "no"}),
 			jsonArg("-device", 1, map[string]any{"driver": "virtio-net-pci", "mac": "52:54:00:00:00:01"}),
 		}},
