@@ -275,3 +275,36 @@ func FuzzJournalEncoding(f *testing.F) {
 		}
 	})
 }
+
+func TestJournalHandlerConcurrent(t *testing.T) {
+	j, h, fallback := newTestJournal(t, slog.LevelInfo)
+	base := slog.New(h).With("component", "manager")
+	const workers, each = 8, 50
+	done := make(chan struct{})
+	for w := 0; w < workers; w++ {
+		go func(w int) {
+			defer func() { done <- struct{}{} }()
+			log := base.With("vm", fmt.Sprintf("vm-%d", w))
+			for i := 0; i < each; i++ {
+				log.WithGroup("run").Info("state", "n", i)
+			}
+		}(w)
+	}
+	seen := map[string]int{}
+	for k := 0; k < workers*each; k++ {
+		e, err := j.Next(recvTimeout)
+		if err != nil {
+			t.Fatalf("entry %d: %v (fallback %q)", k, err, fallback)
+		}
+		if e.Fields["SNPD_COMPONENT"] != "manager" || e.Fields["SNPD_RUN_N"] == "" {
+			t.Fatalf("entry %v", e.Fields)
+		}
+		seen[e.Fields["VM"]]++
+	}
+	for w := 0; w < workers; w++ {
+		<-done
+		if n := seen[fmt.Sprintf("vm-%d", w)]; n != each {
+			t.Errorf("vm-%d: %d entries, want %d", w, n, each)
+		}
+	}
+}
