@@ -1,0 +1,266 @@
+package snp_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha512"
+	"encoding/hex"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-sev-guest/abi"
+	"github.com/google/go-sev-guest/verify/testdata"
+
+	"github.com/snpd/snpd/snp"
+	"github.com/snpd/snpd/snp/agentproto"
+	"github.com/snpd/snpd/snp/snptest"
+)
+
+// testNow is inside every fake certificate's validity (created 2024-01-01).
+var testNow = time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC)
+
+const testPolicy = 0x30000 // SMT allowed, reserved bit 17: QEMU's default
+
+type fixture struct {
+	signer *snptest.Signer
+	roots  *snp.Roots
+	fields snptest.Fields
+	exp    snp.Expected
+}
+
+func newFixture(t testing.TB) *fixture {
+	t.Helper()
+	s, err := snptest.NewSigner(snptest.SignerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots, err := snp.ParseRoots(s.RootsPEM())
+	if err != nil {
+		t.Fatal(err)
+	}
+	nonce := []byte("verifier-nonce-0123456789abcdef")
+	f := snptest.Fields{Policy: testPolicy, ReportData: agentproto.ReportData(nonce, nil)}
+	f.Measurement = sha512.Sum384([]byte("launch digest"))
+	copy(f.HostData[:], bytes.Repeat([]byte{0x5a}, 32))
+	exp := snp.Expected{
+		Measurement: f.Measurement[:],
+		Policy:      testPolicy,
+		HostData:    f.HostData[:],
+		Nonce:       nonce,
+		MinimumTCB:  0,
+	}
+	return &fixture{signer: s, roots: roots, fields: f, exp: exp}
+}
+
+func (fx *fixture) verifier() *snp.Verifier {
+	return &snp.Verifier{Roots: fx.roots, Now: func() time.Time { return testNow }}
+}
+
+func (fx *fixture) report(t testing.TB, f snptest.Fields) []byte {
+	t.Helper()
+	r, err := fx.signer.Report(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestVerifyFakeSignedReportPasses(t *testing.T) {
+	fx := newFixture(t)
+	v := fx.verifier()
+	raw := fx.report(t, fx.fields)
+	for i := 0; i < 2; i++ { // second pass uses the cached chain
+		vd := v.Verify(context.Background(), raw, fx.signer.CertTable(), fx.exp)
+		if !vd.OK {
+			t.Fatalf("pass %d: verdict failed: %+v", i, vd.Failed())
+		}
+		if len(vd.Checks) != 13 {
+			t.Fatalf("got %d checks, want 13", len(vd.Checks))
+		}
+		if vd.Endorsement == nil || vd.Endorsement.Kind != snp.KindVCEK || !strings.Contains(vd.ChainPEM, "BEGIN CERTIFICATE") {
+			t.Fatalf("endorsement %+v, chain %q", vd.Endorsement, vd.ChainPEM)
+		}
+		if vd.Report.Measurement != hex.EncodeToString(fx.fields.Measurement[:]) {
+			t.Fatal("decoded measurement differs")
+		}
+	}
+}
+
+// TestVerifyDeviations: each single deviation from the launch record or the platform fails,
+// and the check that catches it says why. Only that check (and go-sev-guest's own
+// validation, which sees the same deviation) may fail.
+func TestVerifyDeviations(t *testing.T) {
+	fx := newFixture(t)
+	other, err := snptest.NewSigner(snptest.SignerOptions{NewVCEKKey: true, ChipID: [64]byte{0xee}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	type tc struct {
+		name    string
+		mutate  func(f *snptest.Fields, e *snp.Expected)
+		certs   func() []byte
+		now     time.Time
+		raw     func([]byte) []byte
+		check   string
+		reason  string
+		alsoBad []string
+	}
+	cases := []tc{
+		{name: "measurement", mutate: func(f *snptest.Fields, e *snp.Expected) { f.Measurement[0] ^= 1 },
+			check: snp.CheckMeasurement, reason: "MEASUREMENT is"},
+		{name: "debug bit", mutate: func(f *snptest.Fields, e *snp.Expected) { f.Policy |= 1 << 19 },
+			check: snp.CheckPolicy, reason: "POLICY is 0xb0000", alsoBad: []string{snp.CheckPolicyCeiling}},
+		{name: "debug bit within record but over ceiling", mutate: func(f *snptest.Fields, e *snp.Expected) {
+			f.Policy |= 1 << 19
+			e.Policy = f.Policy
+			c := uint64(testPolicy)
+			e.PolicyCeiling = &c
+		}, check: snp.CheckPolicyCeiling, reason: "debug allowed"},
+		{name: "host-data", mutate: func(f *snptest.Fields, e *snp.Expected) { f.HostData[31] ^= 0x80 },
+			check: snp.CheckHostData, reason: "HOST_DATA is"},
+		{name: "nonce", mutate: func(f *snptest.Fields, e *snp.Expected) { e.Nonce = []byte("another nonce") },
+			check: snp.CheckReportData, reason: "does not bind the nonce"},
+		{name: "vmpl", mutate: func(f *snptest.Fields, e *snp.Expected) { f.VMPL = 1 },
+			check: snp.CheckVMPL, reason: "VMPL is 1, want 0"},
+		{name: "tcb below minimum", mutate: func(f *snptest.Fields, e *snp.Expected) {
+			e.MinimumTCB = fx.signer.TCB + 1<<56 // microcode SPL one above
+		}, check: snp.CheckMinimumTCB, reason: "below the minimum"},
+		{name: "tcb differs from certificate", mutate: func(f *snptest.Fields, e *snp.Expected) {
+			f.ReportedTCB = fx.signer.TCB - 1<<56
+		}, check: snp.CheckCertificateTCB, reason: "differs from the VCEK's TCB"},
+		{name: "wrong chip's VCEK", certs: other.CertTable,
+			check: snp.CheckSignature, reason: "signature", alsoBad: []string{snp.CheckCertificateTCB}},
+		{name: "expired certificate", now: time.Date(2031, 6, 1, 0, 0, 0, 0, time.UTC),
+			check: snp.CheckCertificate, reason: "expired"},
+		{name: "truncated report", raw: func(b []byte) []byte { return b[:len(b)-1] },
+			check: snp.CheckReportFormat, reason: "1183 bytes, want 1184"},
+		{name: "unexpected ID block", mutate: func(f *snptest.Fields, e *snp.Expected) { f.IDKeyDigest[0] = 1 },
+			check: snp.CheckIDKeys, reason: "no ID block"},
+		{name: "ID key digest differs", mutate: func(f *snptest.Fields, e *snp.Expected) {
+			f.IDKeyDigest[0] = 1
+			e.IDKeyDigest = bytes.Repeat([]byte{2}, 48)
+		}, check: snp.CheckIDKeys, reason: "ID_KEY_DIGEST is"},
+		{name: "no cert anywhere", certs: func() []byte { return nil },
+			check: snp.CheckCertificate, reason: "KDS fetching is off"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f, e := fx.fields, fx.exp
+			if c.mutate != nil {
+				c.mutate(&f, &e)
+			}
+			raw := fx.report(t, f)
+			if c.raw != nil {
+				raw = c.raw(raw)
+			}
+			certs := fx.signer.CertTable()
+			if c.certs != nil {
+				certs = c.certs()
+			}
+			v := fx.verifier()
+			if !c.now.IsZero() {
+				v.Now = func() time.Time { return c.now }
+			}
+			vd := v.Verify(context.Background(), raw, certs, e)
+			if vd.OK {
+				t.Fatal("deviation passed verification")
+			}
+			got := vd.Get(c.check)
+			if got.Name == "" || got.OK || !strings.Contains(got.Reason, c.reason) {
+				t.Fatalf("check %s = %+v, want failed with %q; all failures: %+v", c.check, got, c.reason, vd.Failed())
+			}
+			allowed := map[string]bool{c.check: true, snp.CheckGoSevGuestValid: true}
+			for _, a := range c.alsoBad {
+				allowed[a] = true
+			}
+			for _, fc := range vd.Failed() {
+				if !allowed[fc.Name] && !strings.HasPrefix(fc.Reason, "not checked") {
+					t.Errorf("unrelated check %s failed: %s", fc.Name, fc.Reason)
+				}
+			}
+		})
+	}
+}
+
+// TestVerifyMeasurementNeverPassesWithout: an expectation without a measurement fails.
+func TestVerifyNeedsMeasurement(t *testing.T) {
+	fx := newFixture(t)
+	e := fx.exp
+	e.Measurement = nil
+	vd := fx.verifier().Verify(context.Background(), fx.report(t, fx.fields), fx.signer.CertTable(), e)
+	if vd.OK || vd.Get(snp.CheckMeasurement).OK {
+		t.Fatal("verdict passed without an expected measurement")
+	}
+}
+
+// TestVerifyCertFromCache: a guest that gives no certificate table is verified with the VCEK
+// imported into the cache.
+func TestVerifyCertFromCache(t *testing.T) {
+	fx := newFixture(t)
+	cache := &snp.CertCache{Dir: t.TempDir(), Roots: fx.roots}
+	if _, err := cache.Import(fx.signer.CertTable(), testNow); err != nil {
+		t.Fatal(err)
+	}
+	v := fx.verifier()
+	v.Cache = cache
+	vd := v.Verify(context.Background(), fx.report(t, fx.fields), nil, fx.exp)
+	if !vd.OK {
+		t.Fatalf("%+v", vd.Failed())
+	}
+}
+
+// TestVerifyVLEK: a VLEK-signed report verifies through the ASVK.
+func TestVerifyVLEK(t *testing.T) {
+	fx := newFixture(t)
+	f := fx.fields
+	f.SignWithVLEK = true
+	vd := fx.verifier().Verify(context.Background(), fx.report(t, f), fx.signer.CertTable(), fx.exp)
+	if !vd.OK || vd.Endorsement.Kind != snp.KindVLEK {
+		t.Fatalf("%+v", vd.Failed())
+	}
+}
+
+// TestVerifyRealMilanReport: the real Milan report shipped in go-sev-guest's testdata
+// verifies offline against AMD's real roots at a fixed time (its VCEK from the same
+// testdata), with the expectations read off the report itself.
+func TestVerifyRealMilanReport(t *testing.T) {
+	raw := testdata.AttestationBytes[:abi.ReportSize]
+	rep, err := snp.DecodeReport(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unhex := func(s string) []byte { b, _ := hex.DecodeString(s); return b }
+	cache := &snp.CertCache{Dir: t.TempDir()}
+	now := time.Date(2023, 6, 1, 0, 0, 0, 0, time.UTC)
+	if _, err := cache.Import(testdata.VcekBytes, now); err != nil {
+		t.Fatalf("importing the real VCEK against AMD's roots: %v", err)
+	}
+	exp := snp.Expected{
+		Measurement: unhex(rep.Measurement),
+		Policy:      rep.Policy,
+		ReportData:  unhex(rep.ReportData),
+		HostData:    unhex(rep.HostData),
+	}
+	v := &snp.Verifier{Cache: cache, Now: func() time.Time { return now }}
+	vd := v.Verify(context.Background(), raw, nil, exp)
+	if !vd.OK {
+		t.Fatalf("real Milan report failed: %+v", vd.Failed())
+	}
+	if vd.Endorsement.ProductLine != "Milan" {
+		t.Fatalf("product line %q", vd.Endorsement.ProductLine)
+	}
+	// One flipped bit in the measurement expectation fails it, and one flipped bit in the
+	// signed part of the report fails the signature.
+	exp.Measurement[0] ^= 1
+	if vd := v.Verify(context.Background(), raw, nil, exp); vd.OK || vd.Get(snp.CheckMeasurement).OK {
+		t.Fatal("wrong measurement passed")
+	}
+	exp.Measurement[0] ^= 1
+	bad := bytes.Clone(raw)
+	bad[0x50] ^= 1
+	exp.ReportData = unhex(hex.EncodeToString(bad[0x50:0x90]))
+	if vd := v.Verify(context.Background(), bad, nil, exp); vd.OK || vd.Get(snp.CheckSignature).OK {
+		t.Fatalf("tampered report passed: %+v", vd.Checks)
+	}
+}
