@@ -80,6 +80,17 @@ func Stopping() error {
 	return Notify(sddaemon.SdNotifyStopping)
 }
 
+// ExtendTimeout asks systemd for d more time to finish starting or stopping
+// (EXTEND_TIMEOUT_USEC=, microseconds), for example while reattaching to many guests.
+// It must be sent again before d elapses to extend further. d is rounded down to whole
+// microseconds; d <= 0 is an error.
+func ExtendTimeout(d time.Duration) error {
+	if d < time.Microsecond {
+		return fmt.Errorf("extending the start/stop timeout: %v is not positive", d)
+	}
+	return Notify("EXTEND_TIMEOUT_USEC=" + strconv.FormatInt(d.Microseconds(), 10))
+}
+
 func oneLine(s string) string {
 	return strings.NewReplacer("\r\n", " ", "\n", " ", "\r", " ", "\x00", " ").Replace(s)
 }

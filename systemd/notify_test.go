@@ -70,6 +70,24 @@ func TestReadyStatusStopping(t *testing.T) {
 	}
 }
 
+func TestExtendTimeout(t *testing.T) {
+	s := notifySocket(t)
+	if err := ExtendTimeout(90*time.Second + 1500*time.Nanosecond); err != nil {
+		t.Fatal(err)
+	}
+	n, err := s.Next(recvTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !n.Has("EXTEND_TIMEOUT_USEC=90000001") {
+		t.Errorf("sent %q", n.State)
+	}
+	if err := ExtendTimeout(0); err == nil {
+		t.Error("ExtendTimeout(0): nil error")
+	}
+	expectNothing(t, s, 100*time.Millisecond)
+}
+
 func TestNotifyRejectsMalformedState(t *testing.T) {
 	s := notifySocket(t)
 	for _, st := range [][]string{
