@@ -15,11 +15,16 @@ import (
 	"time"
 
 	"github.com/snpd/snpd/config"
+	"github.com/snpd/snpd/daemon/api"
 	"github.com/snpd/snpd/snp"
 )
 
 // qemuVersionTimeout bounds `qemu --version`.
 const qemuVersionTimeout = 5 * time.Second
+
+// maxFirmwareFileSize bounds the firmware file VMFacts hashes (64 MiB; OVMF images are
+// 2 to 4 MiB), so a domain naming a huge file cannot keep snpd busy.
+const maxFirmwareFileSize = 64 << 20
 
 // VMFacts learns what the host policy needs beyond the definition (see config.Facts):
 // the firmware file's digests and kernel-hashes section, the QEMU binary and its
@@ -68,6 +73,9 @@ func firmwareFileFacts(path string, f *config.Facts) error {
 	}
 	if !st.Mode().IsRegular() {
 		return fmt.Errorf("reading firmware %s: not a regular file", path)
+	}
+	if st.Size() > maxFirmwareFileSize {
+		return fmt.Errorf("reading firmware %s: %d bytes, more than %d", path, st.Size(), maxFirmwareFileSize)
 	}
 	if err := FirmwareFacts(fd, st.Size(), f); err != nil {
 		return fmt.Errorf("firmware %s: %w", path, err)
@@ -150,4 +158,26 @@ func ParseQEMUVersion(out []byte) ([3]int, error) {
 		return v, fmt.Errorf("parsing QEMU version: %w", err)
 	}
 	return v, nil
+}
+
+// CheckLibvirtDomain is the server side of the libvirt hook's check: it maps a domain's
+// XML onto the VM spec, learns its facts (VMFacts, with the domain's emulator or
+// qemuPath) and checks it against p. A domain that cannot be mapped is an error; facts
+// that cannot be learned are unknown and so show up as violations, never as a pass.
+func CheckLibvirtDomain(ctx context.Context, p *config.Policy, xml []byte, platform, qemuPath string) (*config.VM, []config.Violation, error) {
+	vm, err := config.FromLibvirtXML(xml)
+	if err != nil {
+		return nil, nil, err
+	}
+	f, _ := VMFacts(ctx, vm, platform, qemuPath) // unknown facts fail the check
+	return vm, p.Check(vm, f), nil
+}
+
+// APIViolations converts policy violations to their wire form.
+func APIViolations(vs []config.Violation) []api.Violation {
+	out := make([]api.Violation, len(vs))
+	for i, v := range vs {
+		out[i] = api.Violation{Rule: v.Rule, Value: v.Value, Message: v.Message}
+	}
+	return out
 }

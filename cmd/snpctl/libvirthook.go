@@ -1,0 +1,215 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/snpd/snpd/config"
+	"github.com/snpd/snpd/daemon/api"
+	"github.com/spf13/cobra"
+)
+
+// hookTimeout bounds the whole exchange with snpd: libvirt waits for the hook, and the
+// hook must answer within 10 s.
+var hookTimeout = 9 * time.Second
+
+// hookArgv0 is the name the hook is installed under (/etc/libvirt/hooks/qemu.d/snpd):
+// invoked by that name, snpctl acts as `snpctl libvirt-hook -- ARGS...`.
+const hookArgv0 = "snpd"
+
+func init() {
+	addCommand(newLibvirtHookCmd)
+	if filepath.Base(os.Args[0]) == hookArgv0 && len(os.Args) > 1 {
+		// "--" keeps a domain name starting with "-" from being read as a flag.
+		os.Args = append([]string{os.Args[0], "libvirt-hook", "--"}, os.Args[1:]...)
+	}
+}
+
+func newLibvirtHookCmd() *cobra.Command {
+	var failOpen bool
+	cmd := &cobra.Command{
+		Use:   "libvirt-hook DOMAIN OPERATION SUB-OPERATION [EXTRA]",
+		Short: "libvirt qemu hook: refuse domains that break the host policy (install as /etc/libvirt/hooks/qemu.d/snpd)",
+		Long: `Follows libvirt's qemu hook protocol (domain XML on stdin). On "prepare begin" it sends
+the domain to snpd (POST /v1/libvirt/domains), which checks it against the host policy and
+records its expected launch digest; violations are printed on stderr and the hook exits 1,
+so libvirt refuses to start the domain. On "release end" it drops the registration. Other
+operations exit 0 at once. If snpd cannot be reached the hook fails closed unless
+--fail-open or SNPD_HOOK_FAIL_OPEN=1. It never calls back into libvirt.`,
+		Args: cobra.RangeArgs(3, 4),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if os.Getenv("SNPD_HOOK_FAIL_OPEN") == "1" {
+				failOpen = true
+			}
+			sock, _ := cmd.Flags().GetString("socket")
+			sock = api.SocketFromEnv(sock)
+			h := &libvirtHook{socket: sock, failOpen: failOpen, stderr: cmd.ErrOrStderr()}
+			return h.run(cmd.Context(), args[0], args[1], args[2], cmd.InOrStdin())
+		},
+	}
+	cmd.Flags().BoolVar(&failOpen, "fail-open", false, "let domains start when snpd cannot be reached (default: refuse)")
+	return cmd
+}
+
+type libvirtHook struct {
+	socket   string
+	failOpen bool
+	stderr   io.Writer
+}
+
+// refuse prints msg (one line per entry) prefixed with the hook's name and returns the
+// exit status that makes libvirt refuse the operation.
+func (h *libvirtHook) refuse(lines ...string) error {
+	for _, l := range lines {
+		fmt.Fprintln(h.stderr, "snpd: "+l)
+	}
+	return exitError{code: 1}
+}
+
+func (h *libvirtHook) run(ctx context.Context, domain, op, subop string, stdin io.Reader) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	ctx, cancel := context.WithTimeout(ctx, hookTimeout)
+	defer cancel()
+	switch {
+	case op == "prepare" && subop == "begin":
+		xml, err := io.ReadAll(io.LimitReader(stdin, config.MaxLibvirtXMLSize+1))
+		if err != nil {
+			return h.refuse(fmt.Sprintf("refusing domain %s: reading its XML: %v", domain, err))
+		}
+		if len(xml) > config.MaxLibvirtXMLSize {
+			return h.refuse(fmt.Sprintf("refusing domain %s: its XML is more than %d bytes", domain, config.MaxLibvirtXMLSize))
+		}
+		// Map locally first: a domain snpd could not map is refused without asking it.
+		if _, err := config.FromLibvirtXML(xml); err != nil {
+			return h.refuse(fmt.Sprintf("refusing domain %s: %v", domain, oneLine(err)))
+		}
+		return h.register(ctx, domain, xml)
+	case op == "release" && subop == "end":
+		_, _ = io.Copy(io.Discard, io.LimitReader(stdin, config.MaxLibvirtXMLSize))
+		return h.release(ctx, domain)
+	default:
+		// Drain the XML libvirt writes so it never sees a broken pipe.
+		_, _ = io.Copy(io.Discard, io.LimitReader(stdin, config.MaxLibvirtXMLSize))
+		return nil
+	}
+}
+
+func (h *libvirtHook) client() *http.Client {
+	return &http.Client{
+		Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, "unix", h.socket)
+			},
+			DisableCompression: true,
+		},
+		Timeout: hookTimeout,
+		CheckRedirect: func(*http.Request, []*http.Request) error {
+			return errors.New("snpd answered with a redirect")
+		},
+	}
+}
+
+func (h *libvirtHook) do(ctx context.Context, method, path string, body any) (*http.Response, []byte, error) {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, nil, err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://snpd"+path, rd)
+	if err != nil {
+		return nil, nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := h.client().Do(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, api.MaxBodySize))
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading snpd's answer: %w", err)
+	}
+	return resp, data, nil
+}
+
+// unreachable handles a failed exchange: fail closed unless configured to fail open.
+func (h *libvirtHook) unreachable(domain, what string, err error) error {
+	if h.failOpen {
+		fmt.Fprintf(h.stderr, "snpd: warning: snpd is unreachable at %s (%v); %s domain %s unchecked (fail-open)\n",
+			h.socket, err, what, domain)
+		return nil
+	}
+	return h.refuse(fmt.Sprintf("refusing domain %s: snpd is unreachable at %s (%v); the hook fails closed (--fail-open or SNPD_HOOK_FAIL_OPEN=1 to allow): systemctl status snpd",
+		domain, h.socket, err))
+}
+
+func (h *libvirtHook) register(ctx context.Context, domain string, xml []byte) error {
+	resp, data, err := h.do(ctx, http.MethodPost, api.LibvirtDomainsPath, api.LibvirtDomainRequest{Name: domain, XML: string(xml)})
+	if err != nil {
+		return h.unreachable(domain, "starting", err)
+	}
+	switch resp.StatusCode {
+	case http.StatusOK, http.StatusCreated:
+		return nil
+	case http.StatusUnprocessableEntity:
+		var pv api.PolicyViolations
+		if err := json.Unmarshal(data, &pv); err != nil || len(pv.Violations) == 0 {
+			return h.refuse(fmt.Sprintf("refusing domain %s: snpd reports a policy violation: %s", domain, answerMessage(data)))
+		}
+		lines := []string{fmt.Sprintf("refusing domain %s: %d host-policy violation(s):", domain, len(pv.Violations))}
+		for _, v := range pv.Violations {
+			lines = append(lines, "rule "+v.Rule+": "+oneLineString(v.Message))
+		}
+		return h.refuse(lines...)
+	default:
+		return h.refuse(fmt.Sprintf("refusing domain %s: snpd answered %s: %s", domain, resp.Status, answerMessage(data)))
+	}
+}
+
+func (h *libvirtHook) release(ctx context.Context, domain string) error {
+	resp, data, err := h.do(ctx, http.MethodDelete, api.LibvirtDomainPath(domain), nil)
+	if err != nil {
+		// Nothing to refuse at release; say it and report failure to libvirt's log.
+		fmt.Fprintf(h.stderr, "snpd: releasing domain %s: snpd is unreachable at %s: %v\n", domain, h.socket, err)
+		return exitError{code: 1}
+	}
+	switch resp.StatusCode {
+	case http.StatusOK, http.StatusNoContent, http.StatusNotFound:
+		return nil
+	}
+	fmt.Fprintf(h.stderr, "snpd: releasing domain %s: snpd answered %s: %s\n", domain, resp.Status, answerMessage(data))
+	return exitError{code: 1}
+}
+
+// answerMessage extracts the error line of an API error body, or quotes the body.
+func answerMessage(data []byte) string {
+	var e api.Error
+	if json.Unmarshal(data, &e) == nil && e.Message != "" {
+		return oneLineString(e.Message)
+	}
+	s := strings.TrimSpace(string(data))
+	if len(s) > 200 {
+		s = s[:200] + "..."
+	}
+	return fmt.Sprintf("%q", s)
+}
+
+func oneLineString(s string) string { return strings.ReplaceAll(s, "\n", " ") }

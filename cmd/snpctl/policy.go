@@ -1,0 +1,123 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/snpd/snpd/config"
+	"github.com/snpd/snpd/daemon"
+	"github.com/snpd/snpd/daemon/api"
+	"github.com/spf13/cobra"
+)
+
+func init() { addCommand(newPolicyCmd) }
+
+func newPolicyCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "policy",
+		Short: "Check VM definitions and libvirt domains against the host policy",
+	}
+	cmd.AddCommand(newPolicyCheckCmd())
+	return cmd
+}
+
+func newPolicyCheckCmd() *cobra.Command {
+	var policyPath, libvirtXML, platform, qemu string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "check [--policy FILE] (VMFILE | --libvirt-xml FILE)",
+		Short: "Print every host-policy violation of a VM definition or libvirt domain (no daemon needed)",
+		Long: `Evaluates a VM definition (TOML) or a libvirt domain XML ("-": stdin) against the
+host policy locally: reads the firmware and runs the QEMU binary to learn their digests
+and version, prints each violation on its own line and exits 1 if there is any, or prints
+"ok: no violations" and exits 0.`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if (libvirtXML == "") == (len(args) == 0) || len(args) > 1 {
+				return fmt.Errorf("give one VM definition file or --libvirt-xml FILE")
+			}
+			if platform != config.PlatformSEVSNP && platform != config.PlatformNone {
+				return fmt.Errorf("--platform %q: want %q or %q", platform, config.PlatformSEVSNP, config.PlatformNone)
+			}
+			p, err := config.LoadPolicy(policyPath)
+			if err != nil {
+				return fmt.Errorf("loading host policy: %s", oneLine(err))
+			}
+			var vm *config.VM
+			if libvirtXML != "" {
+				data, err := readInput(cmd, libvirtXML, config.MaxLibvirtXMLSize)
+				if err != nil {
+					return err
+				}
+				if vm, err = config.FromLibvirtXML(data); err != nil {
+					return fmt.Errorf("%s: %s", libvirtXML, oneLine(err))
+				}
+			} else if vm, err = config.LoadVM(args[0]); err != nil {
+				return errors.New(oneLine(err))
+			}
+			f, ferr := daemon.VMFacts(cmd.Context(), vm, platform, qemu)
+			vs := p.Check(vm, f)
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(struct {
+					Name       string          `json:"name"`
+					Violations []api.Violation `json:"violations"`
+				}{vm.Name, daemon.APIViolations(vs)}); err != nil {
+					return err
+				}
+			} else {
+				for _, v := range vs {
+					fmt.Fprintln(cmd.OutOrStdout(), v.String())
+				}
+			}
+			if len(vs) == 0 {
+				if !asJSON {
+					fmt.Fprintln(cmd.OutOrStdout(), "ok: no violations")
+				}
+				return nil
+			}
+			if ferr != nil {
+				// Why some facts are unknown (their rules are reported violated above).
+				fmt.Fprintf(cmd.ErrOrStderr(), "note: %v\n", oneLine(ferr))
+			}
+			return exitError{code: 1}
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&policyPath, "policy", config.DefaultPolicyPath, "host policy file")
+	fl.StringVar(&libvirtXML, "libvirt-xml", "", "check this libvirt domain XML file (\"-\": stdin) instead of a VM definition")
+	fl.StringVar(&platform, "platform", config.PlatformSEVSNP, "host platform the VM would run on: sev-snp or none")
+	fl.StringVar(&qemu, "qemu", config.DefaultQEMU, "QEMU binary snpd would run (a libvirt domain's <emulator> wins)")
+	fl.BoolVar(&asJSON, "json", false, "print the violations as JSON")
+	return cmd
+}
+
+// readInput reads at most limit bytes from path ("-": the command's stdin).
+func readInput(cmd *cobra.Command, path string, limit int64) ([]byte, error) {
+	var r io.Reader
+	if path == "-" {
+		r = cmd.InOrStdin()
+	} else {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, fmt.Errorf("reading domain XML: %w", err)
+		}
+		defer f.Close()
+		r = f
+	}
+	data, err := io.ReadAll(io.LimitReader(r, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", path, err)
+	}
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("reading %s: more than %d bytes", path, limit)
+	}
+	return data, nil
+}
+
+// oneLine joins a multi-line (errors.Join) message with "; ".
+func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", "; ") }
