@@ -48,6 +48,11 @@ type Manager struct {
 	stopTimeout time.Duration
 	// validate checks a decoded definition (defaults applied) before it is stored.
 	validate func(*config.VM) error
+	// policy is the host policy (nil: none); platform the configured platform.
+	policy   *config.Policy
+	platform string
+	// prepare measures a VM without starting it (libvirt registrations).
+	prepare func(context.Context, *config.VM) (*api.LaunchRecord, error)
 
 	mu   sync.Mutex
 	live map[string]*liveVM
@@ -83,6 +88,12 @@ type ManagerOptions struct {
 	Start startFunc
 	// Validate checks a definition before it is stored (nil: none beyond the name).
 	Validate func(*config.VM) error
+	// Policy is the host policy libvirt domains are checked against (nil: none);
+	// Platform the configured platform ("sev-snp" or "none").
+	Policy   *config.Policy
+	Platform string
+	// Prepare measures a VM without starting it (nil: libvirt registration unavailable).
+	Prepare func(context.Context, *config.VM) (*api.LaunchRecord, error)
 	// RuntimeDir is snpd's runtime directory (per-VM dirs are RuntimeDir/vms/<name>).
 	RuntimeDir string
 	// QEMU is the configured QEMU binary path (reattach checks /proc/PID/exe against it).
@@ -102,6 +113,7 @@ func NewManager(o ManagerOptions) *Manager {
 	return &Manager{
 		store: o.Store, start: o.Start, log: log, runtimeDir: o.RuntimeDir, qemu: o.QEMU,
 		stopTimeout: o.StopTimeout, validate: o.Validate,
+		policy: o.Policy, platform: o.Platform, prepare: o.Prepare,
 		live: map[string]*liveVM{}, subs: map[chan api.Event]string{},
 		crashRestarts: map[string][]time.Time{},
 	}

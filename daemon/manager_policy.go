@@ -1,9 +1,11 @@
 package daemon
 
 import (
-	"encoding/hex"
+	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/snpd/snpd/config"
 	"github.com/snpd/snpd/daemon/api"
@@ -18,10 +20,37 @@ func validateDefinition(vm *config.VM) error {
 // admitFunc is the Launcher's Admit hook: the host policy check.
 type admitFunc = func(*config.VM, *Spec, *api.LaunchRecord) error
 
-// loadAdmission loads the host policy named by cfg (nil hook when none is configured).
-// A policy file that does not load is an error: snpd does not start without the policy
-// it was told to enforce.
-func loadAdmission(cfg *config.Daemon) (admitFunc, error) {
+// PolicyError lists every host-policy rule a VM or libvirt domain breaks. It wraps
+// api.ErrPolicy; the server answers it with 422 and api.PolicyViolations.
+type PolicyError struct {
+	VM         string
+	Violations []config.Violation
+}
+
+func (e *PolicyError) Error() string {
+	lines := make([]string, len(e.Violations))
+	for i := range e.Violations {
+		lines[i] = e.Violations[i].String()
+	}
+	return fmt.Sprintf("host policy refuses %q (%d violations): %s", e.VM, len(lines), strings.Join(lines, "; "))
+}
+
+// Unwrap makes errors.Is(err, api.ErrPolicy) true.
+func (e *PolicyError) Unwrap() error { return api.ErrPolicy }
+
+// wire converts the violations to their API form.
+func (e *PolicyError) wire() api.PolicyViolations {
+	out := api.PolicyViolations{Kind: api.KindPolicy, Message: e.Error(), Violations: make([]api.Violation, len(e.Violations))}
+	for i, v := range e.Violations {
+		out.Violations[i] = api.Violation{Rule: v.Rule, Value: v.Value, Message: v.Message}
+	}
+	return out
+}
+
+// loadPolicy loads the host policy named by cfg (nil when none is configured). A policy
+// file that does not load is an error: snpd does not start without the policy it was
+// told to enforce.
+func loadPolicy(cfg *config.Daemon) (*config.Policy, error) {
 	if cfg.PolicyFile == "" {
 		return nil, nil
 	}
@@ -29,28 +58,103 @@ func loadAdmission(cfg *config.Daemon) (admitFunc, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loading host policy: %w", err)
 	}
-	return func(vm *config.VM, spec *Spec, rec *api.LaunchRecord) error {
-		v := p.Check(vm, factsFromRecord(rec, spec))
-		if len(v) == 0 {
-			return nil
-		}
-		lines := make([]string, len(v))
-		for i := range v {
-			lines[i] = v[i].String()
-		}
-		return fmt.Errorf("host policy refuses vm %q: %s: %w", vm.Name, strings.Join(lines, "; "), api.ErrPolicy)
-	}, nil
+	return p, nil
 }
 
-// factsFromRecord fills the policy facts from what the launch measured (the sealed
-// bytes QEMU will load).
-func factsFromRecord(rec *api.LaunchRecord, spec *Spec) config.Facts {
-	f := config.Facts{Platform: rec.Platform, QEMUPath: rec.QEMUPath}
-	f.FirmwareSHA256, _ = hex.DecodeString(rec.FirmwareSHA256)
-	f.FirmwareSHA384, _ = hex.DecodeString(rec.FirmwareSHA384)
-	if v, err := config.ParseVersion(strings.Fields(rec.QEMUVersion + " ")[0]); err == nil {
-		f.QEMUVersion = v
+// admission returns the Admit hook checking p (nil hook for a nil policy). The firmware
+// facts come from the sealed memfd QEMU will load, the QEMU facts from the probed binary.
+func admission(p *config.Policy) admitFunc {
+	if p == nil {
+		return nil
 	}
-	f.FirmwareHasKernelHashes = spec != nil && rec.KernelHashes
-	return f
+	return func(vm *config.VM, spec *Spec, rec *api.LaunchRecord) error {
+		f := config.Facts{Platform: rec.Platform, QEMUPath: rec.QEMUPath}
+		if v, err := config.ParseVersion(strings.Fields(rec.QEMUVersion + " ")[0]); err == nil {
+			f.QEMUVersion = v
+		}
+		if spec != nil && spec.Firmware != nil {
+			_ = FirmwareFacts(spec.Firmware, spec.Firmware.Size, &f) // unknown facts fail the check
+		}
+		_ = IDAuthFacts(vm, &f)
+		if v := p.Check(vm, f); len(v) > 0 {
+			return &PolicyError{VM: vm.Name, Violations: v}
+		}
+		return nil
+	}
+}
+
+// LibvirtRegistration is a libvirt domain snpd checked and measured without launching
+// it (libvirt launches it); stored so verifiers can be served its expected digest.
+type LibvirtRegistration struct {
+	Name string `json:"name"`
+	// XML is the domain XML libvirt passed to the hook.
+	XML string `json:"xml"`
+	// Definition is the domain mapped onto the VM spec (config.VM as JSON).
+	Definition json.RawMessage `json:"definition"`
+	// Record is the launch record as far as it is known before libvirt starts QEMU
+	// (expected digest, component digests, policy; no pid or argv).
+	Record       *api.LaunchRecord `json:"record"`
+	RegisteredAt time.Time         `json:"registered_at"`
+}
+
+// RegisterLibvirt maps a libvirt domain onto the VM spec, checks the host policy (every
+// violation, as a *PolicyError), computes the expected launch digest and stores the
+// registration, replacing an earlier one of the same name.
+func (m *Manager) RegisterLibvirt(ctx context.Context, req api.LibvirtDomainRequest) (*LibvirtRegistration, error) {
+	if err := api.ValidName(req.Name); err != nil {
+		return nil, err
+	}
+	if len(req.XML) > config.MaxLibvirtXMLSize {
+		return nil, fmt.Errorf("domain XML is %d bytes, more than the %d allowed: %w", len(req.XML), config.MaxLibvirtXMLSize, api.ErrTooLarge)
+	}
+	vm, err := config.FromLibvirtXML([]byte(req.XML))
+	if err != nil {
+		return nil, fmt.Errorf("mapping libvirt domain %q: %w: %w", req.Name, err, api.ErrInvalid)
+	}
+	if vm.Name != req.Name {
+		return nil, fmt.Errorf("domain XML names %q, the hook was called for %q: %w", vm.Name, req.Name, api.ErrInvalid)
+	}
+	if m.policy != nil {
+		f, _ := VMFacts(ctx, vm, m.platform, m.qemu) // unknown facts fail the check
+		if v := m.policy.Check(vm, f); len(v) > 0 {
+			return nil, &PolicyError{VM: vm.Name, Violations: v}
+		}
+	}
+	if m.prepare == nil {
+		return nil, fmt.Errorf("no launcher to measure libvirt domains: %w", api.ErrUnavailable)
+	}
+	rec, err := m.prepare(ctx, vm)
+	if err != nil {
+		return nil, fmt.Errorf("computing the expected digest of %q: %w: %w", vm.Name, err, api.ErrInvalid)
+	}
+	def, err := json.Marshal(vm)
+	if err != nil {
+		return nil, fmt.Errorf("encoding domain %q: %w", vm.Name, err)
+	}
+	reg := &LibvirtRegistration{Name: vm.Name, XML: req.XML, Definition: def, Record: rec, RegisteredAt: time.Now().UTC()}
+	if err := m.store.PutLibvirt(reg); err != nil {
+		return nil, err
+	}
+	m.log.Info("libvirt domain registered", "vm", vm.Name, "expected_digest", rec.ExpectedDigest)
+	return reg, nil
+}
+
+// UnregisterLibvirt drops a libvirt domain's registration (api.ErrNotFound if none).
+func (m *Manager) UnregisterLibvirt(name string) error {
+	if err := api.ValidName(name); err != nil {
+		return err
+	}
+	return m.store.DeleteLibvirt(name)
+}
+
+// launcherPrepare adapts Launcher.Prepare: measure without starting anything.
+func launcherPrepare(l *Launcher) func(context.Context, *config.VM) (*api.LaunchRecord, error) {
+	return func(ctx context.Context, vm *config.VM) (*api.LaunchRecord, error) {
+		spec, rec, err := l.Prepare(ctx, vm)
+		if err != nil {
+			return nil, err
+		}
+		spec.Close()
+		return rec, nil
+	}
 }

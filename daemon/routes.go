@@ -26,6 +26,10 @@ func (s *Server) routes() []Route {
 		{"POST /v1/vms/{name}/start", RoleOperate, s.startVM},
 		{"POST /v1/vms/{name}/stop", RoleOperate, s.stopVM},
 		{"POST /v1/vms/{name}/kill", RoleOperate, s.killVM},
+
+		// The libvirt hook (snpctl libvirt-hook): check and measure, do not launch.
+		{"POST " + api.LibvirtDomainsPath, RoleOperate, s.registerLibvirt},
+		{"DELETE " + api.LibvirtDomainsPath + "/{name}", RoleOperate, s.unregisterLibvirt},
 	}
 }
 
@@ -228,4 +232,28 @@ func queryInt(r *http.Request, key string, def, lo, hi int) (int, error) {
 		return 0, fmt.Errorf("query %s=%q: want an integer in [%d, %d]: %w", key, v, lo, hi, api.ErrInvalid)
 	}
 	return n, nil
+}
+
+func (s *Server) registerLibvirt(w http.ResponseWriter, r *http.Request) error {
+	var req api.LibvirtDomainRequest
+	if err := decodeJSON(r, &req); err != nil {
+		return err
+	}
+	reg, err := s.mgr.RegisterLibvirt(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, api.LibvirtDomainResponse{Name: reg.Name, ExpectedDigest: reg.Record.ExpectedDigest})
+}
+
+func (s *Server) unregisterLibvirt(w http.ResponseWriter, r *http.Request) error {
+	name, err := vmName(r)
+	if err != nil {
+		return err
+	}
+	if err := s.mgr.UnregisterLibvirt(name); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
 }

@@ -87,12 +87,13 @@ func Run(ctx context.Context, cfg *config.Daemon) error {
 	defer store.Close()
 
 	launcher := &Launcher{QEMU: cfg.QEMU, Platform: Platform(cfg.Platform), RuntimeDir: cfg.RuntimeDir}
-	admit, err := loadAdmission(cfg)
+	policy, err := loadPolicy(cfg)
 	if err != nil {
 		return err
 	}
 	mgr := NewManager(ManagerOptions{
-		Store: store, Start: launcherStart(launcher, admit), Validate: validateDefinition,
+		Store: store, Start: launcherStart(launcher, admission(policy)), Validate: validateDefinition,
+		Policy: policy, Platform: cfg.Platform, Prepare: launcherPrepare(launcher),
 		RuntimeDir: cfg.RuntimeDir, QEMU: cfg.QEMU, StopTimeout: time.Duration(cfg.StopTimeout), Log: log,
 	})
 	defer mgr.Close()

@@ -256,6 +256,11 @@ func writeJSON(w http.ResponseWriter, status int, v any) error {
 }
 
 func writeError(w http.ResponseWriter, err error) {
+	var pe *PolicyError
+	if errors.As(err, &pe) {
+		_ = writeJSON(w, http.StatusUnprocessableEntity, pe.wire())
+		return
+	}
 	kind, status := api.ErrorKind(err)
 	_ = writeJSON(w, status, api.Error{Kind: kind, Message: err.Error()})
 }

@@ -61,7 +61,7 @@ func OpenStore(stateDir string) (*Store, error) {
 	}
 	s := &Store{db: db}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketVMs, bucketRuns, bucketMeta} {
+		for _, b := range [][]byte{bucketVMs, bucketRuns, bucketMeta, bucketLibvirt} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}

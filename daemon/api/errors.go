@@ -52,6 +52,8 @@ type Error struct {
 	Kind string `json:"kind"`
 	// Message is one line saying what went wrong.
 	Message string `json:"error"`
+	// Violations lists every broken host-policy rule (Kind "policy" only).
+	Violations []Violation `json:"violations,omitempty"`
 	// Status is the HTTP status (filled by the client; not sent).
 	Status int `json:"-"`
 }
