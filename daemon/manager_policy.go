@@ -40,11 +40,7 @@ func (e *PolicyError) Unwrap() error { return api.ErrPolicy }
 
 // wire converts the violations to their API form.
 func (e *PolicyError) wire() api.PolicyViolations {
-	out := api.PolicyViolations{Kind: api.KindPolicy, Message: e.Error(), Violations: make([]api.Violation, len(e.Violations))}
-	for i, v := range e.Violations {
-		out.Violations[i] = api.Violation{Rule: v.Rule, Value: v.Value, Message: v.Message}
-	}
-	return out
+	return api.PolicyViolations{Kind: api.KindPolicy, Message: e.Error(), Violations: APIViolations(e.Violations)}
 }
 
 // loadPolicy loads the host policy named by cfg (nil when none is configured). A policy
@@ -107,18 +103,22 @@ func (m *Manager) RegisterLibvirt(ctx context.Context, req api.LibvirtDomainRequ
 	if len(req.XML) > config.MaxLibvirtXMLSize {
 		return nil, fmt.Errorf("domain XML is %d bytes, more than the %d allowed: %w", len(req.XML), config.MaxLibvirtXMLSize, api.ErrTooLarge)
 	}
-	vm, err := config.FromLibvirtXML([]byte(req.XML))
+	var vm *config.VM
+	var violations []config.Violation
+	var err error
+	if m.policy != nil {
+		vm, violations, err = CheckLibvirtDomain(ctx, m.policy, []byte(req.XML), m.platform, m.qemu)
+	} else {
+		vm, err = config.FromLibvirtXML([]byte(req.XML))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("mapping libvirt domain %q: %w: %w", req.Name, err, api.ErrInvalid)
 	}
 	if vm.Name != req.Name {
 		return nil, fmt.Errorf("domain XML names %q, the hook was called for %q: %w", vm.Name, req.Name, api.ErrInvalid)
 	}
-	if m.policy != nil {
-		f, _ := VMFacts(ctx, vm, m.platform, m.qemu) // unknown facts fail the check
-		if v := m.policy.Check(vm, f); len(v) > 0 {
-			return nil, &PolicyError{VM: vm.Name, Violations: v}
-		}
+	if len(violations) > 0 {
+		return nil, &PolicyError{VM: vm.Name, Violations: violations}
 	}
 	if m.prepare == nil {
 		return nil, fmt.Errorf("no launcher to measure libvirt domains: %w", api.ErrUnavailable)

@@ -117,7 +117,7 @@ type reattachedProc struct {
 	pid        int
 	startTicks uint64
 	pidfd      int
-	mon   *qmp.Client
+	mon        *qmp.Client
 
 	done     chan struct{}
 	once     sync.Once
