@@ -214,10 +214,10 @@ func FuzzParseFirmware(f *testing.F) {
 		if err != nil {
 			f.Fatal(err)
 		}
-		f.Add(b[len(b)-4096:])
+		f.Add(b[len(b)-0x600:]) // footer table and metadata
 	}
-	f.Add(snptest.AmdSevOVMF(4096))
-	f.Add(snptest.OVMF(snptest.OVMFOptions{ResetEIP: 0xfffffff0}))
+	f.Add(snptest.AmdSevOVMF(4096)[4096-snptest.MetadataOffset:])
+	f.Add(snptest.OVMF(snptest.OVMFOptions{ResetEIP: 0xfffffff0})[4096-128:])
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, tail []byte) {
 		if len(tail) > 1<<16 {

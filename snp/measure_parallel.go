@@ -72,9 +72,17 @@ func (g *gctx) updateNormalPagesFrom(r io.ReaderAt, size int64, gpa uint64, work
 	if fileHashes != nil {
 		nbuf += 2
 	}
+	// Small images need fewer and smaller buffers.
+	bufSize := int64(chunkSize)
+	if size < bufSize {
+		bufSize = size
+	}
+	if chunks := int((size + chunkSize - 1) / chunkSize); chunks < nbuf {
+		nbuf = max(chunks, 1)
+	}
 	free := make(chan *chunk, nbuf)
 	for i := 0; i < nbuf; i++ {
-		free <- &chunk{buf: make([]byte, chunkSize)}
+		free <- &chunk{buf: make([]byte, bufSize)}
 	}
 	jobs := make(chan *chunk, nbuf)
 	ordered := make(chan *chunk, nbuf)
