@@ -377,6 +377,26 @@ func (r *Roots) PEM(productLine string) []byte {
 	return b.Bytes()
 }
 
+// CABundles returns productLine's trusted chains in KDS cert_chain form: "ASK PEM + ARK
+// PEM" and "ASVK PEM + ARK PEM" (those present), what go-sev-guest's check tool takes as
+// root_of_trust.cabundles. Nil when the line is not trusted.
+func (r *Roots) CABundles(productLine string) []string {
+	pc := r.Line(productLine)
+	if pc == nil || pc.Ark == nil {
+		return nil
+	}
+	var out []string
+	for _, ica := range []*x509.Certificate{pc.Ask, pc.Asvk} {
+		if ica != nil {
+			var b bytes.Buffer
+			_ = pemEncode(&b, ica.Raw)
+			_ = pemEncode(&b, pc.Ark.Raw)
+			out = append(out, b.String())
+		}
+	}
+	return out
+}
+
 // VerifyCert checks c against the trusted roots at time now: an ARK must equal the trusted
 // ARK of its line; an ASK/ASVK must be signed by it; a VCEK/VLEK must chain through the
 // trusted ASK/ASVK to the ARK (go-sev-guest's X509Options) and be valid at now.

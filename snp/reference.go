@@ -1,0 +1,302 @@
+package snp
+
+import (
+	"crypto/sha512"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/google/go-sev-guest/abi"
+	checkpb "github.com/google/go-sev-guest/proto/check"
+	"google.golang.org/protobuf/encoding/prototext"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+// Reference formats accepted by ExportReference.
+const (
+	// FormatJSON is snpd's own JSON (type ReferenceJSON).
+	FormatJSON = "json"
+	// FormatTrustee is a Confidential Containers trustee RVPS message of type "sample":
+	// {"version":"0.1.0","type":"sample","payload":base64(provenance)}, the provenance
+	// mapping reference-value names (snp_launch_measurement, snp_guest_abi_major, ...) to
+	// lists of accepted values, as trustee's default SNP attestation policy reads them.
+	FormatTrustee = "trustee"
+	// FormatSevGuestCheck is a go-sev-guest check.Config textproto, what google's `check`
+	// tool reads with -config.
+	FormatSevGuestCheck = "sev-guest-check"
+	// FormatLaunchLog is every SNP_LAUNCH_UPDATE page update (type, GPA, content digest)
+	// as JSON, so a verifier can recompute the launch digest itself (ReplayLaunchLog).
+	FormatLaunchLog = "launch-log"
+)
+
+// ReferenceFormats lists the accepted formats.
+var ReferenceFormats = []string{FormatJSON, FormatTrustee, FormatSevGuestCheck, FormatLaunchLog}
+
+// Reference is what a verifier needs to appraise a guest's reports: the launch record's
+// values, the host policy's constraints and the trusted roots.
+type Reference struct {
+	// Name is the VM name.
+	Name string
+	// Measurement is the expected launch digest (48 bytes).
+	Measurement []byte
+	// Policy is the recorded guest policy (the ceiling in the check and trustee formats).
+	Policy uint64
+	// HostData is the recorded HOST_DATA (32 bytes; nil: none).
+	HostData []byte
+	// IDKeyDigest and AuthorKeyDigest are the recorded ID block's key digests (48 bytes;
+	// nil: none).
+	IDKeyDigest, AuthorKeyDigest []byte
+	// MinimumTCB is the least acceptable REPORTED_TCB (0: none).
+	MinimumTCB uint64
+	// ProductLine names the trusted roots to include ("Milan"...; empty: none).
+	ProductLine string
+	// CABundles are the trusted chains in KDS cert_chain form (ASK or ASVK, then ARK, PEM;
+	// see Roots.CABundles). Nil: omitted, and verifiers use AMD's embedded roots.
+	CABundles []string
+	// Updates are the launch's page updates (Measurement.Updates with MeasureInput.Log);
+	// needed only for FormatLaunchLog.
+	Updates []PageUpdate
+}
+
+// ReferenceJSON is the FormatJSON document.
+type ReferenceJSON struct {
+	Name            string   `json:"name"`
+	Measurement     string   `json:"measurement"`
+	Policy          string   `json:"policy"`
+	HostData        string   `json:"host_data,omitempty"`
+	IDKeyDigest     string   `json:"id_key_digest,omitempty"`
+	AuthorKeyDigest string   `json:"author_key_digest,omitempty"`
+	MinimumTCB      string   `json:"minimum_tcb,omitempty"`
+	VMPL            int      `json:"vmpl"`
+	ProductLine     string   `json:"product_line,omitempty"`
+	CABundles       []string `json:"ca_bundles,omitempty"`
+	// ReportData tells how REPORT_DATA binds a verifier's nonce.
+	ReportData string `json:"report_data"`
+}
+
+// LaunchLog is the FormatLaunchLog document.
+type LaunchLog struct {
+	Name string `json:"name"`
+	// Algorithm describes the chain: "SHA-384 over PAGE_INFO (SEV-SNP ABI spec, 8.17.2)".
+	Algorithm string `json:"algorithm"`
+	// Measurement is the final launch digest (hex).
+	Measurement string           `json:"measurement"`
+	Updates     []LaunchLogEntry `json:"updates"`
+}
+
+// LaunchLogEntry is one page update.
+type LaunchLogEntry struct {
+	// Type is NORMAL, VMSA, ZERO, UNMEASURED, SECRETS or CPUID.
+	Type string `json:"type"`
+	// GPA is the guest physical address, hex with 0x.
+	GPA string `json:"gpa"`
+	// Contents is the SHA-384 of the page for NORMAL and VMSA pages, zero otherwise (hex).
+	Contents string `json:"contents"`
+}
+
+// ExportReference renders ref in one of ReferenceFormats.
+func ExportReference(ref Reference, format string) ([]byte, error) {
+	if len(ref.Measurement) != 48 {
+		return nil, fmt.Errorf("exporting reference: measurement is %d bytes, want 48", len(ref.Measurement))
+	}
+	switch format {
+	case FormatJSON:
+		return exportJSON(ref)
+	case FormatTrustee:
+		return exportTrustee(ref)
+	case FormatSevGuestCheck:
+		return exportCheck(ref)
+	case FormatLaunchLog:
+		return exportLaunchLog(ref)
+	}
+	return nil, fmt.Errorf("exporting reference: unknown format %q (want %s)", format, strings.Join(ReferenceFormats, ", "))
+}
+
+func hexOrEmpty(b []byte) string {
+	if b == nil {
+		return ""
+	}
+	return hex.EncodeToString(b)
+}
+
+func exportJSON(ref Reference) ([]byte, error) {
+	doc := ReferenceJSON{
+		Name:            ref.Name,
+		Measurement:     hex.EncodeToString(ref.Measurement),
+		Policy:          fmt.Sprintf("%#x", ref.Policy),
+		HostData:        hexOrEmpty(ref.HostData),
+		IDKeyDigest:     hexOrEmpty(ref.IDKeyDigest),
+		AuthorKeyDigest: hexOrEmpty(ref.AuthorKeyDigest),
+		ProductLine:     ref.ProductLine,
+		CABundles:       ref.CABundles,
+		ReportData:      `SHA-512("snpd-attest-v1" || 0x00 || uint16_be(len(nonce)) || nonce || user_data)`,
+	}
+	if ref.MinimumTCB != 0 {
+		doc.MinimumTCB = fmt.Sprintf("%#016x", ref.MinimumTCB)
+	}
+	return marshalIndent(doc)
+}
+
+func marshalIndent(v any) ([]byte, error) {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("encoding reference: %w", err)
+	}
+	return append(b, '\n'), nil
+}
+
+func exportTrustee(ref Reference) ([]byte, error) {
+	pol, err := abi.ParseSnpPolicy(ref.Policy)
+	if err != nil {
+		return nil, fmt.Errorf("exporting reference: policy %#x: %w", ref.Policy, err)
+	}
+	b2i := func(b bool) int {
+		if b {
+			return 1
+		}
+		return 0
+	}
+	prov := map[string][]any{
+		"snp_launch_measurement": {hex.EncodeToString(ref.Measurement)},
+		"snp_guest_abi_major":    {int(pol.ABIMajor)},
+		"snp_guest_abi_minor":    {int(pol.ABIMinor)},
+		"snp_single_socket":      {b2i(pol.SingleSocket)},
+		"snp_smt_allowed":        {b2i(pol.SMT)},
+		"snp_policy_debug_allowed": {
+			b2i(pol.Debug),
+		},
+		"snp_policy_migrate_ma": {b2i(pol.MigrateMA)},
+	}
+	if ref.HostData != nil {
+		prov["snp_host_data"] = []any{hex.EncodeToString(ref.HostData)}
+	}
+	if ref.IDKeyDigest != nil {
+		prov["snp_id_key_digest"] = []any{hex.EncodeToString(ref.IDKeyDigest)}
+	}
+	if ref.AuthorKeyDigest != nil {
+		prov["snp_author_key_digest"] = []any{hex.EncodeToString(ref.AuthorKeyDigest)}
+	}
+	payload, err := json.Marshal(prov)
+	if err != nil {
+		return nil, fmt.Errorf("encoding reference: %w", err)
+	}
+	return marshalIndent(struct {
+		Version string `json:"version"`
+		Type    string `json:"type"`
+		Payload string `json:"payload"`
+	}{"0.1.0", "sample", base64.StdEncoding.EncodeToString(payload)})
+}
+
+// CheckConfig returns the go-sev-guest check.Config for ref: the recorded policy as the
+// policy ceiling, the exact measurement and host data, VMPL 0, the minimum TCB, the ID and
+// author key digests when an ID block was used, offline (disallow_network) with ref's
+// roots as the CA bundle.
+func CheckConfig(ref Reference) (*checkpb.Config, error) {
+	if _, err := abi.ParseSnpPolicy(ref.Policy); err != nil {
+		return nil, fmt.Errorf("policy %#x: %w", ref.Policy, err)
+	}
+	p := &checkpb.Policy{
+		Policy:                    ref.Policy,
+		Measurement:               ref.Measurement,
+		Vmpl:                      wrapperspb.UInt32(0),
+		MinimumTcb:                ref.MinimumTCB,
+		PermitProvisionalFirmware: true,
+	}
+	if ref.HostData != nil {
+		p.HostData = ref.HostData
+	}
+	if ref.IDKeyDigest != nil {
+		p.RequireIdBlock = true
+		p.TrustedIdKeyHashes = [][]byte{ref.IDKeyDigest}
+		if ref.AuthorKeyDigest != nil {
+			p.RequireAuthorKey = true
+			p.TrustedAuthorKeyHashes = [][]byte{ref.AuthorKeyDigest}
+		}
+	}
+	rot := &checkpb.RootOfTrust{DisallowNetwork: true, ProductLine: ref.ProductLine}
+	rot.Cabundles = ref.CABundles
+	return &checkpb.Config{RootOfTrust: rot, Policy: p}, nil
+}
+
+func exportCheck(ref Reference) ([]byte, error) {
+	cfg, err := CheckConfig(ref)
+	if err != nil {
+		return nil, fmt.Errorf("exporting reference: %w", err)
+	}
+	b, err := prototext.MarshalOptions{Multiline: true}.Marshal(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("encoding check config: %w", err)
+	}
+	return b, nil
+}
+
+func exportLaunchLog(ref Reference) ([]byte, error) {
+	if len(ref.Updates) == 0 {
+		return nil, errors.New("exporting reference: no page updates recorded (measure with Log)")
+	}
+	doc := LaunchLog{
+		Name:        ref.Name,
+		Algorithm:   "SHA-384 over PAGE_INFO (SEV-SNP ABI spec, 8.17.2), starting from 48 zero bytes",
+		Measurement: hex.EncodeToString(ref.Measurement),
+		Updates:     make([]LaunchLogEntry, len(ref.Updates)),
+	}
+	for i, u := range ref.Updates {
+		doc.Updates[i] = LaunchLogEntry{Type: u.Type.String(), GPA: fmt.Sprintf("%#x", u.GPA), Contents: hex.EncodeToString(u.Contents[:])}
+	}
+	if last := ref.Updates[len(ref.Updates)-1].DigestAfter; hex.EncodeToString(last[:]) != doc.Measurement {
+		return nil, errors.New("exporting reference: the page updates do not end at the recorded measurement")
+	}
+	return marshalIndent(doc)
+}
+
+// maxLaunchLogUpdates bounds a launch log read by ReplayLaunchLog (a 64 GiB guest's worth
+// of 4 KiB pages would be 16M; firmware-sized launches are a few thousand).
+const maxLaunchLogUpdates = 1 << 22
+
+// ReplayLaunchLog recomputes the launch digest from a FormatLaunchLog document and
+// returns it with an error when it differs from the document's measurement. It is
+// written here independently of Measure (straight from the PAGE_INFO layout: DIGEST_CUR
+// 48, CONTENTS 48, LENGTH u16 = 0x70, PAGE_TYPE u8, IMI_PAGE u8, VMPL3/2/1_PERMS u8 each,
+// reserved u8, GPA u64, little endian) so it can check what Measure logged.
+func ReplayLaunchLog(doc []byte) ([]byte, error) {
+	var l LaunchLog
+	if err := json.Unmarshal(doc, &l); err != nil {
+		return nil, fmt.Errorf("parsing launch log: %w", err)
+	}
+	if len(l.Updates) > maxLaunchLogUpdates {
+		return nil, fmt.Errorf("parsing launch log: %d updates, at most %d", len(l.Updates), maxLaunchLogUpdates)
+	}
+	types := map[string]byte{"NORMAL": 1, "VMSA": 2, "ZERO": 3, "UNMEASURED": 4, "SECRETS": 5, "CPUID": 6}
+	var digest [48]byte
+	var info [0x70]byte
+	for i, u := range l.Updates {
+		t, ok := types[u.Type]
+		if !ok {
+			return nil, fmt.Errorf("launch log update %d: unknown type %q", i, u.Type)
+		}
+		gpa, err := strconv.ParseUint(strings.TrimPrefix(u.GPA, "0x"), 16, 64)
+		if err != nil {
+			return nil, fmt.Errorf("launch log update %d: GPA %q: %w", i, u.GPA, err)
+		}
+		c, err := hex.DecodeString(u.Contents)
+		if err != nil || len(c) != 48 {
+			return nil, fmt.Errorf("launch log update %d: contents must be 48 bytes of hex", i)
+		}
+		clear(info[:])
+		copy(info[0:48], digest[:])
+		copy(info[48:96], c)
+		binary.LittleEndian.PutUint16(info[0x60:], 0x70)
+		info[0x62] = t
+		binary.LittleEndian.PutUint64(info[0x68:], gpa)
+		digest = sha512.Sum384(info[:])
+	}
+	if hex.EncodeToString(digest[:]) != strings.ToLower(l.Measurement) {
+		return digest[:], fmt.Errorf("replayed launch digest %x differs from the log's measurement %s", digest, l.Measurement)
+	}
+	return digest[:], nil
+}
