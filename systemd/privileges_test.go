@@ -2,10 +2,15 @@ package systemd
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -95,5 +100,64 @@ func TestQEMURunsWithTheUnitsPrivileges(t *testing.T) {
 	out, _ = run("CAP_NET_ADMIN")
 	if !strings.Contains(out, "Operation not permitted") {
 		t.Errorf("QEMU created a tap without CAP_NET_ADMIN; the capability may be unnecessary")
+	}
+}
+
+// TestReattachNeedsNoMoreThanTheUnitGives checks what a restarted snpd does to a QEMU
+// it did not start (reattach): with only the unit's privileges, a sibling process can
+// read the QEMU's /proc/PID/exe and stat (no CAP_SYS_PTRACE needed) and kill it when
+// found half-started (no CAP_KILL needed).
+func TestReattachNeedsNoMoreThanTheUnitGives(t *testing.T) {
+	sp := setprivOrSkip(t)
+	qemu, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		t.Skip("qemu-system-x86_64 not installed (scripts/install-deps.sh installs it)")
+	}
+	qemuReal, err := filepath.EvalSymlinks(qemu)
+	if err != nil {
+		t.Fatal(err)
+	}
+	privs := unitPrivileges(t, "")
+	args := append(append([]string(nil), privs...), qemu, "-machine", "q35,accel=tcg", "-nodefaults",
+		"-no-user-config", "-display", "none", "-S", "-m", "64",
+		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny", "-qmp", "stdio")
+	cmd := exec.Command(sp, args...)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdin.Close()
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	greeting := make([]byte, 64)
+	if _, err := io.ReadAtLeast(stdout, greeting, 8); err != nil || !strings.Contains(string(greeting), "QMP") {
+		t.Fatalf("no QMP greeting from QEMU: %q %v", greeting, err)
+	}
+	pid := strconv.Itoa(cmd.Process.Pid) // setpriv execs QEMU: same pid
+
+	sibling := func(argv ...string) (string, error) {
+		out, err := exec.Command(sp, append(append([]string(nil), privs...), argv...)...).CombinedOutput()
+		t.Logf("%s: %v: %s", strings.Join(argv, " "), err, out)
+		return strings.TrimSpace(string(out)), err
+	}
+	if exe, err := sibling("readlink", "/proc/"+pid+"/exe"); err != nil || exe != qemuReal {
+		t.Errorf("reading QEMU's executable under the unit's privileges: %q, %v; want %s", exe, err, qemuReal)
+	}
+	if stat, err := sibling("cat", "/proc/"+pid+"/stat"); err != nil || !strings.HasPrefix(stat, pid+" (qemu-system-x86") {
+		t.Errorf("reading QEMU's stat (start time): %q, %v", stat, err)
+	}
+	if _, err := sibling("kill", "-KILL", pid); err != nil {
+		t.Errorf("killing a half-started QEMU under the unit's privileges: %v", err)
+	}
+	err = cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		t.Errorf("QEMU ended with %v, want killed by SIGKILL", err)
 	}
 }
