@@ -244,7 +244,7 @@ func FuzzParseFirmware(f *testing.F) {
 				t.Fatalf("accepted bad section %+v", s)
 			}
 		}
-		in := MeasureInput{Firmware: bytes.NewReader(img), FirmwareSize: int64(size), VCPUs: 2, GuestFeatures: 1}
+		in := MeasureInput{Firmware: bytes.NewReader(img), FirmwareSize: int64(size), VCPUs: 2, GuestFeatures: 1, SkipFileDigests: true}
 		if m, err := Measure(in); err == nil && len(m.Digest) != 48 {
 			t.Fatalf("digest of %d bytes", len(m.Digest))
 		}

@@ -139,9 +139,11 @@ type MeasureInput struct {
 	SVSMSize int64
 	VarsSize int64
 
-	// FileDigests asks for SHA-256 and SHA-384 of the firmware file bytes, computed
-	// in the same read pass (it costs one extra full SHA-384 and SHA-256).
-	FileDigests bool
+	// SkipFileDigests leaves out the SHA-256 and SHA-384 of the firmware file bytes
+	// (Measurement.FirmwareSHA256/384). By default they are computed in the same
+	// read pass, beside the page hashing; they cost one full sequential SHA-384 and
+	// SHA-256 of the file, which dominates on large mostly-zero images.
+	SkipFileDigests bool
 	// Log records every page update in Measurement.Updates.
 	Log bool
 	// Workers is the number of page-hashing goroutines; 0 means GOMAXPROCS.
@@ -165,8 +167,8 @@ type Measurement struct {
 	// OVMFDigest is the SNP digest after the firmware pages only (what
 	// ModeSNPOVMFHash prints and --snp-ovmf-hash takes); nil for SEV/SEV-ES.
 	OVMFDigest []byte
-	// FirmwareSHA256, FirmwareSHA384 are digests of the firmware file bytes; nil
-	// unless MeasureInput.FileDigests.
+	// FirmwareSHA256, FirmwareSHA384 are digests of the firmware file bytes (the
+	// bytes measured, read in the same pass); nil with MeasureInput.SkipFileDigests.
 	FirmwareSHA256, FirmwareSHA384 []byte
 	// KernelSHA256, InitrdSHA256, CmdlineSHA256 are the hashes placed in the SEV
 	// hashes table; nil when no kernel was given.
@@ -305,14 +307,14 @@ func measureSEV(in MeasureInput) (*Measurement, error) {
 	launch := sha256.New()
 	extra := []hash.Hash{launch}
 	var f256, f384 hash.Hash
-	if in.FileDigests {
+	if !in.SkipFileDigests {
 		f256, f384 = sha256.New(), sha512.New384()
 		extra = append(extra, f256, f384)
 	}
 	if err := streamSequential(in.Firmware, in.FirmwareSize, extra); err != nil {
 		return nil, fmt.Errorf("reading firmware: %w", err)
 	}
-	if in.FileDigests {
+	if !in.SkipFileDigests {
 		m.FirmwareSHA256, m.FirmwareSHA384 = f256.Sum(nil), f384.Sum(nil)
 	}
 	launch.Write(table)
@@ -462,13 +464,13 @@ func measureSNP(in MeasureInput) (*Measurement, error) {
 
 	var fileHashes []hash.Hash
 	var f256, f384 hash.Hash
-	if in.FileDigests {
+	if !in.SkipFileDigests {
 		f256, f384 = sha256.New(), sha512.New384()
 		fileHashes = []hash.Hash{f256, f384}
 	}
 	if in.OVMFHash != nil {
 		copy(g.ld[:], in.OVMFHash)
-		if in.FileDigests {
+		if !in.SkipFileDigests {
 			if err := streamSequential(in.Firmware, in.FirmwareSize, fileHashes); err != nil {
 				return nil, fmt.Errorf("reading firmware: %w", err)
 			}
@@ -476,7 +478,7 @@ func measureSNP(in MeasureInput) (*Measurement, error) {
 	} else if err := g.updateNormalPagesFrom(in.Firmware, in.FirmwareSize, fw.GPA(), in.Workers, fileHashes); err != nil {
 		return nil, fmt.Errorf("reading firmware: %w", err)
 	}
-	if in.FileDigests {
+	if !in.SkipFileDigests {
 		m.FirmwareSHA256, m.FirmwareSHA384 = f256.Sum(nil), f384.Sum(nil)
 	}
 	m.OVMFDigest = append([]byte(nil), g.ld[:]...)

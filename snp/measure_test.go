@@ -364,7 +364,7 @@ func TestMeasureReadErrors(t *testing.T) {
 	for _, limit := range []int64{int64(len(img)) - 4096, int64(len(img)) / 2, chunkSize} {
 		// The parser reads the tail first; fail later in the streaming pass.
 		r := &tailOK{failingReader{bytes.NewReader(img), limit}, int64(len(img))}
-		_, err := Measure(MeasureInput{Firmware: r, FirmwareSize: int64(len(img)), VCPUs: 1, GuestFeatures: 1, FileDigests: true})
+		_, err := Measure(MeasureInput{Firmware: r, FirmwareSize: int64(len(img)), VCPUs: 1, GuestFeatures: 1})
 		if !errors.Is(err, errDisk) || !strings.HasPrefix(err.Error(), "reading firmware: ") {
 			t.Fatalf("limit %d: %v", limit, err)
 		}
@@ -492,7 +492,7 @@ func TestMeasureOutputs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := Measure(MeasureInput{Firmware: fw, FirmwareSize: size, VCPUs: 3, VCPUSig: 0x800f12, GuestFeatures: 1, FileDigests: true, Log: true})
+	m, err := Measure(MeasureInput{Firmware: fw, FirmwareSize: size, VCPUs: 3, VCPUSig: 0x800f12, GuestFeatures: 1, Log: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -500,14 +500,17 @@ func TestMeasureOutputs(t *testing.T) {
 	if !bytes.Equal(m.FirmwareSHA256, s256[:]) || !bytes.Equal(m.FirmwareSHA384, s384[:]) {
 		t.Fatal("file digests differ")
 	}
-	ovmf, err := Measure(MeasureInput{Mode: ModeSNPOVMFHash, Firmware: fw, FirmwareSize: size})
+	ovmf, err := Measure(MeasureInput{Mode: ModeSNPOVMFHash, Firmware: fw, FirmwareSize: size, SkipFileDigests: true})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if ovmf.FirmwareSHA256 != nil || ovmf.FirmwareSHA384 != nil {
+		t.Fatal("file digests computed despite SkipFileDigests")
 	}
 	if !bytes.Equal(ovmf.Digest, m.OVMFDigest) {
 		t.Fatal("OVMFDigest differs from snp:ovmf-hash")
 	}
-	seeded, err := Measure(MeasureInput{Firmware: fw, FirmwareSize: size, VCPUs: 3, VCPUSig: 0x800f12, GuestFeatures: 1, OVMFHash: ovmf.Digest, FileDigests: true})
+	seeded, err := Measure(MeasureInput{Firmware: fw, FirmwareSize: size, VCPUs: 3, VCPUSig: 0x800f12, GuestFeatures: 1, OVMFHash: ovmf.Digest})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -173,7 +173,7 @@ func runMeasure(cmd *cobra.Command, f *measureFlags) error {
 	in.Firmware, in.FirmwareSize = fw.f, fw.size
 
 	if mode == snp.ModeSNPOVMFHash {
-		in.FileDigests = f.jsonOut
+		in.SkipFileDigests = !f.jsonOut
 		in.Log = f.explain
 		m, err := snp.Measure(in)
 		if err != nil {
@@ -263,7 +263,7 @@ func runMeasure(cmd *cobra.Command, f *measureFlags) error {
 		}
 		in.Cmdline = f.appendLine
 	}
-	in.FileDigests = f.jsonOut
+	in.SkipFileDigests = !f.jsonOut
 	in.Log = f.explain
 	m, err := snp.Measure(in)
 	if err != nil {
