@@ -317,7 +317,7 @@ func measurePrint(out io.Writer, f *measureFlags, in *snp.MeasureInput, m *snp.M
 	case f.explain:
 		measureExplain(out, in, m)
 	}
-	if f.verbose {
+	if f.verbose && in.Mode != snp.ModeSNPOVMFHash { // the reference prints the bare hash there
 		_, err := fmt.Fprintf(out, "Calculated %s guest measurement: %s\n", in.Mode.Name(), digest)
 		return err
 	}

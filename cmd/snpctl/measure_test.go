@@ -215,6 +215,15 @@ func TestMeasureBinary(t *testing.T) {
 		if r.stdout != "Calculated SEV_SNP guest measurement: "+trixie1+"\n" {
 			t.Errorf("verbose: %q", r.stdout)
 		}
+		// snp:ovmf-hash prints bare hex whatever -v and --output-format say.
+		r = measureRun(t, bin, committed, "-v", "--mode", "snp:ovmf-hash", "--output-format", "base64", "--ovmf", "firmware/ovmf-bookworm-2022.11.fd")
+		if r.stdout != "ba2c811512ef868474f239a21f7d7057d65a20de87a003c4f116e4fb1573183bfbcd75c3e99b2f558575a5d0094f73c6\n" {
+			t.Errorf("ovmf-hash: %q %q", r.stdout, r.stderr)
+		}
+		r = measureRun(t, bin, committed, "--version")
+		if r.rc != 0 || !strings.Contains(r.stdout, "sev-snp-measure 0.0.13") {
+			t.Errorf("--version: %q", r.stdout)
+		}
 	})
 
 	t.Run("json", func(t *testing.T) {
