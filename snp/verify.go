@@ -140,6 +140,7 @@ type chainEntry struct {
 	key       [32]byte
 	fresh     bool // verified now, not yet confirmed by go-sev-guest and cached
 	cert      *x509.Certificate
+	chainPEM  string
 	info      *CertInfo
 	notBefore time.Time
 	notAfter  time.Time
@@ -188,7 +189,7 @@ func (v *Verifier) Verify(ctx context.Context, raw, certTable []byte, exp Expect
 	} else {
 		vd.Endorsement = ek.info
 		vd.add(CheckCertificate, nil, fmt.Sprintf("%s %s chains to the trusted ARK-%s, valid until %s", ek.info.Kind, short(ek.info.SHA256), ek.info.ProductLine, ek.notAfter.UTC().Format(time.RFC3339)))
-		vd.ChainPEM = string(pemOf(ek.cert)) + string(v.trusted().PEM(ek.info.ProductLine))
+		vd.ChainPEM = ek.chainPEM
 	}
 	if ek == nil {
 		vd.add(CheckSignature, errors.New("not checked: no trusted endorsement key"), "")
@@ -476,7 +477,8 @@ func (v *Verifier) endorsementKey(ctx context.Context, p *spb.Report, certTable 
 		return nil, fmt.Errorf("report signed by %v but the certificate is a %s", si.SigningKey, info.Kind)
 	}
 	pc := v.trusted().Line(info.ProductLine)
-	e = chainEntry{cert: cert, info: info, notBefore: cert.NotBefore, notAfter: cert.NotAfter}
+	e = chainEntry{cert: cert, info: info, notBefore: cert.NotBefore, notAfter: cert.NotAfter,
+		chainPEM: string(pemOf(cert)) + string(v.trusted().PEM(info.ProductLine))}
 	for _, c := range []*x509.Certificate{pc.Ask, pc.Asvk, pc.Ark} {
 		if c == nil {
 			continue
