@@ -17,6 +17,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -320,7 +321,7 @@ func (s *Server) serve(c net.Conn) {
 	}()
 
 	if !greet {
-		<-ctx.Done() // hold the client until it or the server goes away
+		io.Copy(io.Discard, c) // hold the client until it or the server hangs up
 		return
 	}
 	greeting, _ := json.Marshal(map[string]any{"QMP": map[string]any{
