@@ -6,8 +6,10 @@ import (
 	"crypto/sha512"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"os"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -125,15 +127,28 @@ func sealReader(name string, src io.Reader, maxSize int64) (_ *SealedFile, err e
 		return nil, errors.New("sealing " + name + " memfd: seals not in effect")
 	}
 	s := &SealedFile{File: f, Size: n}
-	h256, h384 := sha256.New(), sha512.New384()
-	m, err := io.Copy(io.MultiWriter(h256, h384), io.NewSectionReader(f, 0, n))
-	if err != nil {
+	// The two digests are computed concurrently, each reading the sealed memfd.
+	var wg sync.WaitGroup
+	var err256, err384 error
+	wg.Go(func() { err256 = hashSection(f, n, sha256.New(), s.SHA256[:0]) })
+	wg.Go(func() { err384 = hashSection(f, n, sha512.New384(), s.SHA384[:0]) })
+	wg.Wait()
+	if err := errors.Join(err256, err384); err != nil {
 		return nil, fmt.Errorf("hashing sealed %s: %w", name, err)
 	}
-	if m != n {
-		return nil, fmt.Errorf("hashing sealed %s: read %d of %d bytes", name, m, n)
-	}
-	h256.Sum(s.SHA256[:0])
-	h384.Sum(s.SHA384[:0])
 	return s, nil
+}
+
+// hashSection hashes the first n bytes of r into h and appends the sum to dst (a
+// zero-length slice of the digest array, so the sum lands in the array).
+func hashSection(r io.ReaderAt, n int64, h hash.Hash, dst []byte) error {
+	m, err := io.Copy(h, io.NewSectionReader(r, 0, n))
+	if err != nil {
+		return err
+	}
+	if m != n {
+		return fmt.Errorf("read %d of %d bytes", m, n)
+	}
+	h.Sum(dst)
+	return nil
 }
