@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -74,6 +75,8 @@ type liveVM struct {
 	restart       string
 	// finished is closed once the exit has been recorded.
 	finished chan struct{}
+	// writeMu orders this VM's store writes (see persist).
+	writeMu sync.Mutex
 }
 
 const (
@@ -124,26 +127,30 @@ func (m *Manager) vmRuntimeDir(name string) string {
 	return filepath.Join(m.runtimeDir, "vms", name)
 }
 
-// transition moves run to state at now, records it durably and publishes the event.
-// Callers hold m.mu.
-func (m *Manager) transitionLocked(name string, run *api.Run, state api.State, reason string) error {
+// transitionLocked moves run to state at now in memory and publishes the event; the
+// caller persists it (persist, or Store.PutRun for a run not live) after releasing m.mu,
+// so no request waits on another VM's fsync. Callers hold m.mu.
+func (m *Manager) transitionLocked(name string, run *api.Run, state api.State, reason string) {
 	now := time.Now().UTC()
 	run.State = state
 	run.Transitions = append(run.Transitions, api.Transition{State: state, At: now, Reason: reason})
-	err := m.store.PutRun(name, run)
-	m.seq++
-	ev := api.Event{Seq: m.seq, VM: name, State: state, At: now, PID: run.PID, Reason: reason}
-	for ch, filter := range m.subs {
-		if filter != "" && filter != name {
-			continue
-		}
-		select {
-		case ch <- ev:
-		default: // a subscriber that does not keep up loses events rather than blocking VMs
-		}
-	}
+	m.publishLocked(api.Event{VM: name, State: state, At: now, PID: run.PID, Reason: reason})
 	m.log.Info("vm state", "vm", name, "state", state, "pid", run.PID, "reason", reason)
-	return err
+}
+
+// persist writes a snapshot of l's run to the store; called without m.mu. l.writeMu
+// orders the writes of one VM: the snapshot is taken under it, so the last write always
+// carries the newest state.
+func (m *Manager) persist(name string, l *liveVM) {
+	l.writeMu.Lock()
+	defer l.writeMu.Unlock()
+	m.mu.Lock()
+	snap := l.run
+	snap.Transitions = slices.Clone(l.run.Transitions)
+	m.mu.Unlock()
+	if err := m.store.PutRun(name, &snap); err != nil {
+		m.log.Error("recording vm state", "vm", name, "state", snap.State, "err", err)
+	}
 }
 
 // Subscribe returns a channel of state changes (of VM vm, or all if empty) and a cancel
@@ -197,7 +204,7 @@ func (m *Manager) Define(req api.DefineRequest) (*api.VMInfo, error) {
 	if err := m.store.PutVM(sv, req.Replace); err != nil {
 		return nil, err
 	}
-	return m.infoLocked(vm.Name)
+	return m.info(vm.Name, nil)
 }
 
 // Undefine removes a VM that has no QEMU process, with its run history.
@@ -210,15 +217,12 @@ func (m *Manager) Undefine(name string) error {
 	return m.store.DeleteVM(name)
 }
 
-func summary(sv *StoredVM, last *api.Run, starts int, l *liveVM) api.VMSummary {
+// summary is a VM's list row from its definition and its newest run (nil: never started).
+func summary(sv *StoredVM, run *api.Run, starts int) api.VMSummary {
 	s := api.VMSummary{Name: sv.Name, State: api.StateStopped, Since: sv.DefinedAt, Starts: starts}
 	var vm config.VM
 	if json.Unmarshal(sv.Definition, &vm) == nil {
 		s.VCPUs, s.MemoryMiB, s.Restart = vm.VCPUs, vm.MemoryMiB, vm.Restart
-	}
-	run := last
-	if l != nil {
-		run = &l.run
 	}
 	if run != nil && run.State != "" {
 		s.State = run.State
@@ -238,33 +242,47 @@ func (m *Manager) List() ([]api.VMSummary, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Snapshot the live runs, then read the store without m.mu: a list never waits on
+	// a launch or an fsync.
+	live := map[string]api.Run{}
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	for name, l := range m.live {
+		if l.run.Seq != 0 {
+			live[name] = l.run
+		}
+	}
+	m.mu.Unlock()
 	out := make([]api.VMSummary, 0, len(vms))
 	for i := range vms {
-		var last *api.Run
-		starts := 0
-		l := m.live[vms[i].Name]
-		if l == nil || l.run.Seq == 0 {
-			if last, starts, err = m.store.LastRun(vms[i].Name); err != nil {
-				return nil, err
-			}
-		} else {
-			starts = l.run.Seq
+		if r, ok := live[vms[i].Name]; ok {
+			out = append(out, summary(&vms[i], &r, r.Seq))
+			continue
 		}
-		out = append(out, summary(&vms[i], last, starts, l))
+		last, starts, err := m.store.LastRun(vms[i].Name)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, summary(&vms[i], last, starts))
 	}
 	return out, nil
 }
 
 // Get returns one VM with its definition and last run.
 func (m *Manager) Get(name string) (*api.VMInfo, error) {
+	var live *api.Run
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.infoLocked(name)
+	if l, ok := m.live[name]; ok && l.run.Seq != 0 {
+		r := l.run
+		r.Transitions = slices.Clone(l.run.Transitions)
+		live = &r
+	}
+	m.mu.Unlock()
+	return m.info(name, live)
 }
 
-func (m *Manager) infoLocked(name string) (*api.VMInfo, error) {
+// info reads name's definition and newest run from the store; live (if non-nil) is the
+// in-memory run of a live VM, newer than the store's.
+func (m *Manager) info(name string, live *api.Run) (*api.VMInfo, error) {
 	sv, err := m.store.GetVM(name)
 	if err != nil {
 		return nil, err
@@ -273,13 +291,10 @@ func (m *Manager) infoLocked(name string) (*api.VMInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := m.live[name]
-	if l != nil && l.run.Seq != 0 {
-		r := l.run
-		last = &r
+	if live != nil {
+		last, starts = live, max(starts, live.Seq)
 	}
-	info := &api.VMInfo{VMSummary: summary(sv, last, starts, l), DefinedAt: sv.DefinedAt, TOML: sv.TOML, Definition: sv.Definition, Last: last}
-	return info, nil
+	return &api.VMInfo{VMSummary: summary(sv, last, starts), DefinedAt: sv.DefinedAt, TOML: sv.TOML, Definition: sv.Definition, Last: last}, nil
 }
 
 // Runs returns up to limit of a VM's newest runs (0: all), oldest first.
@@ -340,14 +355,13 @@ func (m *Manager) Start(ctx context.Context, name string) (*api.VMInfo, error) {
 	}
 	m.mu.Lock()
 	l.run = run
+	m.publishLocked(api.Event{VM: name, State: api.StateStarting, At: run.Transitions[0].At})
 	m.mu.Unlock()
-	m.publish(name, &run, api.StateStarting, "")
 
 	proc, err := m.start(ctx, &vm, func(rec *api.LaunchRecord) error {
 		// Durable before cont: a crash of snpd from here on leaves a record reattach can
 		// act on (a QEMU found paused before cont is killed).
 		m.mu.Lock()
-		defer m.mu.Unlock()
 		l.run.PID, l.run.ProcStartTicks = rec.PID, rec.StartTicks
 		if rec.QEMUPath != "" {
 			l.run.QEMU = rec.QEMUPath
@@ -360,7 +374,13 @@ func (m *Manager) Start(ctx context.Context, name string) (*api.VMInfo, error) {
 			return fmt.Errorf("encoding launch record: %w", err)
 		}
 		l.run.Record = b
-		if err := m.store.PutRun(name, &l.run); err != nil {
+		snap := l.run
+		snap.Transitions = slices.Clone(l.run.Transitions)
+		m.mu.Unlock()
+		l.writeMu.Lock()
+		err = m.store.PutRun(name, &snap)
+		l.writeMu.Unlock()
+		if err != nil {
 			return err
 		}
 		if testHookBeforeCont != nil {
@@ -369,36 +389,35 @@ func (m *Manager) Start(ctx context.Context, name string) (*api.VMInfo, error) {
 		return nil
 	})
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if err != nil {
 		l.run.Error = err.Error()
-		if ee := m.transitionLocked(name, &l.run, api.StateFailed, "start failed"); ee != nil {
-			m.log.Error("recording failed start", "vm", name, "err", ee)
-		}
+		m.transitionLocked(name, &l.run, api.StateFailed, "start failed")
+		m.mu.Unlock()
+		m.persist(name, l)
+		m.mu.Lock()
 		delete(m.live, name)
 		close(l.finished)
+		m.mu.Unlock()
 		return nil, fmt.Errorf("starting vm %q: %w", name, err)
 	}
 	l.proc = proc
 	l.run.PID = proc.PID()
-	if err := m.transitionLocked(name, &l.run, api.StateRunning, ""); err != nil {
-		m.log.Error("recording running state", "vm", name, "err", err)
-	}
+	m.transitionLocked(name, &l.run, api.StateRunning, "")
+	m.mu.Unlock()
+	m.persist(name, l)
 	go m.watch(name, l)
-	return m.infoLocked(name)
+	return m.Get(name)
 }
 
-// publish is transitionLocked's event half for a transition already stored.
-func (m *Manager) publish(name string, run *api.Run, state api.State, reason string) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
+// publishLocked sends ev (Seq assigned here) to the subscribers; callers hold m.mu.
+func (m *Manager) publishLocked(ev api.Event) {
 	m.seq++
-	ev := api.Event{Seq: m.seq, VM: name, State: state, At: time.Now().UTC(), PID: run.PID, Reason: reason}
+	ev.Seq = m.seq
 	for ch, filter := range m.subs {
-		if filter == "" || filter == name {
+		if filter == "" || filter == ev.VM {
 			select {
 			case ch <- ev:
-			default:
+			default: // a subscriber that does not keep up loses events rather than blocking VMs
 			}
 		}
 	}
@@ -417,9 +436,10 @@ func (m *Manager) watch(name string, l *liveVM) {
 	if l.stopRequested {
 		state, reason = api.StateStopped, "stopped: "+exit.String()
 	}
-	if err := m.transitionLocked(name, &l.run, state, reason); err != nil {
-		m.log.Error("recording exit", "vm", name, "err", err)
-	}
+	m.transitionLocked(name, &l.run, state, reason)
+	m.mu.Unlock()
+	m.persist(name, l)
+	m.mu.Lock()
 	delete(m.live, name)
 	close(l.finished)
 	restart := state == api.StateCrashed && l.restart == "on-crash" && !m.closed && m.allowRestartLocked(name)
@@ -482,11 +502,12 @@ func (m *Manager) Stop(ctx context.Context, name string, timeout time.Duration) 
 	first := !l.stopRequested
 	l.stopRequested = true
 	if first {
-		if err := m.transitionLocked(name, &l.run, api.StateStopping, fmt.Sprintf("graceful stop, kill after %s", timeout)); err != nil {
-			m.log.Error("recording stopping state", "vm", name, "err", err)
-		}
+		m.transitionLocked(name, &l.run, api.StateStopping, fmt.Sprintf("graceful stop, kill after %s", timeout))
 	}
 	m.mu.Unlock()
+	if first {
+		m.persist(name, l)
+	}
 	if err := l.proc.Stop(ctx, timeout); err != nil {
 		m.log.Warn("stopping vm", "vm", name, "err", err)
 	}
@@ -521,9 +542,7 @@ func (m *Manager) Kill(ctx context.Context, name string) (*api.VMInfo, error) {
 
 // ConsoleLog returns the last maxBytes bytes of the VM's console log.
 func (m *Manager) ConsoleLog(name string, maxBytes int64) ([]byte, error) {
-	m.mu.Lock()
-	info, err := m.infoLocked(name)
-	m.mu.Unlock()
+	info, err := m.Get(name)
 	if err != nil {
 		return nil, err
 	}

@@ -306,10 +306,11 @@ func (m *Manager) reattachOne(ctx context.Context, name string, run *api.Run) ap
 	record := func(state api.State, reason string, exit *api.ExitStatus) api.ReattachResult {
 		run.Exit = exit
 		m.mu.Lock()
-		if err := m.transitionLocked(name, run, state, reason); err != nil {
+		m.transitionLocked(name, run, state, reason)
+		m.mu.Unlock()
+		if err := m.store.PutRun(name, run); err != nil {
 			m.log.Error("recording reattach result", "vm", name, "err", err)
 		}
-		m.mu.Unlock()
 		res.State, res.Detail = state, reason
 		return res
 	}
@@ -366,10 +367,9 @@ func (m *Manager) reattachOne(ctx context.Context, name string, run *api.Run) ap
 	if run.State == api.StateStopping {
 		state = api.StateStopping
 	}
-	if err := m.transitionLocked(name, &l.run, state, reason); err != nil {
-		m.log.Error("recording reattach", "vm", name, "err", err)
-	}
+	m.transitionLocked(name, &l.run, state, reason)
 	m.mu.Unlock()
+	m.persist(name, l)
 	go m.watch(name, l)
 	res.State, res.Detail = state, reason
 	return res

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# bench-service.sh: start 20 small VMs (64 MiB, platform "none", real QEMU) concurrently
+# through snpd while listing VMs in a loop; print the list latency percentiles over the
+# API and through `snpctl vm list` (a process per call), and BENCH lines for bench.sh.
+# The figures depend on the host's load: the script prints the load average with them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=$(mktemp -d)
+trap 'rm -rf "$bin"' EXIT
+chmod 755 "$bin"
+go build -o "$bin/snpctl" ./cmd/snpctl
+SNPCTL="$bin/snpctl" go test -count=1 -run '^$' -bench '^BenchmarkStart20WhileListing$' -benchtime 1x ./daemon/ \
+  | grep -E '^(BENCH |host load|20 concurrent|API list|snpctl vm list)'
