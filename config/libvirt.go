@@ -109,6 +109,10 @@ func FromLibvirtXML(data []byte) (*VM, error) {
 			lv.LoaderType = os.Loader.Type
 		}
 		vm.Kernel, vm.Initrd, vm.Cmdline = os.Kernel, os.Initrd, os.Cmdline
+		if os.NVRam != nil || os.VarStore != nil {
+			// A UEFI variable store: boot configuration the launch digest does not cover.
+			lv.OtherDevices = append(lv.OtherDevices, Device{Class: "nvram", Backend: "uefi-vars"})
+		}
 	}
 
 	if ls := d.LaunchSecurity; ls != nil {
