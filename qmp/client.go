@@ -26,7 +26,14 @@ type Options struct {
 	// MaxMessageBytes bounds one message from QEMU, in bytes; a longer one closes the
 	// connection with ErrMessageTooLarge. 0 means DefaultMaxMessageBytes.
 	MaxMessageBytes int
+	// CommandTimeout bounds a command whose context has no deadline, so a QEMU that
+	// stops answering can never hang a caller forever. 0 means DefaultCommandTimeout; a
+	// negative value disables it.
+	CommandTimeout time.Duration
 }
+
+// DefaultCommandTimeout is the Options.CommandTimeout used when it is 0.
+const DefaultCommandTimeout = 60 * time.Second
 
 // Greeting is what QEMU announces when a client connects.
 type Greeting struct {
@@ -42,6 +49,7 @@ type Client struct {
 	conn     net.Conn
 	greeting Greeting
 	maxMsg   int
+	cmdTO    time.Duration
 
 	wmu sync.Mutex // serialises writes
 
@@ -98,12 +106,16 @@ func NewClient(ctx context.Context, conn net.Conn, opts *Options) (*Client, erro
 	c := &Client{
 		conn:    conn,
 		maxMsg:  DefaultMaxMessageBytes,
+		cmdTO:   DefaultCommandTimeout,
 		pending: make(map[uint64]chan message),
 		done:    make(chan struct{}),
 		subs:    make(map[*Subscription]struct{}),
 	}
 	if opts != nil && opts.MaxMessageBytes > 0 {
 		c.maxMsg = opts.MaxMessageBytes
+	}
+	if opts != nil && opts.CommandTimeout != 0 {
+		c.cmdTO = opts.CommandTimeout
 	}
 	r := bufio.NewReaderSize(conn, 64<<10)
 	if err := c.handshake(ctx, r); err != nil {
@@ -337,8 +349,10 @@ func (c *Client) closedErr() error {
 
 // Execute runs the QMP command cmd with args (marshalled to JSON; nil for none) and
 // decodes the "return" member into out (nil to discard it). It returns when the reply
-// arrives or ctx ends, whichever is first; a late reply is discarded and the connection
-// stays usable. A QMP error reply is returned as a wrapped *Error.
+// arrives or ctx ends, whichever is first (a ctx without a deadline gets
+// Options.CommandTimeout); a late reply is discarded and the connection stays usable. A
+// QMP error reply is returned as a wrapped *Error. If ctx ends while the request is
+// still being written, the connection is closed (the stream would be out of step).
 func (c *Client) Execute(ctx context.Context, cmd string, args, out any) error {
 	raw, err := c.ExecuteRaw(ctx, cmd, args)
 	if err != nil {
@@ -365,6 +379,11 @@ func (c *Client) ExecuteRaw(ctx context.Context, cmd string, args any) (json.Raw
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("executing %s: %w", cmd, err)
+	}
+	if _, ok := ctx.Deadline(); !ok && c.cmdTO > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.cmdTO)
+		defer cancel()
 	}
 
 	ch := make(chan message, 1)
@@ -417,9 +436,17 @@ func (c *Client) write(ctx context.Context, req []byte) error {
 	if dl, ok := ctx.Deadline(); ok {
 		c.conn.SetWriteDeadline(dl)
 	}
-	stop := context.AfterFunc(ctx, func() { c.conn.SetWriteDeadline(time.Unix(1, 0)) })
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		c.conn.SetWriteDeadline(time.Unix(1, 0))
+		close(fired)
+	})
 	_, err := c.conn.Write(req)
-	stop()
+	if !stop() {
+		// The context ended during the write: wait until its deadline is set so that
+		// resetting it below cannot be overtaken and poison the next write.
+		<-fired
+	}
 	c.conn.SetWriteDeadline(time.Time{})
 	if err != nil {
 		select {

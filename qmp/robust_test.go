@@ -371,3 +371,49 @@ func TestNewClientPipeAndFile(t *testing.T) {
 		t.Errorf("over a socketpair fd: %+v, %v", st, err)
 	}
 }
+
+// A context without a deadline gets Options.CommandTimeout.
+func TestDefaultCommandTimeout(t *testing.T) {
+	srv := qmptest.NewServer(t)
+	srv.Handle("hang", qmptest.Hang)
+	c, err := qmp.Dial(testCtx(t), srv.Path(), &qmp.Options{CommandTimeout: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Execute(context.Background(), "hang", nil, nil); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("err = %v, want DeadlineExceeded from the default timeout", err)
+	}
+}
+
+// A server that stops reading: the write is bounded by ctx, the caller gets an error and
+// the connection (now out of step) is closed.
+func TestWriteBlockedByPeer(t *testing.T) {
+	server, client := net.Pipe()
+	defer server.Close()
+	go func() {
+		server.Write([]byte(`{"QMP": {"version": {"qemu": {"major": 10, "minor": 0, "micro": 2}, "package": ""}, "capabilities": []}}` + "\r\n"))
+		buf := make([]byte, 4096)
+		n, _ := server.Read(buf) // qmp_capabilities
+		if n > 0 {
+			server.Write([]byte(`{"return": {}, "id": 1}` + "\r\n"))
+		}
+		// ...and never read again.
+	}()
+	c, err := qmp.NewClient(testCtx(t), client, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	err = c.Execute(ctx, "query-status", nil, nil)
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "writing request") {
+		t.Errorf("err = %v, want a write deadline error", err)
+	}
+	select {
+	case <-c.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("connection not closed after a partial write")
+	}
+}
