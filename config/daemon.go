@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -67,6 +69,23 @@ type Daemon struct {
 	StopTimeout Duration `toml:"stop_timeout"`
 	// GuestChannel configures how snpd reaches guest agents.
 	GuestChannel GuestChannel `toml:"guest_channel"`
+	// Attestation configures report verification and the certificate cache.
+	Attestation Attestation `toml:"attestation"`
+}
+
+// Attestation configures how snpd verifies guests' attestation reports.
+type Attestation struct {
+	// TrustedRootsFile replaces AMD's ARK/ASK/ASVK (embedded in go-sev-guest) with the
+	// certificates (PEM) in this file, for VLEK deployments and tests. Empty: AMD's.
+	TrustedRootsFile string `toml:"trusted_roots_file"`
+	// CertCacheDir holds imported VCEK/VLEK/ASK/ARK certificates. Default <state_dir>/certs.
+	CertCacheDir string `toml:"cert_cache_dir"`
+	// FetchFromKDS lets snpd download a missing VCEK from AMD's key server. Default false:
+	// verification is offline and fails closed without the certificate.
+	FetchFromKDS bool `toml:"fetch_from_kds"`
+	// MinTCB is the least acceptable REPORTED_TCB, a 64-bit TCB_VERSION in hex ("0x...",
+	// compared part by part). Empty: no minimum.
+	MinTCB string `toml:"min_tcb"`
 }
 
 // GuestChannel configures the guest channel used for attestation.
@@ -110,7 +129,7 @@ func LoadDaemon(path string) (*Daemon, error) {
 
 // ResolvePaths makes every relative path setting absolute against dir.
 func (d *Daemon) ResolvePaths(dir string) {
-	for _, p := range []*string{&d.StateDir, &d.RuntimeDir, &d.QEMU, &d.Socket, &d.PolicyFile, &d.VMDir} {
+	for _, p := range []*string{&d.StateDir, &d.RuntimeDir, &d.QEMU, &d.Socket, &d.PolicyFile, &d.VMDir, &d.Attestation.TrustedRootsFile, &d.Attestation.CertCacheDir} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(dir, *p)
 		}
@@ -144,6 +163,9 @@ func (d *Daemon) SetDefaults() {
 	if d.GuestChannel.Timeout == 0 {
 		d.GuestChannel.Timeout = Duration(10 * time.Second)
 	}
+	if d.Attestation.CertCacheDir == "" {
+		d.Attestation.CertCacheDir = filepath.Join(d.StateDir, "certs")
+	}
 }
 
 var groupNameRE = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
@@ -162,6 +184,13 @@ func (d *Daemon) Validate() error {
 	abs("socket", d.Socket)
 	abs("policy_file", d.PolicyFile)
 	abs("vm_dir", d.VMDir)
+	abs("attestation.trusted_roots_file", d.Attestation.TrustedRootsFile)
+	abs("attestation.cert_cache_dir", d.Attestation.CertCacheDir)
+	if d.Attestation.MinTCB != "" {
+		if _, err := strconv.ParseUint(strings.TrimPrefix(d.Attestation.MinTCB, "0x"), 16, 64); err != nil || !strings.HasPrefix(d.Attestation.MinTCB, "0x") {
+			errs = append(errs, fmt.Errorf("attestation.min_tcb %q: must be a 64-bit hex TCB_VERSION like 0x7300000000000003", d.Attestation.MinTCB))
+		}
+	}
 	switch d.Platform {
 	case PlatformSEVSNP, PlatformNone:
 	default:

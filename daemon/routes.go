@@ -13,7 +13,7 @@ import (
 // routes is the API's one route table (Go 1.22 ServeMux patterns). Add a route by adding
 // a line here; handlers return errors wrapping an api.Err* kind.
 func (s *Server) routes() []Route {
-	return []Route{
+	return append([]Route{
 		{"GET /v1/status", RoleRead, s.getStatus},
 		{"GET /v1/events", RoleRead, s.getEvents},
 
@@ -30,7 +30,7 @@ func (s *Server) routes() []Route {
 		// The libvirt hook (snpctl libvirt-hook): check and measure, do not launch.
 		{"POST " + api.LibvirtDomainsPath, RoleOperate, s.registerLibvirt},
 		{"DELETE " + api.LibvirtDomainsPath + "/{name}", RoleOperate, s.unregisterLibvirt},
-	}
+	}, s.attestRoutes()...) // attestation: daemon/attest_http.go
 }
 
 func (s *Server) getStatus(w http.ResponseWriter, r *http.Request) error {

@@ -31,6 +31,7 @@ type Server struct {
 	log        *slog.Logger
 	started    time.Time
 	reattached []api.ReattachResult
+	att        *Attestor // attestation (daemon/attest.go); nil: routes answer unavailable
 }
 
 // contextWithoutCancel keeps r's values but not its cancellation.
@@ -108,6 +109,9 @@ func Run(ctx context.Context, cfg *config.Daemon) error {
 	}
 
 	s := &Server{cfg: cfg, mgr: mgr, store: store, log: log, started: time.Now().UTC(), reattached: reattached}
+	if s.att, err = NewAttestor(cfg, policy, attestLookup(mgr, cfg.GuestChannel)); err != nil {
+		return err
+	}
 	srv := newHTTPServer(newMux(s.routes(), log), Authorizer{OperateGID: operateGID, ReadGID: readGID}, log)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()

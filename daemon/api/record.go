@@ -53,6 +53,12 @@ type LaunchRecord struct {
 	IDBlockSHA256 string `json:"id_block_sha256,omitempty"`
 	IDAuthSHA256  string `json:"id_auth_sha256,omitempty"`
 	AuthorKey     bool   `json:"author_key,omitempty"`
+	// IDKeyDigest and AuthorKeyDigest are the SHA-384 digests (48 bytes, hex) of the ID and
+	// author public keys, which the AMD-SP reports as ID_KEY_DIGEST and AUTHOR_KEY_DIGEST
+	// (empty: no ID block / no author key). Attestation fails closed when an ID block was
+	// used but IDKeyDigest is empty.
+	IDKeyDigest     string `json:"id_key_digest,omitempty"`
+	AuthorKeyDigest string `json:"author_key_digest,omitempty"`
 	// KernelHashes tells whether QEMU placed the kernel/initrd/cmdline hashes page.
 	KernelHashes bool `json:"kernel_hashes,omitempty"`
 	// CBitPos and ReducedPhysBits are the values given to sev-snp-guest (0 on "none").

@@ -1,0 +1,428 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/go-sev-guest/abi"
+	"github.com/google/go-sev-guest/verify/trust"
+
+	"github.com/snpd/snpd/config"
+	"github.com/snpd/snpd/daemon/api"
+	"github.com/snpd/snpd/snp"
+	"github.com/snpd/snpd/snp/agentproto"
+)
+
+// AttestTarget is what the Attestor needs to know about one VM.
+type AttestTarget struct {
+	// Record is the launch record of the VM's current (or last) run; nil if never launched.
+	Record *api.LaunchRecord
+	// Running tells whether the guest is up (challenges need it).
+	Running bool
+	// Channel reaches its agent.
+	Channel GuestChannel
+	// Definition is the VM definition (for the launch-log reference); nil: unknown.
+	Definition *config.VM
+}
+
+// Attestor relays verifiers' challenges to guests and verifies the answers against the
+// launch records snpd made. Safe for concurrent use.
+type Attestor struct {
+	// Lookup returns a VM's attestation target (errors wrap api.ErrNotFound etc.).
+	Lookup func(name string) (*AttestTarget, error)
+	// Verifier verifies reports (roots, certificate cache, KDS getter).
+	Verifier *snp.Verifier
+	// Roots are the trusted roots (for reference exports); nil: snp.DefaultRoots.
+	Roots *snp.Roots
+	// Cache is the certificate cache certs import writes to (nil: import refused).
+	Cache *snp.CertCache
+	// Policy is the host policy (nil: none); its [snp] rules give the policy ceiling.
+	Policy *config.Policy
+	// MinTCB is the least acceptable REPORTED_TCB (0: none).
+	MinTCB uint64
+	// Now is the clock (nil: time.Now).
+	Now func() time.Time
+}
+
+// NewAttestor builds the Attestor from the daemon config: trusted roots (AMD's, or
+// attestation.trusted_roots_file), the certificate cache, KDS fetching only when
+// attestation.fetch_from_kds, and the minimum TCB.
+func NewAttestor(cfg *config.Daemon, policy *config.Policy, lookup func(string) (*AttestTarget, error)) (*Attestor, error) {
+	roots := snp.DefaultRoots()
+	if f := cfg.Attestation.TrustedRootsFile; f != "" {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("reading attestation.trusted_roots_file: %w", err)
+		}
+		if roots, err = snp.ParseRoots(b); err != nil {
+			return nil, fmt.Errorf("attestation.trusted_roots_file %s: %w", f, err)
+		}
+	}
+	var minTCB uint64
+	if s := cfg.Attestation.MinTCB; s != "" {
+		v, err := strconv.ParseUint(strings.TrimPrefix(s, "0x"), 16, 64)
+		if err != nil {
+			return nil, fmt.Errorf("attestation.min_tcb %q: %w", s, err)
+		}
+		minTCB = v
+	}
+	dir := cfg.Attestation.CertCacheDir
+	if dir == "" {
+		dir = filepath.Join(cfg.StateDir, "certs")
+	}
+	if !filepath.IsAbs(dir) {
+		return nil, fmt.Errorf("attestation.cert_cache_dir %q: must be an absolute path", dir)
+	}
+	cache := &snp.CertCache{Dir: dir, Roots: roots}
+	v := &snp.Verifier{Roots: roots, Cache: cache}
+	if cfg.Attestation.FetchFromKDS {
+		v.Getter = &trust.RetryHTTPSGetter{Timeout: 30 * time.Second, MaxRetryDelay: 5 * time.Second, Getter: &trust.SimpleHTTPSGetter{}}
+	}
+	return &Attestor{Lookup: lookup, Verifier: v, Roots: roots, Cache: cache, Policy: policy, MinTCB: minTCB}, nil
+}
+
+func (a *Attestor) now() time.Time {
+	if a.Now != nil {
+		return a.Now()
+	}
+	return time.Now()
+}
+
+func (a *Attestor) roots() *snp.Roots {
+	if a.Roots == nil {
+		return snp.DefaultRoots()
+	}
+	return a.Roots
+}
+
+// Attest challenges VM name's guest agent with nonce (1..64 bytes) and verifies its
+// report against the launch record. A guest that cannot produce a report (no SEV-SNP
+// device, no agent, timeout) is an error wrapping api.ErrUnavailable; a report that fails
+// verification is a response whose Verdict is not OK.
+func (a *Attestor) Attest(ctx context.Context, name string, nonce []byte) (*api.AttestResponse, error) {
+	if len(nonce) < agentproto.MinNonce || len(nonce) > agentproto.MaxNonce {
+		return nil, fmt.Errorf("nonce is %d bytes, want %d..%d: %w", len(nonce), agentproto.MinNonce, agentproto.MaxNonce, api.ErrInvalid)
+	}
+	t, err := a.Lookup(name)
+	if err != nil {
+		return nil, err
+	}
+	if t.Record == nil {
+		return nil, fmt.Errorf("vm %s has no launch record (never started): %w", name, api.ErrConflict)
+	}
+	if !t.Running {
+		return nil, fmt.Errorf("vm %s is not running: %w", name, api.ErrConflict)
+	}
+	resp, err := t.Channel.Challenge(ctx, nonce, nil)
+	if err != nil {
+		if errors.Is(err, ErrNoGuestChannel) {
+			return nil, fmt.Errorf("vm %s: %w: %w", name, err, api.ErrConflict)
+		}
+		return nil, fmt.Errorf("attesting vm %s: %w: %w", name, err, api.ErrUnavailable)
+	}
+	exp, ref, err := a.expected(t.Record)
+	if err != nil {
+		return nil, err
+	}
+	exp.Nonce = nonce
+	vd := a.Verifier.Verify(ctx, resp.Report, resp.CertTable, exp)
+	out := &api.AttestResponse{
+		VM: name, Nonce: hex.EncodeToString(nonce), Report: resp.Report, CertTable: resp.CertTable,
+		ChainPEM: vd.ChainPEM, Reference: ref, Verdict: wireVerdict(vd), At: a.now().UTC(),
+	}
+	if vd.Report != nil {
+		out.Decoded, _ = json.Marshal(vd.Report)
+	}
+	return out, nil
+}
+
+// VerifyReport checks a report a verifier obtained elsewhere against VM's launch record.
+func (a *Attestor) VerifyReport(ctx context.Context, req *api.VerifyRequest) (*api.VerifyResponse, error) {
+	if err := api.ValidName(req.VM); err != nil {
+		return nil, err
+	}
+	t, err := a.Lookup(req.VM)
+	if err != nil {
+		return nil, err
+	}
+	if t.Record == nil {
+		return nil, fmt.Errorf("vm %s has no launch record (never started): %w", req.VM, api.ErrConflict)
+	}
+	exp, ref, err := a.expected(t.Record)
+	if err != nil {
+		return nil, err
+	}
+	dec := func(field, s string) ([]byte, error) {
+		if s == "" {
+			return nil, nil
+		}
+		b, err := hex.DecodeString(s)
+		if err != nil {
+			return nil, fmt.Errorf("%s: not hex: %w", field, api.ErrInvalid)
+		}
+		return b, nil
+	}
+	if exp.Nonce, err = dec("nonce", req.Nonce); err != nil {
+		return nil, err
+	}
+	if exp.UserData, err = dec("user_data", req.UserData); err != nil {
+		return nil, err
+	}
+	if exp.ReportData, err = dec("report_data", req.ReportData); err != nil {
+		return nil, err
+	}
+	if exp.ReportData != nil && len(exp.ReportData) != 64 {
+		return nil, fmt.Errorf("report_data is %d bytes, want 64: %w", len(exp.ReportData), api.ErrInvalid)
+	}
+	raw, certs := req.Report, req.CertTable
+	if len(raw) > snp.ReportSize && len(certs) == 0 {
+		// The check tool's "bin" form: report immediately followed by the table.
+		raw, certs = raw[:snp.ReportSize], raw[snp.ReportSize:]
+	}
+	vd := a.Verifier.Verify(ctx, raw, certs, exp)
+	out := &api.VerifyResponse{VM: req.VM, ChainPEM: vd.ChainPEM, Reference: ref, Verdict: wireVerdict(vd)}
+	if vd.Report != nil {
+		out.Decoded, _ = json.Marshal(vd.Report)
+	}
+	return out, nil
+}
+
+func wireVerdict(vd *snp.Verdict) api.Verdict {
+	out := api.Verdict{OK: vd.OK}
+	for _, c := range vd.Checks {
+		out.Checks = append(out.Checks, api.Check{Name: c.Name, OK: c.OK, Reason: c.Reason})
+	}
+	return out
+}
+
+// expected turns a launch record and the host policy into verification expectations and
+// the json reference document.
+func (a *Attestor) expected(rec *api.LaunchRecord) (snp.Expected, json.RawMessage, error) {
+	ref, err := a.reference(rec)
+	if err != nil {
+		return snp.Expected{}, nil, err
+	}
+	exp := snp.Expected{
+		Measurement: ref.Measurement, Policy: ref.Policy, HostData: ref.HostData,
+		IDKeyDigest: ref.IDKeyDigest, AuthorKeyDigest: ref.AuthorKeyDigest, MinimumTCB: a.MinTCB,
+	}
+	if a.Policy != nil {
+		c, err := PolicyCeiling(a.Policy)
+		if err != nil {
+			return snp.Expected{}, nil, err
+		}
+		exp.PolicyCeiling = &c
+	}
+	doc, err := snp.ExportReference(ref, snp.FormatJSON)
+	if err != nil {
+		return snp.Expected{}, nil, fmt.Errorf("%w: %w", err, api.ErrInternal)
+	}
+	return exp, doc, nil
+}
+
+// reference builds the reference values of a launch record.
+func (a *Attestor) reference(rec *api.LaunchRecord) (snp.Reference, error) {
+	bad := func(field string, err error) (snp.Reference, error) {
+		return snp.Reference{}, fmt.Errorf("launch record of %s: %s: %v: %w", rec.Name, field, err, api.ErrInternal)
+	}
+	hexN := func(field, s string, n int) ([]byte, error) {
+		if s == "" {
+			return nil, nil
+		}
+		b, err := hex.DecodeString(s)
+		if err == nil && len(b) != n {
+			err = fmt.Errorf("%d bytes, want %d", len(b), n)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", field, err)
+		}
+		return b, nil
+	}
+	m, err := hexN("expected_digest", rec.ExpectedDigest, 48)
+	if err != nil || m == nil {
+		return bad("expected_digest", fmt.Errorf("missing or malformed: %v", err))
+	}
+	hd, err := hexN("host_data", rec.HostData, 32)
+	if err != nil {
+		return bad("host_data", err)
+	}
+	idk, err := hexN("id_key_digest", rec.IDKeyDigest, 48)
+	if err != nil {
+		return bad("id_key_digest", err)
+	}
+	if rec.IDBlockSHA256 != "" && idk == nil {
+		// Fail closed: an ID block was used but the record cannot say which key signed it.
+		return bad("id_key_digest", errors.New("an ID block was used but the record has no ID key digest"))
+	}
+	ak, err := hexN("author_key_digest", rec.AuthorKeyDigest, 48)
+	if err != nil {
+		return bad("author_key_digest", err)
+	}
+	if rec.AuthorKey && ak == nil {
+		return bad("author_key_digest", errors.New("an author key was used but the record has no author key digest"))
+	}
+	ref := snp.Reference{Name: rec.Name, Measurement: m, Policy: rec.Policy, HostData: hd, IDKeyDigest: idk, AuthorKeyDigest: ak, MinimumTCB: a.MinTCB}
+	if line := productLineOf(rec); line != "" {
+		ref.ProductLine = line
+		ref.CABundles = a.roots().CABundles(line)
+	}
+	return ref, nil
+}
+
+// productLineOf names the AMD product line of the record's vCPU model (the roots a
+// verifier needs); empty when unknown.
+func productLineOf(rec *api.LaunchRecord) string {
+	m := strings.ToLower(rec.CPUModel)
+	switch {
+	case strings.HasPrefix(m, "epyc-milan"), strings.HasPrefix(m, "epyc-v4"), m == "epyc":
+		return "Milan"
+	case strings.HasPrefix(m, "epyc-genoa"):
+		return "Genoa"
+	case strings.HasPrefix(m, "epyc-turin"):
+		return "Turin"
+	}
+	return "Milan"
+}
+
+// Reference exports VM name's reference values in format (snp.ReferenceFormats). The
+// launch-log format re-measures the definition's files with logging and refuses when the
+// result is not the recorded digest (files changed since launch).
+func (a *Attestor) Reference(name, format string) ([]byte, error) {
+	t, err := a.Lookup(name)
+	if err != nil {
+		return nil, err
+	}
+	if t.Record == nil {
+		return nil, fmt.Errorf("vm %s has no launch record (never started): %w", name, api.ErrConflict)
+	}
+	ref, err := a.reference(t.Record)
+	if err != nil {
+		return nil, err
+	}
+	switch format {
+	case snp.FormatJSON, snp.FormatTrustee, snp.FormatSevGuestCheck:
+	case snp.FormatLaunchLog:
+		if t.Definition == nil {
+			return nil, fmt.Errorf("vm %s: definition unavailable for the launch log: %w", name, api.ErrConflict)
+		}
+		ups, err := remeasure(t.Definition, ref.Measurement)
+		if err != nil {
+			return nil, fmt.Errorf("vm %s: %w: %w", name, err, api.ErrConflict)
+		}
+		ref.Updates = ups
+	default:
+		return nil, fmt.Errorf("unknown reference format %q (want %s): %w", format, strings.Join(snp.ReferenceFormats, ", "), api.ErrInvalid)
+	}
+	b, err := snp.ExportReference(ref, format)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", err, api.ErrInternal)
+	}
+	return b, nil
+}
+
+// remeasure recomputes the launch digest of vm from its files with page logging and
+// checks it against the recorded digest.
+func remeasure(vm *config.VM, want []byte) ([]snp.PageUpdate, error) {
+	sig, err := snp.CPUSignature(vm.CPUModel)
+	if err != nil {
+		return nil, fmt.Errorf("cpu model: %w", err)
+	}
+	vmm, err := snp.ParseVMMType(vm.SNP.VMMType)
+	if err != nil {
+		return nil, fmt.Errorf("vmm type: %w", err)
+	}
+	fw, err := os.Open(vm.Firmware)
+	if err != nil {
+		return nil, fmt.Errorf("opening firmware for the launch log: %w", err)
+	}
+	defer fw.Close()
+	st, err := fw.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("reading firmware: %w", err)
+	}
+	in := snp.MeasureInput{Mode: snp.ModeSNP, Firmware: fw, FirmwareSize: st.Size(), Cmdline: vm.Cmdline,
+		VCPUs: vm.VCPUs, VCPUSig: sig, VMM: vmm, GuestFeatures: vm.SNP.GuestFeatures, Log: true}
+	for _, f := range []struct {
+		path string
+		dst  *io.Reader
+	}{{vm.Kernel, &in.Kernel}, {vm.Initrd, &in.Initrd}} {
+		if f.path == "" {
+			continue
+		}
+		h, err := os.Open(f.path)
+		if err != nil {
+			return nil, fmt.Errorf("opening %s for the launch log: %w", f.path, err)
+		}
+		defer h.Close()
+		*f.dst = h
+	}
+	m, err := snp.Measure(in)
+	if err != nil {
+		return nil, fmt.Errorf("measuring for the launch log: %w", err)
+	}
+	if !bytes.Equal(m.Digest, want) {
+		return nil, errors.New("the definition's files no longer measure to the recorded digest (changed since launch)")
+	}
+	return m.Updates, nil
+}
+
+// PolicyCeiling is the most permissive SNP guest policy the host policy allows, in
+// go-sev-guest's ceiling semantics: SMT, migrate_ma, debug and cxl_allowed set unless
+// forbidden; single_socket, mem_aes_256_xts, rapl_dis, ciphertext_hiding and
+// page_swap_disable set only when required; ABI at the policy's min_abi.
+func PolicyCeiling(p *config.Policy) (uint64, error) {
+	c := abi.SnpPolicy{SMT: true, MigrateMA: true, Debug: true, CXLAllowed: true}
+	set := func(name string, v bool) error {
+		switch name {
+		case "smt":
+			c.SMT = v
+		case "migrate_ma":
+			c.MigrateMA = v
+		case "debug":
+			c.Debug = v
+		case "cxl_allowed":
+			c.CXLAllowed = v
+		case "single_socket":
+			c.SingleSocket = v
+		case "mem_aes_256_xts":
+			c.MemAES256XTS = v
+		case "rapl_dis":
+			c.RAPLDis = v
+		case "ciphertext_hiding":
+			c.CipherTextHidingDRAM = v
+		case "page_swap_disable":
+			c.PageSwapDisable = v
+		default:
+			return fmt.Errorf("host policy names unknown guest-policy bit %q", name)
+		}
+		return nil
+	}
+	for _, f := range p.SNP.Forbid {
+		if err := set(f, false); err != nil {
+			return 0, err
+		}
+	}
+	for _, r := range p.SNP.Require {
+		if err := set(r, true); err != nil {
+			return 0, err
+		}
+	}
+	if p.SNP.MinABI != "" {
+		var maj, mnr uint8
+		if _, err := fmt.Sscanf(p.SNP.MinABI, "%d.%d", &maj, &mnr); err != nil {
+			return 0, fmt.Errorf("host policy min_abi %q: %w", p.SNP.MinABI, err)
+		}
+		c.ABIMajor, c.ABIMinor = maj, mnr
+	}
+	return abi.SnpPolicyToBytes(c), nil
+}
