@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -324,4 +325,95 @@ func TestLaunchRefusesBusyRuntimeDir(t *testing.T) {
 		t.Fatalf("launch over a stale runtime directory: %v", err)
 	}
 	inst2.Kill()
+}
+
+// TestLaunchWithDisks attaches a read-only raw disk and a qcow2 disk through -blockdev:
+// QEMU accepts them and the PCI verification counts the virtio-blk functions.
+func TestLaunchWithDisks(t *testing.T) {
+	ltNeed(t)
+	qemuImg := "/usr/bin/qemu-img"
+	if _, err := os.Stat(qemuImg); err != nil {
+		t.Skipf("%s is missing (qemu-utils; run scripts/install-deps.sh): %v", qemuImg, err)
+	}
+	dir := t.TempDir()
+	raw, qcow := filepath.Join(dir, "ro.img"), filepath.Join(dir, "rw.qcow2")
+	if err := os.WriteFile(raw, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(qemuImg, "create", "-q", "-f", "qcow2", qcow, "16M").CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img: %v %s", err, out)
+	}
+	l := &Launcher{QEMU: ltQEMU, Platform: PlatformNone, RuntimeDir: ltRuntimeDir(t)}
+	vm := ltVM("disks")
+	vm.Disks = []config.Disk{{Path: raw, Format: "raw", ReadOnly: true}, {Path: qcow, Format: "qcow2"}}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	inst, err := l.Launch(ctx, vm, LaunchHooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inst.Kill()
+	t.Logf("argv: %q", inst.Record.Argv)
+	var ro bool
+	if err := inst.QMP.QOMGet(ctx, "/machine/peripheral/disk0", "drive", new(any)); err != nil {
+		t.Fatalf("disk0 device missing: %v", err)
+	}
+	var blocks []struct {
+		NodeName string `json:"node-name"`
+		RO       bool   `json:"ro"`
+	}
+	if err := inst.QMP.Execute(ctx, "query-named-block-nodes", nil, &blocks); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range blocks {
+		if b.NodeName == "disk0" {
+			ro = b.RO
+		}
+		if b.NodeName == "disk1" && b.RO {
+			t.Error("qcow2 disk1 is read-only")
+		}
+	}
+	if !ro {
+		t.Errorf("read-only disk0 is writable: %+v", blocks)
+	}
+}
+
+// TestInstanceStopPaths: quit without grace, SIGKILL when ctx ends during the grace
+// period, and stopping an ended instance.
+func TestInstanceStopPaths(t *testing.T) {
+	ltNeed(t)
+	l := &Launcher{QEMU: ltQEMU, Platform: PlatformNone, RuntimeDir: ltRuntimeDir(t)}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	inst, err := l.Launch(ctx, ltVM("quit"), LaunchHooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := inst.Stop(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if ex := inst.Exit(); !ex.Known || ex.Code != 0 {
+		t.Errorf("quit: %+v", ex)
+	}
+	if err := inst.Stop(ctx, time.Second); err != nil {
+		t.Errorf("Stop of an ended instance: %v", err)
+	}
+	if err := inst.Kill(); err != nil {
+		t.Errorf("Kill of an ended instance: %v", err)
+	}
+
+	inst, err = l.Launch(ctx, ltVM("killed"), LaunchHooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, cancelShort := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancelShort()
+	err = inst.Stop(short, time.Minute)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Stop with an ending ctx: %v", err)
+	}
+	if ex := inst.Exit(); ex.Signal != "killed" {
+		t.Errorf("after ctx ended: %+v, want killed", ex)
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/google/go-sev-guest/abi"
 	"github.com/snpd/snpd/config"
@@ -346,6 +347,9 @@ func NewSpec(vm *config.VM, platform Platform, host HostFacts, fw, kernel, initr
 		}
 		if !filepath.IsAbs(ds.Path) || filepath.Clean(ds.Path) != ds.Path || strings.ContainsAny(ds.Path, "\x00\n") {
 			bad("disk %d: path %q: want a clean absolute path", i, d.Path)
+		} else if !utf8.ValidString(ds.Path) {
+			// JSON (-blockdev) would turn invalid UTF-8 into U+FFFD: another file.
+			bad("disk %d: path %q: not valid UTF-8", i, d.Path)
 		}
 		s.Disks = append(s.Disks, ds)
 	}
