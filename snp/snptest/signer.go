@@ -194,3 +194,27 @@ func PEM(certs ...*x509.Certificate) []byte {
 func PEMDER(der []byte) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }
+
+// AgentSource is a fake guest report device for agentproto.Serve: each request is answered
+// with a report built from Fields with REPORT_DATA set to the request's binding, signed
+// by Signer, and the signer's certificate table (nil CertTable: the table is omitted).
+type AgentSource struct {
+	Signer *Signer
+	Fields Fields
+	// OmitCerts leaves the certificate table out (a KVM host before Linux 7.0).
+	OmitCerts bool
+}
+
+// GetReport implements agentproto.ReportSource.
+func (a *AgentSource) GetReport(reportData [64]byte) ([]byte, []byte, error) {
+	f := a.Fields
+	f.ReportData = reportData
+	r, err := a.Signer.Report(f)
+	if err != nil {
+		return nil, nil, err
+	}
+	if a.OmitCerts {
+		return r, nil, nil
+	}
+	return r, a.Signer.CertTable(), nil
+}
