@@ -83,7 +83,6 @@ func docType(t reflect.Type) string {
 
 // docSection is the part of configuration.md about one file.
 type docSection struct {
-	file   string // "snpd.toml"
 	typ    reflect.Type
 	rows   map[string][]string // key -> cells (key, type, default, meaning)
 	blocks []string            // ```toml snippets
@@ -224,8 +223,7 @@ func TestConfigDocsDefaults(t *testing.T) {
 			lit := strings.Trim(def, "`")
 			// The empty file (tables that hold the key exist, so arrays of tables have
 			// one element), defaulted; and the same with the documented literal.
-			base, withLit := tomlForKey(k.name, "")
-			_, withLit = tomlForKey(k.name, lit)
+			base, withLit := tomlForKey(k.name, lit)
 			got := reflect.New(sec.typ)
 			if err := DecodeStrict("empty", []byte(base), got.Interface()); err != nil {
 				t.Fatalf("decoding %q: %v", base, err)
@@ -248,8 +246,8 @@ func TestConfigDocsDefaults(t *testing.T) {
 	}
 }
 
-// tomlForKey renders a TOML document creating the tables that hold key and, when lit
-// is not empty, setting key to lit. The empty-literal form is returned first.
+// tomlForKey renders two TOML documents: one creating only the tables that hold key
+// (empty), and the same setting key to lit (set).
 func tomlForKey(key, lit string) (empty, set string) {
 	parts := strings.Split(key, ".")
 	leaf := parts[len(parts)-1]
@@ -264,10 +262,7 @@ func tomlForKey(key, lit string) (empty, set string) {
 		}
 	}
 	empty = hdr.String()
-	if lit != "" {
-		set = empty + leaf + " = " + lit + "\n"
-	}
-	return empty, set
+	return empty, empty + leaf + " = " + lit + "\n"
 }
 
 // fieldAt follows index from v, through pointers and the first element of slices.
