@@ -456,6 +456,9 @@ func (c *Client) write(ctx context.Context, req []byte) error {
 		}
 		if ctx.Err() != nil {
 			err = ctx.Err()
+		} else if isTimeout(err) {
+			// The only write deadline is ctx's; its timer may not have fired yet.
+			err = context.DeadlineExceeded
 		}
 		c.fail(fmt.Errorf("writing QMP request: %w", err))
 		return fmt.Errorf("writing request: %w", err)
