@@ -157,3 +157,17 @@ func TestDetectHost(t *testing.T) {
 	}
 	t.Logf("host: %+v (SEV reported by CPUID: %v)", h, ok)
 }
+
+// TestLaunchRefusesSNPWithoutSNPObject: a QEMU without sev-snp-guest (simulated by its
+// probe result) is refused before anything starts, with one clear line.
+func TestLaunchRefusesSNPWithoutSNPObject(t *testing.T) {
+	ltNeed(t)
+	l := &Launcher{QEMU: ltQEMU, Platform: PlatformSEVSNP, RuntimeDir: ltRuntimeDir(t),
+		Host: &HostFacts{CBitPos: 51, ReducedPhysBits: 1, Accel: AccelKVM}}
+	l.caps = &QEMUCaps{Path: ltQEMU, Version: qmp.VersionInfo{QEMU: qmp.VersionTriple{Major: 8, Minor: 2}}}
+	_, err := l.Launch(context.Background(), ltVM("old"), LaunchHooks{})
+	if err == nil || !strings.Contains(err.Error(), "has no sev-snp-guest object (SEV-SNP needs QEMU >= 9.1)") {
+		t.Fatalf("%v", err)
+	}
+	ltAssertNothingLeft(t, l, "old")
+}
