@@ -299,7 +299,8 @@ func readGoPortMetadata(t *testing.T, path string) goPortMeta {
 // TestParallelMatchesSequential: the pipeline gives the same chain as a plain loop
 // for every worker count, image size (chunk boundaries) and zero/non-zero mix.
 func TestParallelMatchesSequential(t *testing.T) {
-	for _, pages := range []int{1, chunkPages - 1, chunkPages, chunkPages + 1, 3*chunkPages + 5} {
+	for _, pages := range []int{1, chunkPages - 1, chunkPages, chunkPages + 1, 3*chunkPages + 5,
+		64*chunkPagesMax - 1, 64*chunkPagesMax + 3} {
 		// A mix of zero pages, uniform 0xff pages, pages that are uniform but for
 		// their first or last byte, and pages with one stray byte.
 		img := make([]byte, pages*PageSize)
