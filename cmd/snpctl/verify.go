@@ -1,0 +1,122 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/snpd/snpd/daemon/api"
+	"github.com/snpd/snpd/snp"
+)
+
+func init() { addCommand(newVerifyCmd) }
+
+func randRead(b []byte) (int, error) { return rand.Read(b) }
+
+// maxReportFile bounds what verify reads from --report (a report plus certificate table).
+const maxReportFile = snp.ReportSize + snp.MaxCertTableSize
+
+func readBounded(path string, max int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if st.Size() > max {
+		return nil, fmt.Errorf("%s is %d bytes, at most %d", path, st.Size(), max)
+	}
+	b := make([]byte, st.Size())
+	if _, err := f.ReadAt(b, 0); err != nil && st.Size() > 0 {
+		return nil, err
+	}
+	return b, nil
+}
+
+func newVerifyCmd() *cobra.Command {
+	var vm, report, certs, nonce, userData, reportData string
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "verify --vm NAME --report FILE",
+		Short: "Verify a report obtained elsewhere against a VM's launch record",
+		Long: "verify sends FILE (a raw 1184-byte report, optionally followed by a certificate\n" +
+			"table) to snpd, which runs the same checks as attest. --certs DIR adds the\n" +
+			"certificates found in DIR (PEM/DER/table files). Exit 0 only when every check\n" +
+			"passes; otherwise each failed check is printed on its own line.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if vm == "" || report == "" {
+				return fmt.Errorf("--vm and --report are required")
+			}
+			raw, err := readBounded(report, maxReportFile)
+			if err != nil {
+				return fmt.Errorf("reading report: %w", err)
+			}
+			req := &api.VerifyRequest{VM: vm, Report: raw, Nonce: nonce, UserData: userData, ReportData: reportData}
+			if len(raw) > snp.ReportSize {
+				req.Report, req.CertTable = raw[:snp.ReportSize], raw[snp.ReportSize:]
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+			defer cancel()
+			cl := apiClient(cmd)
+			if certs != "" {
+				if err := importDir(ctx, cl, certs); err != nil {
+					return err
+				}
+			}
+			resp, err := cl.Verify(ctx, req)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				if err := printJSON(cmd.OutOrStdout(), resp); err != nil {
+					return err
+				}
+				if !resp.Verdict.OK {
+					return exitError{code: 1}
+				}
+				return nil
+			}
+			return printVerdict(cmd.OutOrStdout(), resp.Verdict, true)
+		},
+	}
+	c.Flags().StringVar(&vm, "vm", "", "VM whose launch record the report must match")
+	c.Flags().StringVar(&report, "report", "", "raw report file (optionally followed by its certificate table)")
+	c.Flags().StringVar(&certs, "certs", "", "directory of certificates (PEM, DER or certificate tables) to import first")
+	c.Flags().StringVar(&nonce, "nonce", "", "nonce the report was requested with (hex)")
+	c.Flags().StringVar(&userData, "user-data", "", "user data bound with the nonce (hex)")
+	c.Flags().StringVar(&reportData, "report-data", "", "exact expected REPORT_DATA (hex, 64 bytes) instead of --nonce")
+	c.Flags().BoolVar(&asJSON, "json", false, "print the answer as JSON")
+	return c
+}
+
+// importDir imports every regular file of dir into snpd's certificate cache.
+func importDir(ctx context.Context, cl *api.Client, dir string) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("reading --certs: %w", err)
+	}
+	sort.Slice(ents, func(i, j int) bool { return ents[i].Name() < ents[j].Name() })
+	for _, e := range ents {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		b, err := readBounded(filepath.Join(dir, e.Name()), snp.MaxCertTableSize)
+		if err != nil {
+			return fmt.Errorf("reading certificate: %w", err)
+		}
+		if _, err := cl.ImportCerts(ctx, b); err != nil {
+			return fmt.Errorf("importing %s: %w", e.Name(), err)
+		}
+	}
+	return nil
+}
