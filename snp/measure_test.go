@@ -588,3 +588,27 @@ func TestParseEnums(t *testing.T) {
 		t.Fatal("vmm azure accepted")
 	}
 }
+
+// FuzzParseNames covers the parsers of user-given names (modes, VMM types, VMSA
+// variants, vCPU models): no panic, and whatever parses round-trips.
+func FuzzParseNames(f *testing.F) {
+	for _, s := range []string{"snp", "snp:svsm", "QEMU", "gce", "ec2-rdx0", "EPYC-v4", "epyc-milan", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if m, err := ParseMode(s); err == nil && m.String() != s {
+			t.Fatalf("mode %q round-trips to %q", s, m)
+		}
+		if v, err := ParseVMMType(s); err == nil && !strings.EqualFold(v.String(), s) {
+			t.Fatalf("vmm %q round-trips to %q", s, v)
+		}
+		if v, err := ParseVMSAVariant(s); err == nil && v.String() != s {
+			t.Fatalf("variant %q round-trips to %q", s, v)
+		}
+		if sig, err := CPUSignature(s); err == nil && sig == 0 {
+			t.Fatalf("vCPU type %q has signature 0", s)
+		} else if err != nil && strings.Contains(err.Error(), "\n") {
+			t.Fatalf("multi-line error %q", err)
+		}
+	})
+}
