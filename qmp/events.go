@@ -1,7 +1,10 @@
 package qmp
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
+	"slices"
 	"time"
 )
 
@@ -138,6 +141,25 @@ func (s *Subscription) Dropped() uint64 {
 	s.c.subMu.Lock()
 	defer s.c.subMu.Unlock()
 	return s.dropped
+}
+
+// Wait returns the next event named one of names (any event when names is empty),
+// discarding others, or an error when ctx ends or the subscription is closed (wrapping
+// ErrClosed, with the client's cause when the connection ended).
+func (s *Subscription) Wait(ctx context.Context, names ...string) (Event, error) {
+	for {
+		select {
+		case ev, ok := <-s.ch:
+			if !ok {
+				return Event{}, fmt.Errorf("waiting for event %v: %w", names, s.c.closedErr())
+			}
+			if len(names) == 0 || slices.Contains(names, ev.Name) {
+				return ev, nil
+			}
+		case <-ctx.Done():
+			return Event{}, fmt.Errorf("waiting for event %v: %w", names, ctx.Err())
+		}
+	}
 }
 
 // Close ends the subscription and closes its channel. It is safe to call more than once.

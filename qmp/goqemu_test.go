@@ -82,3 +82,56 @@ func BenchmarkRoundTrip(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkQEMU measures against the real QEMU (-machine none), side by side in one run:
+// a query-status round trip through this package and through go-qemu's SocketMonitor,
+// and a query-qmp-schema round trip (about 237 KB, which go-qemu cannot read at all).
+func BenchmarkQEMU(b *testing.B) {
+	ctx := context.Background()
+	b.Run("query-status/qmp.Client", func(b *testing.B) {
+		path, _ := startQEMU(b)
+		c := dialQEMU(b, path)
+		for b.Loop() {
+			if _, err := c.QueryStatus(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("query-status/go-qemu.SocketMonitor", func(b *testing.B) {
+		path, _ := startQEMU(b)
+		mon, err := goqmp.NewSocketMonitor("unix", path, 2*time.Second)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := mon.Connect(); err != nil {
+			b.Fatal(err)
+		}
+		defer mon.Disconnect()
+		for b.Loop() {
+			if _, err := mon.Run([]byte(`{"execute":"query-status"}`)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("query-qmp-schema/qmp.Client", func(b *testing.B) {
+		path, _ := startQEMU(b)
+		c := dialQEMU(b, path)
+		for b.Loop() {
+			raw, err := c.ExecuteRaw(ctx, "query-qmp-schema", nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.SetBytes(int64(len(raw)))
+		}
+	})
+	b.Run("dial+handshake/qmp.Client", func(b *testing.B) {
+		path, _ := startQEMU(b)
+		for b.Loop() {
+			c, err := qmp.Dial(ctx, path, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			c.Close()
+		}
+	})
+}

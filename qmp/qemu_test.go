@@ -21,7 +21,7 @@ const qemuBinary = "qemu-system-x86_64"
 // startQEMU starts `qemu-system-x86_64 -machine none -S ...` with its QMP monitor on a
 // listening socket created by this process and passed as fd 3, exactly as snpd does,
 // and returns the socket path. QEMU is killed when the test ends.
-func startQEMU(t *testing.T) (path string, cmd *exec.Cmd) {
+func startQEMU(t testing.TB) (path string, cmd *exec.Cmd) {
 	t.Helper()
 	bin, err := exec.LookPath(qemuBinary)
 	if err != nil {
@@ -65,7 +65,7 @@ func startQEMU(t *testing.T) (path string, cmd *exec.Cmd) {
 	return path, cmd
 }
 
-func dialQEMU(t *testing.T, path string) *qmp.Client {
+func dialQEMU(t testing.TB, path string) *qmp.Client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

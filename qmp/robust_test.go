@@ -417,3 +417,27 @@ func TestWriteBlockedByPeer(t *testing.T) {
 		t.Fatal("connection not closed after a partial write")
 	}
 }
+
+func TestSubscriptionWait(t *testing.T) {
+	srv := qmptest.NewServer(t)
+	c := dial(t, srv)
+	sub := c.Subscribe(0)
+	ctx := testCtx(t)
+	if err := c.SystemPowerdown(ctx); err != nil { // the fake emits POWERDOWN
+		t.Fatal(err)
+	}
+	srv.Emit(qmp.EventShutdown, qmp.ShutdownEvent{Guest: true, Reason: "guest-shutdown"})
+	ev, err := sub.Wait(ctx, qmp.EventShutdown, qmp.EventGuestPanicked)
+	if err != nil || ev.Typed != (qmp.ShutdownEvent{Guest: true, Reason: "guest-shutdown"}) {
+		t.Fatalf("Wait = %+v, %v", ev, err)
+	}
+	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	if _, err := sub.Wait(short, qmp.EventShutdown); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Wait with nothing coming: %v", err)
+	}
+	srv.Disconnect()
+	if _, err := sub.Wait(ctx); !errors.Is(err, qmp.ErrClosed) || !errors.Is(err, qmp.ErrDisconnected) {
+		t.Errorf("Wait after QEMU hung up: %v", err)
+	}
+}
