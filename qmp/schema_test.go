@@ -2,6 +2,7 @@ package qmp_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"reflect"
 	"sort"
 	"strings"
@@ -28,6 +29,20 @@ type schemaEntry struct {
 	} `json:"variants"`
 }
 
+// reporter is the part of testing.T check uses, so a test can catch its complaints.
+type reporter interface {
+	Helper()
+	Errorf(format string, args ...any)
+}
+
+// recorder collects complaints.
+type recorder struct{ msgs []string }
+
+func (r *recorder) Helper() {}
+func (r *recorder) Errorf(format string, args ...any) {
+	r.msgs = append(r.msgs, fmt.Sprintf(format, args...))
+}
+
 type schema struct {
 	types map[string]schemaEntry
 	seen  map[string]bool // "gotype schematype" pairs already checked (types recurse)
@@ -50,7 +65,7 @@ func jsonFields(t reflect.Type) map[string]reflect.Type {
 // check compares Go type gt against schema type name st: every JSON member of a Go
 // struct must exist in the schema object (base or any variant), every base member of
 // the schema object must exist in the Go struct, and nested objects/arrays recurse.
-func (s schema) check(t *testing.T, where string, gt reflect.Type, st string) {
+func (s schema) check(t reporter, where string, gt reflect.Type, st string) {
 	t.Helper()
 	for gt.Kind() == reflect.Pointer {
 		gt = gt.Elem()
@@ -177,6 +192,15 @@ func TestQEMUSchemaMatchesTypes(t *testing.T) {
 			continue
 		}
 		s.check(t, name, reflect.TypeOf(typ), ev.ArgType)
+	}
+	// The checker itself catches drift: a missing member, an extra one, a wrong shape.
+	var rec recorder
+	s.check(&rec, "bogus", reflect.TypeOf(struct {
+		QEMU  []int  `json:"qemu"`
+		Extra string `json:"extra"`
+	}{}), s.types["query-version"].RetType)
+	if len(rec.msgs) != 3 {
+		t.Errorf("schema checker on a wrong type reported %d problems, want 3: %q", len(rec.msgs), rec.msgs)
 	}
 	for _, name := range []string{qmp.EventResume, qmp.EventStop} {
 		if ev := s.types[name]; ev.MetaType != "event" || len(s.types[ev.ArgType].Members) != 0 {
