@@ -127,9 +127,10 @@ type MetadataSection struct {
 // Firmware is a parsed OVMF (or SVSM) image. It holds only the tables; the image
 // bytes stay in the io.ReaderAt it was parsed from.
 type Firmware struct {
-	size     int64
-	table    map[GUID][]byte
-	sections []MetadataSection
+	size        int64
+	footerStart int64 // file offset of the footer table's first byte
+	table       map[GUID][]byte
+	sections    []MetadataSection
 }
 
 // Parse errors. They are wrapped with detail; test with errors.Is.
@@ -196,6 +197,7 @@ func (fw *Firmware) parseFooter(r io.ReaderAt) error {
 		return fmt.Errorf("%w: footer size %d extends before the start of the image", ErrBadTable, full)
 	}
 	tb := tail[start : end-footerEntryHeader]
+	fw.footerStart = fw.size - int64(len(tail)) + int64(start)
 	for len(tb) > 0 {
 		if len(tb) < footerEntryHeader {
 			return fmt.Errorf("%w: %d stray bytes at the start of the table", ErrBadTable, len(tb))
@@ -254,6 +256,9 @@ func (fw *Firmware) parseMetadata(r io.ReaderAt) error {
 	}
 	if start+length > fw.size {
 		return fmt.Errorf("%w: table (%d bytes at %#x) runs past the end of the image", ErrBadMetadata, length, start)
+	}
+	if start+length > fw.footerStart {
+		return fmt.Errorf("%w: table (%d bytes at %#x) overlaps the footer table at %#x", ErrBadMetadata, length, start, fw.footerStart)
 	}
 	descs := make([]byte, 12*count)
 	if _, err := r.ReadAt(descs, start+16); err != nil {

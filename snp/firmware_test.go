@@ -143,6 +143,7 @@ func TestParseErrors(t *testing.T) {
 		{"too many sections", metaAt(cat([]byte("ASEV"), le32(0xffffffff), le32(1), le32(0x7fffffff))), "sections (at most 256", ErrBadMetadata},
 		{"length too small", metaAt(cat([]byte("ASEV"), le32(20), le32(1), le32(2))), "too small for 2 sections", ErrBadMetadata},
 		{"table past end", metaAt(cat([]byte("ASEV"), le32(0x900), le32(1), le32(1))), "runs past the end", ErrBadMetadata},
+		{"table over footer", metaAt(cat([]byte("ASEV"), le32(0x7f0), le32(1), le32(1))), "overlaps the footer table", ErrBadMetadata},
 		{"unknown section type", with(func(o *snptest.OVMFOptions) { o.Sections[0].Type = 7 }), "unknown OVMF metadata section type 0x7", ErrBadMetadata},
 		{"unaligned section", with(func(o *snptest.OVMFOptions) { o.Sections[0].GPA = 0x800010 }), "not whole pages", ErrBadMetadata},
 		{"empty section", with(func(o *snptest.OVMFOptions) { o.Sections[0].Size = 0 }), "not whole pages", ErrBadMetadata},
