@@ -14,6 +14,7 @@ import (
 
 // VersionTriple is a QEMU version number.
 type VersionTriple struct {
+	// Major, Minor and Micro as in "10.0.2".
 	Major int `json:"major"`
 	Minor int `json:"minor"`
 	Micro int `json:"micro"`
@@ -131,6 +132,7 @@ func (c *Client) QuerySEVCapabilities(ctx context.Context) (SevCapability, error
 // CPUInstanceProperties locate a vCPU in the topology (qapi/machine.json); nil members
 // are not applicable to the machine.
 type CPUInstanceProperties struct {
+	// Each is a 0-based index at its topology level.
 	NodeID    *int `json:"node-id,omitempty"`
 	DrawerID  *int `json:"drawer-id,omitempty"`
 	BookID    *int `json:"book-id,omitempty"`
@@ -181,21 +183,27 @@ func (c *Client) QueryMemorySizeSummary(ctx context.Context) (MemoryInfo, error)
 
 // PCIInfo is one PCI bus of query-pci's reply (qapi/pci.json).
 type PCIInfo struct {
-	Bus     int             `json:"bus"`
+	// Bus is the bus number.
+	Bus int `json:"bus"`
+	// Devices are the functions on the bus; those behind bridges are nested in
+	// PCIDeviceInfo.PCIBridge.
 	Devices []PCIDeviceInfo `json:"devices"`
 }
 
 // PCIDeviceClass is a device's class code.
 type PCIDeviceClass struct {
 	// Desc is QEMU's name for the class; empty when unknown.
-	Desc  string `json:"desc,omitempty"`
-	Class int    `json:"class"`
+	Desc string `json:"desc,omitempty"`
+	// Class is the 16-bit class code (base class << 8 | subclass).
+	Class int `json:"class"`
 }
 
 // PCIDeviceID is a device's vendor/device (and subsystem) ids.
 type PCIDeviceID struct {
-	Device          int  `json:"device"`
-	Vendor          int  `json:"vendor"`
+	// Device and Vendor are the 16-bit PCI ids.
+	Device int `json:"device"`
+	Vendor int `json:"vendor"`
+	// Subsystem and SubsystemVendor are nil when the function has none (bridges).
 	Subsystem       *int `json:"subsystem,omitempty"`
 	SubsystemVendor *int `json:"subsystem-vendor,omitempty"`
 }
@@ -208,20 +216,26 @@ type PCIMemoryRange struct {
 
 // PCIMemoryRegion is one BAR.
 type PCIMemoryRegion struct {
-	Bar     int    `json:"bar"`
-	Type    string `json:"type"` // "io" or "memory"
-	Address int64  `json:"address"`
-	Size    int64  `json:"size"` // bytes
-	// Prefetch and MemType64 are set for memory BARs only.
+	// Bar is the BAR index (0-5, 6 for the expansion ROM).
+	Bar int `json:"bar"`
+	// Type is "io" or "memory".
+	Type string `json:"type"`
+	// Address is the BAR's guest-physical (or I/O port) address.
+	Address int64 `json:"address"`
+	// Size is in bytes.
+	Size int64 `json:"size"`
+	// Prefetch and MemType64 are set for memory BARs only; nil for I/O BARs.
 	Prefetch  *bool `json:"prefetch,omitempty"`
 	MemType64 *bool `json:"mem_type_64,omitempty"`
 }
 
 // PCIBusInfo describes the bus behind a bridge.
 type PCIBusInfo struct {
-	Number            int            `json:"number"`
-	Secondary         int            `json:"secondary"`
-	Subordinate       int            `json:"subordinate"`
+	// Number, Secondary and Subordinate are the bridge's bus numbers.
+	Number      int `json:"number"`
+	Secondary   int `json:"secondary"`
+	Subordinate int `json:"subordinate"`
+	// IORange, MemoryRange and PrefetchableRange are the windows it forwards.
 	IORange           PCIMemoryRange `json:"io_range"`
 	MemoryRange       PCIMemoryRange `json:"memory_range"`
 	PrefetchableRange PCIMemoryRange `json:"prefetchable_range"`
@@ -229,23 +243,31 @@ type PCIBusInfo struct {
 
 // PCIBridgeInfo is a bridge and the devices behind it.
 type PCIBridgeInfo struct {
-	Bus     PCIBusInfo      `json:"bus"`
+	// Bus is the secondary bus.
+	Bus PCIBusInfo `json:"bus"`
+	// Devices are the functions behind the bridge; nil when none.
 	Devices []PCIDeviceInfo `json:"devices,omitempty"`
 }
 
 // PCIDeviceInfo is one PCI function.
 type PCIDeviceInfo struct {
-	Bus       int            `json:"bus"`
-	Slot      int            `json:"slot"`
-	Function  int            `json:"function"`
+	// Bus, Slot and Function are the function's PCI address.
+	Bus      int `json:"bus"`
+	Slot     int `json:"slot"`
+	Function int `json:"function"`
+	// ClassInfo and ID identify the function.
 	ClassInfo PCIDeviceClass `json:"class_info"`
 	ID        PCIDeviceID    `json:"id"`
-	IRQ       *int           `json:"irq,omitempty"`
-	IRQPin    int            `json:"irq_pin"`
+	// IRQ is the legacy interrupt line; nil when none.
+	IRQ *int `json:"irq,omitempty"`
+	// IRQPin is 0 (none) or 1-4 (INTA-INTD).
+	IRQPin int `json:"irq_pin"`
 	// QdevID is the device's -device id=; empty when it has none.
-	QdevID    string            `json:"qdev_id"`
-	PCIBridge *PCIBridgeInfo    `json:"pci_bridge,omitempty"`
-	Regions   []PCIMemoryRegion `json:"regions"`
+	QdevID string `json:"qdev_id"`
+	// PCIBridge is set for bridges; nil otherwise.
+	PCIBridge *PCIBridgeInfo `json:"pci_bridge,omitempty"`
+	// Regions are the function's BARs.
+	Regions []PCIMemoryRegion `json:"regions"`
 }
 
 // QueryPCI runs query-pci.
@@ -257,6 +279,7 @@ func (c *Client) QueryPCI(ctx context.Context) ([]PCIInfo, error) {
 
 // ObjectPropertyInfo describes one QOM property (qapi/qom.json).
 type ObjectPropertyInfo struct {
+	// Name is the property name, e.g. "policy".
 	Name string `json:"name"`
 	// Type is the property type: a QAPI/QOM type name such as "uint64", "str", "bool",
 	// or "child<...>"/"link<...>".
