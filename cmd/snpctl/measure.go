@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/snpd/snpd/snp"
 )
@@ -103,9 +104,32 @@ Beyond the reference:
 	fl.BoolVar(&f.jsonOut, "json", false, "print inputs (with file digests) and the result as JSON")
 	fl.StringVar(&f.vmsaGPA, "vmsa-gpa", "0xFFFFFFFFF000", "GPA recorded for VMSA pages")
 	fl.StringVar(&f.vmsaVariant, "vmsa-variant", "current", "VMSA initial state: current, ec2-rdx0, qemu-pre-init2")
+	fl.SetNormalizeFunc(measureAbbrev(fl))
 	cmd.MarkFlagsMutuallyExclusive("vars-size", "vars-file")
 	cmd.MarkFlagsMutuallyExclusive("explain", "json")
 	return cmd
+}
+
+// measureAbbrev accepts unambiguous prefixes of long flags (--output for
+// --output-format), as the reference's argparse does; an ambiguous prefix stays
+// unknown.
+func measureAbbrev(fl *pflag.FlagSet) func(*pflag.FlagSet, string) pflag.NormalizedName {
+	// Lookup would call back into this function: walk the flags instead.
+	return func(_ *pflag.FlagSet, name string) pflag.NormalizedName {
+		exact, n, match := false, 0, ""
+		fl.VisitAll(func(f *pflag.Flag) {
+			switch {
+			case f.Name == name:
+				exact = true
+			case strings.HasPrefix(f.Name, name):
+				n, match = n+1, f.Name
+			}
+		})
+		if exact || n != 1 || len(name) < 2 {
+			return pflag.NormalizedName(name)
+		}
+		return pflag.NormalizedName(match)
+	}
 }
 
 // measureParseUint parses an integer with an automatic base (like Python's int(x, 0)).

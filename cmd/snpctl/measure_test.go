@@ -205,6 +205,8 @@ func TestMeasureBinary(t *testing.T) {
 			{"--ovmf", fw, "--vcpu-sig", "0x800f12", "--vcpus", "1", "--mode", "snp"},
 			{"--mode", "snp", "--vcpus", "1", "--vcpu-family", "23", "--vcpu-model", "1", "--vcpu-stepping", "2", "--ovmf", fw},
 			{"--mode", "snp", "--vcpus", "1", "--vcpu-sig", "8392466", "--ovmf", fw, "--guest-features", "1", "--vmm-type", "QEMU"},
+			// argparse accepts unambiguous prefixes of long options.
+			{"--mode", "snp", "--vcpus", "1", "--vcpu-t", "EPYC-v4", "--ovm", fw, "--output", "hex", "--guest", "0x1"},
 		} {
 			r := measureRun(t, bin, committed, args...)
 			if r.rc != 0 || r.stdout != trixie1+"\n" {
@@ -358,6 +360,7 @@ func TestMeasureBinary(t *testing.T) {
 			{"bad vmsa gpa", snp1(fw, "--vmsa-gpa", "0x123"), "not a non-zero page-aligned address"},
 			{"bad variant", snp1(fw, "--vmsa-variant", "old"), "unknown VMSA variant"},
 			{"positional argument", snp1(fw, "extra"), `unknown command "extra"`},
+			{"ambiguous prefix", []string{"--mode", "snp", "--vcpu", "1", "--ovmf", fw}, "unknown flag: --vcpu"},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				r := measureRun(t, bin, committed, tc.args...)
