@@ -3,6 +3,7 @@ package qmp_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,10 +19,11 @@ import (
 // qemuBinary is the QEMU the project installs (scripts/install-deps.sh).
 const qemuBinary = "qemu-system-x86_64"
 
-// startQEMU starts `qemu-system-x86_64 -machine none -S ...` with its QMP monitor on a
+// startQEMU starts `qemu-system-x86_64 -S ... -machine none` (or extra instead of
+// "-machine none") with its QMP monitor on a
 // listening socket created by this process and passed as fd 3, exactly as snpd does,
 // and returns the socket path. QEMU is killed when the test ends.
-func startQEMU(t testing.TB) (path string, cmd *exec.Cmd) {
+func startQEMU(t testing.TB, extra ...string) (path string, cmd *exec.Cmd) {
 	t.Helper()
 	bin, err := exec.LookPath(qemuBinary)
 	if err != nil {
@@ -41,8 +43,12 @@ func startQEMU(t testing.TB) (path string, cmd *exec.Cmd) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	argv := []string{bin, "-machine", "none", "-S", "-nodefaults", "-no-user-config",
+	argv := []string{bin, "-S", "-nodefaults", "-no-user-config",
 		"-display", "none", "-chardev", chardev, "-mon", "chardev=qmp,mode=control"}
+	if len(extra) == 0 {
+		extra = []string{"-machine", "none"}
+	}
+	argv = append(argv, extra...)
 	t.Logf("argv: %q", argv)
 	cmd = exec.Command(argv[0], argv[1:]...)
 	cmd.ExtraFiles = []*os.File{lf}
@@ -304,5 +310,73 @@ func TestQEMUGoQemuMonitor(t *testing.T) {
 	}
 	if _, err := m.Run([]byte(`not json`)); err == nil {
 		t.Error("Run accepted malformed JSON")
+	}
+}
+
+// A paused q35 machine (TCG: nothing runs before cont, so no KVM is needed) answers the
+// launch-verification queries with real data, including qom-get on a sev-snp-guest
+// object given in QEMU's JSON -object syntax (not attached to the machine, which would
+// need SEV hardware).
+func TestQEMUMachineQueries(t *testing.T) {
+	const hostData = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA="
+	obj := `{"qom-type":"sev-snp-guest","id":"sev0","policy":196609,"host-data":"` + hostData +
+		`","kernel-hashes":true,"cbitpos":51,"reduced-phys-bits":1}`
+	path, _ := startQEMU(t, "-machine", "q35", "-accel", "tcg", "-m", "256", "-smp", "2",
+		"-device", "virtio-rng-pci,id=rng0", "-object", obj)
+	c := dialQEMU(t, path)
+	ctx := testCtx(t)
+
+	var policy uint64
+	if err := c.QOMGet(ctx, "/objects/sev0", "policy", &policy); err != nil || policy != 196609 {
+		t.Errorf("qom-get policy = %#x, %v", policy, err)
+	}
+	var hd string
+	if err := c.QOMGet(ctx, "/objects/sev0", "host-data", &hd); err != nil || hd != hostData {
+		t.Errorf("qom-get host-data = %q, %v", hd, err)
+	}
+	var kh any
+	if err := c.QOMGet(ctx, "/objects/sev0", "kernel-hashes", &kh); err != nil || kh != true {
+		t.Errorf("qom-get kernel-hashes = %v, %v", kh, err)
+	}
+	props, err := c.QOMList(ctx, "/objects/sev0")
+	if err != nil || len(props) < 5 {
+		t.Errorf("qom-list /objects/sev0 = %v, %v", props, err)
+	}
+
+	mem, err := c.QueryMemorySizeSummary(ctx)
+	if err != nil || mem.BaseMemory != 256<<20 {
+		t.Errorf("query-memory-size-summary = %+v, %v", mem, err)
+	}
+	cpus, err := c.QueryCPUsFast(ctx)
+	if err != nil || len(cpus) != 2 {
+		t.Fatalf("query-cpus-fast = %+v, %v", cpus, err)
+	}
+	for i, cpu := range cpus {
+		if cpu.CPUIndex != i || cpu.Target != "x86_64" || cpu.QOMPath == "" || cpu.ThreadID == 0 ||
+			cpu.Props == nil || cpu.Props.CoreID == nil || *cpu.Props.CoreID != i || cpu.Props.SocketID == nil {
+			t.Errorf("cpu %d = %+v", i, cpu)
+		}
+	}
+	buses, err := c.QueryPCI(ctx)
+	if err != nil || len(buses) == 0 {
+		t.Fatalf("query-pci = %v, %v", buses, err)
+	}
+	var rng *qmp.PCIDeviceInfo
+	var ids []string
+	for i, d := range buses[0].Devices {
+		ids = append(ids, fmt.Sprintf("%02x.%x %04x:%04x %q", d.Slot, d.Function, d.ID.Vendor, d.ID.Device, d.QdevID))
+		if d.QdevID == "rng0" {
+			rng = &buses[0].Devices[i]
+		}
+	}
+	t.Logf("PCI bus 0: %s", strings.Join(ids, ", "))
+	if rng == nil {
+		t.Fatal("virtio-rng-pci rng0 not in query-pci")
+	}
+	if rng.ID.Vendor != 0x1af4 || rng.ID.Device != 0x1005 || len(rng.Regions) == 0 || rng.ID.Subsystem == nil {
+		t.Errorf("rng0 = %+v", *rng)
+	}
+	if buses[0].Devices[0].ClassInfo.Desc != "Host bridge" {
+		t.Errorf("device 00.0 class = %+v, want the host bridge", buses[0].Devices[0].ClassInfo)
 	}
 }
