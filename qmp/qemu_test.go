@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -378,5 +379,45 @@ func TestQEMUMachineQueries(t *testing.T) {
 	}
 	if buses[0].Devices[0].ClassInfo.Desc != "Host bridge" {
 		t.Errorf("device 00.0 class = %+v, want the host bridge", buses[0].Devices[0].ClassInfo)
+	}
+}
+
+// NewClientFile over one end of a socketpair whose other end QEMU got as
+// "-chardev socket,id=qmp,fd=3" (a connected socket: no path at all).
+func TestQEMUSocketpairFD(t *testing.T) {
+	bin, err := exec.LookPath(qemuBinary)
+	if err != nil {
+		t.Skipf("%s not installed (scripts/install-deps.sh installs it): %v", qemuBinary, err)
+	}
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ours := os.NewFile(uintptr(fds[0]), "qmp")
+	theirs := os.NewFile(uintptr(fds[1]), "qmp-qemu")
+	defer ours.Close()
+	argv := []string{bin, "-machine", "none", "-S", "-nodefaults", "-no-user-config", "-display", "none",
+		"-chardev", "socket,id=qmp,fd=3", "-mon", "chardev=qmp,mode=control"}
+	t.Logf("argv: %q", argv)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.ExtraFiles = []*os.File{theirs}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	theirs.Close()
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	c, err := qmp.NewClientFile(testCtx(t), ours, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if st, err := c.QueryStatus(testCtx(t)); err != nil || st.Status != qmp.RunStatePrelaunch {
+		t.Errorf("query-status = %+v, %v", st, err)
+	}
+	if err := c.Quit(testCtx(t)); err != nil {
+		t.Errorf("quit: %v", err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("qemu exit after quit: %v", err)
 	}
 }
