@@ -154,6 +154,9 @@ func (c *Client) handshake(ctx context.Context, r *bufio.Reader) (err error) {
 			}
 			return fmt.Errorf("waiting for QMP greeting: %w (%w)", ErrNoGreeting, cause)
 		}
+		if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
+			err = ErrDisconnected // typically QEMU exited during startup
+		}
 		return fmt.Errorf("reading QMP greeting: %w", err)
 	}
 	m, err := decodeMessage(line)

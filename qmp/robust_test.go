@@ -441,3 +441,13 @@ func TestSubscriptionWait(t *testing.T) {
 		t.Errorf("Wait after QEMU hung up: %v", err)
 	}
 }
+
+// A peer that hangs up before greeting (QEMU exiting at startup) is ErrDisconnected.
+func TestHangupBeforeGreeting(t *testing.T) {
+	server, client := net.Pipe()
+	server.Close()
+	_, err := qmp.NewClient(testCtx(t), client, nil)
+	if !errors.Is(err, qmp.ErrDisconnected) || !strings.Contains(err.Error(), "reading QMP greeting") {
+		t.Errorf("err = %v, want ErrDisconnected while reading the greeting", err)
+	}
+}
