@@ -206,10 +206,11 @@ var (
 const kernelHashesHint = "Debian's OVMF.fd is not an AmdSev build; " +
 	"use an OVMF built from OvmfPkg/AmdSev/AmdSevX64.dsc, or boot without a kernel"
 
-// Why hand-written: the Go ports do not fit. virtee/sev-snp-measure-go reads the
-// whole image into memory, follows the reference's v0.0.12 (EC2 rdx=0) and has no
-// GCE, SVSM or SEV paths; google/gce-tcb-verifier models GCE only. Both would also
-// pull in their own firmware parsers, which we must fuzz and bound anyway.
+// Why hand-written: the Go ports do not fit. virtee/sev-snp-measure-go holds the
+// whole image in memory (ovmf.OVMF.Data) and, in the versions read, does not cover
+// all of the reference's modes (GCE, SVSM, SEV); its vectors follow v0.0.12 (EC2
+// rdx=0). google/gce-tcb-verifier models GCE only. Either would also bring a
+// firmware parser we would have to fuzz and bound anyway.
 
 // Measure computes the launch digest of in, exactly as virtee/sev-snp-measure v0.0.13
 // does. Firmware pages are hashed in parallel while the PAGE_INFO chain runs in
