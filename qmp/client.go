@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -229,6 +230,9 @@ func readLine(r *bufio.Reader, max int) ([]byte, error) {
 }
 
 func encodeRequest(cmd string, args any, id uint64) ([]byte, error) {
+	if isNil(args) {
+		args = nil // a typed nil would marshal to "arguments": null, which QEMU rejects
+	}
 	req := struct {
 		Execute   string `json:"execute"`
 		Arguments any    `json:"arguments,omitempty"`
@@ -467,4 +471,16 @@ func (c *Client) write(ctx context.Context, req []byte) error {
 		return fmt.Errorf("writing request: %w", err)
 	}
 	return nil
+}
+
+// isNil reports whether v is nil or a nil pointer, map, slice or interface.
+func isNil(v any) bool {
+	if v == nil {
+		return true
+	}
+	switch rv := reflect.ValueOf(v); rv.Kind() {
+	case reflect.Pointer, reflect.Map, reflect.Slice, reflect.Interface:
+		return rv.IsNil()
+	}
+	return false
 }

@@ -10,7 +10,7 @@
 //
 //   - its reader sends every event on an unbuffered channel once Events() was called,
 //     so a caller that stops draining it deadlocks Run (QEMU sends RESUME before cont's
-//     reply);
+//     reply) and then Disconnect too (it waits for the blocked reader);
 //   - it splits lines with a default bufio.Scanner, so one reply over 64 KiB
 //     (query-qmp-schema is about 237 KB on QEMU 10.0) ends the reader for good, and the
 //     error it then sends blocks forever unless a Run is waiting;

@@ -451,3 +451,20 @@ func TestHangupBeforeGreeting(t *testing.T) {
 		t.Errorf("err = %v, want ErrDisconnected while reading the greeting", err)
 	}
 }
+
+// Typed nil arguments are sent as no arguments (QEMU rejects "arguments": null).
+func TestTypedNilArguments(t *testing.T) {
+	srv := qmptest.NewServer(t)
+	c := dial(t, srv)
+	var m map[string]any
+	for _, args := range []any{nil, json.RawMessage(nil), m, (*struct{ X int })(nil)} {
+		if err := c.Execute(testCtx(t), "query-status", args, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, cmd := range srv.Commands()[1:] {
+		if cmd.Args != nil {
+			t.Errorf("sent arguments %s, want none", cmd.Args)
+		}
+	}
+}
