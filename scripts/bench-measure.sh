@@ -6,13 +6,13 @@
 #     and snpctl's peak RSS (target < 64 MiB);
 #   - the 4 MiB OVMF.fd: wall time vs the reference tool's 44 ms here (target >= 5x).
 #
-# Runs are interleaved and the best of BENCH_RUNS (default 7) is kept for each
+# Runs are interleaved and the best of BENCH_RUNS (default 15) is kept for each
 # command, so that load from other processes on the machine hurts neither side more.
 # Besides human-readable lines it prints one line per figure:
 #   BENCH <name> <value> <unit> <target>
 set -euo pipefail
 cd "$(dirname "$0")/.."
-runs=${BENCH_RUNS:-7}
+runs=${BENCH_RUNS:-15}
 ref_ms=44 # virtee/sev-snp-measure v0.0.13 on the 4 MiB OVMF on this machine (issue 2)
 
 tmp=$(mktemp -d)
