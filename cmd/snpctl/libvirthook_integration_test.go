@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -8,8 +9,11 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -22,7 +26,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/snpd/snpd/config"
-	"github.com/snpd/snpd/daemon"
 	"github.com/snpd/snpd/daemon/api"
 )
 
@@ -34,8 +37,9 @@ import (
 // that a conforming plain domain starts (platform "none"), that its release drops the
 // registration, and that the hook fails closed when snpd is down.
 //
-// The snpd side is a minimal HTTP server on the API socket serving the hook's two
-// endpoints with daemon.CheckLibvirtDomain, the same check the real server runs.
+// The snpd side is the real snpd (config/examples/snpd.toml: platform "none", the example
+// policy) behind a transparent recording proxy on the socket the hook dials, so the test
+// sees each request and snpd's answer.
 func TestLibvirtHookWithRealLibvirtd(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to run libvirtd with its own configuration (CI runs as root)")
@@ -45,19 +49,18 @@ func TestLibvirtHookWithRealLibvirtd(t *testing.T) {
 			t.Skipf("%s is not installed (scripts/install-deps.sh installs libvirt-daemon-system, qemu and ovmf)", p)
 		}
 	}
-	policyPath, _ := polExamples(t)
-	policy, err := config.LoadPolicy(policyPath)
-	if err != nil {
-		t.Fatal(err)
-	}
 	bin := hookBuild(t)
+	snpdBin := filepath.Join(t.TempDir(), "snpd")
+	if out, err := exec.Command("go", "build", "-o", snpdBin, "../snpd").CombinedOutput(); err != nil {
+		t.Fatalf("building snpd: %v\n%s", err, out)
+	}
 	root, err := os.MkdirTemp("", "snpd-lv") // short: unix socket paths live under it
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(root) })
 	dir := func(rel string) string { return filepath.Join(root, rel) }
-	for _, d := range []string{"etc/hooks/qemu.d", "etc/qemu", "run", "lib", "cache", "log", "sock", "snpd"} {
+	for _, d := range []string{"etc/hooks/qemu.d", "etc/qemu", "run", "lib", "cache", "log", "sock", "snpd", "snpd-run", "snpd-state"} {
 		if err := os.MkdirAll(dir(d), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -82,7 +85,8 @@ stdio_handler = "file"
 	hook := dir("etc/hooks/qemu.d/snpd")
 	lvCopy(t, bin, hook)
 
-	srv := newLibvirtAPIServer(t, dir("snpd/snpd.sock"), policy)
+	startSnpd(t, snpdBin, dir("snpd-state"), dir("snpd-run"))
+	srv := newRecordingProxy(t, dir("snpd/snpd.sock"), dir("snpd-run/snpd.sock"))
 
 	lvd := startPrivateLibvirtd(t, root, map[string]string{
 		dir("etc"):   "/etc/libvirt",
@@ -157,10 +161,11 @@ stdio_handler = "file"
 	}
 	// release end drops the registration (the hook runs after the domain is gone).
 	deadline = time.Now().Add(10 * time.Second)
-	for !srv.saw("DELETE snpd-ok") && time.Now().Before(deadline) {
+	for !srv.saw("DELETE snpd-ok 204") && time.Now().Before(deadline) {
 		time.Sleep(100 * time.Millisecond)
 	}
-	if want := []string{"POST snpd-bad 422", "POST snpd-ok 200", "DELETE snpd-ok"}; !lvContainsInOrder(srv.log(), want) {
+	t.Logf("snpd saw: %q", srv.log())
+	if want := []string{"POST snpd-bad 422", "POST snpd-ok 200 digest", "DELETE snpd-ok 204"}; !lvContainsInOrder(srv.log(), want) {
 		t.Errorf("snpd saw %q, want %q in order", srv.log(), want)
 	}
 
@@ -197,72 +202,133 @@ func lvDomainXML(name, cpu string, memMiB int) string {
 `, name, memMiB, cpu, config.DefaultQEMU)
 }
 
-// libvirtAPIServer serves snpd's libvirt endpoints on a unix socket with the real check.
-type libvirtAPIServer struct {
+// recordingProxy forwards the hook's requests from the socket it dials to snpd's real
+// socket and records "METHOD NAME STATUS" for each ("digest" appended when a 200
+// registration carries a 96-digit expected launch digest).
+type recordingProxy struct {
 	srv  *http.Server
 	mu   sync.Mutex
 	seen []string
 }
 
-func newLibvirtAPIServer(t *testing.T, sock string, p *config.Policy) *libvirtAPIServer {
+func newRecordingProxy(t *testing.T, sock, target string) *recordingProxy {
 	t.Helper()
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &libvirtAPIServer{}
-	mux := http.NewServeMux()
-	reply := func(w http.ResponseWriter, status int, v any) {
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(status)
-		_ = json.NewEncoder(w).Encode(v)
+	p := &recordingProxy{}
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(r *httputil.ProxyRequest) { r.SetURL(&url.URL{Scheme: "http", Host: "snpd"}) },
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", target)
+		}},
+		ModifyResponse: func(resp *http.Response) error {
+			body, err := io.ReadAll(resp.Body)
+			if err != nil {
+				return err
+			}
+			resp.Body = io.NopCloser(bytes.NewReader(body))
+			name := path.Base(resp.Request.URL.Path)
+			if resp.Request.Method == http.MethodPost {
+				var req api.LibvirtDomainRequest
+				if b, err := resp.Request.GetBody(); err == nil {
+					_ = json.NewDecoder(b).Decode(&req)
+				}
+				name = req.Name
+			}
+			e := fmt.Sprintf("%s %s %d", resp.Request.Method, name, resp.StatusCode)
+			var ok api.LibvirtDomainResponse
+			if resp.StatusCode == http.StatusOK && json.Unmarshal(body, &ok) == nil && len(ok.ExpectedDigest) == 96 {
+				e += " digest"
+			}
+			p.mu.Lock()
+			p.seen = append(p.seen, e)
+			p.mu.Unlock()
+			return nil
+		},
 	}
-	mux.HandleFunc("POST "+api.LibvirtDomainsPath, func(w http.ResponseWriter, r *http.Request) {
-		var req api.LibvirtDomainRequest
-		if err := json.NewDecoder(io.LimitReader(r.Body, api.MaxBodySize)).Decode(&req); err != nil {
-			reply(w, http.StatusBadRequest, api.Error{Kind: api.KindInvalid, Message: err.Error()})
+	p.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(io.LimitReader(r.Body, api.MaxBodySize))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
-		_, vs, err := daemon.CheckLibvirtDomain(r.Context(), p, []byte(req.XML), config.PlatformNone, config.DefaultQEMU)
-		status := http.StatusOK
-		switch {
-		case err != nil:
-			status = http.StatusBadRequest
-			reply(w, status, api.Error{Kind: api.KindInvalid, Message: err.Error()})
-		case len(vs) > 0:
-			status = http.StatusUnprocessableEntity
-			reply(w, status, api.PolicyViolations{Kind: api.KindPolicy, Message: fmt.Sprintf("%d policy violations", len(vs)),
-				Violations: daemon.APIViolations(vs)})
-		default:
-			reply(w, status, api.LibvirtDomainResponse{Name: req.Name})
-		}
-		s.record(fmt.Sprintf("POST %s %d", req.Name, status))
-	})
-	mux.HandleFunc("DELETE "+api.LibvirtDomainsPath+"/{name}", func(w http.ResponseWriter, r *http.Request) {
-		s.record("DELETE " + r.PathValue("name"))
-		w.WriteHeader(http.StatusNoContent)
-	})
-	s.srv = &http.Server{Handler: mux}
-	go func() { _ = s.srv.Serve(ln) }()
-	t.Cleanup(s.close)
-	return s
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+		rp.ServeHTTP(w, r)
+	})}
+	go func() { _ = p.srv.Serve(ln) }()
+	t.Cleanup(p.close)
+	return p
 }
 
-func (s *libvirtAPIServer) record(e string) { s.mu.Lock(); s.seen = append(s.seen, e); s.mu.Unlock() }
-func (s *libvirtAPIServer) log() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]string(nil), s.seen...)
+func (p *recordingProxy) log() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.seen...)
 }
-func (s *libvirtAPIServer) saw(e string) bool {
-	for _, x := range s.log() {
+
+func (p *recordingProxy) saw(e string) bool {
+	for _, x := range p.log() {
 		if x == e {
 			return true
 		}
 	}
 	return false
 }
-func (s *libvirtAPIServer) close() { _ = s.srv.Close() }
+
+func (p *recordingProxy) close() { _ = p.srv.Close() }
+
+// startSnpd runs the real snpd with the example configuration (platform "none", the
+// example policy) and waits until its API answers.
+func startSnpd(t *testing.T, bin, state, run string) {
+	t.Helper()
+	policy, _ := polExamples(t)
+	cfg := filepath.Join(filepath.Dir(policy), "snpd.toml")
+	logf, err := os.Create(filepath.Join(run, "..", "snpd.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "--config", cfg, "--state-dir", state, "--runtime-dir", run)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); logf.Close(); close(done) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(unix.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	})
+	c := api.NewClient(filepath.Join(run, "snpd.sock"))
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, err := c.Status(ctx)
+		cancel()
+		if err == nil {
+			return
+		}
+		select {
+		case <-done:
+			log, _ := os.ReadFile(logf.Name())
+			t.Fatalf("snpd exited: %s", lvTail(log))
+		default:
+		}
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(logf.Name())
+			t.Fatalf("snpd did not answer: %v\n%s", err, lvTail(log))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
 
 type libvirtdProc struct {
 	cmd  *exec.Cmd
