@@ -26,8 +26,8 @@ func guestKernelDir() string {
 // init, dependencies first: Debian's 6.1 cloud kernel builds virtio_pci and virtio_console
 // as modules (see modules.builtin), uncompressed.
 var agentModules = []string{
-	"kernel/drivers/virtio/virtio.ko",
 	"kernel/drivers/virtio/virtio_ring.ko",
+	"kernel/drivers/virtio/virtio.ko",
 	"kernel/drivers/virtio/virtio_pci_modern_dev.ko",
 	"kernel/drivers/virtio/virtio_pci_legacy_dev.ko",
 	"kernel/drivers/virtio/virtio_pci.ko",
@@ -92,8 +92,13 @@ func buildAgentInitrd(t *testing.T) string {
 	cp.Dir = root
 	cp.Stdin = strings.NewReader(strings.Join(names, "\n") + "\n")
 	cp.Stdout = out
-	if b, err := cp.CombinedOutput(); err != nil && len(b) > 0 {
-		t.Fatalf("cpio: %v\n%s", err, b)
+	var errOut strings.Builder
+	cp.Stderr = &errOut
+	if err := cp.Run(); err != nil {
+		t.Fatalf("cpio: %v\n%s", err, errOut.String())
+	}
+	if st, err := out.Stat(); err != nil || st.Size() < 1<<20 {
+		t.Fatalf("initramfs %s is too small (%v)", initrd, err)
 	}
 	return initrd
 }

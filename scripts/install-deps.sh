@@ -17,7 +17,7 @@ qemu_ok() {
   [ -n "$v" ] && [ "$v" -ge 10 ]
 }
 
-for p in ovmf libvirt-daemon-system libvirt-clients cpio openssl; do
+for p in ovmf libvirt-daemon-system libvirt-clients cpio openssl mtools; do
   have "$p" || need_pkgs+=("$p")
 done
 bp_pkgs=()

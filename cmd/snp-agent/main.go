@@ -225,7 +225,7 @@ func setupInit() {
 	}
 	for _, m := range mounts {
 		_ = os.MkdirAll(m.dst, 0o755)
-		if err := unix.Mount(m.src, m.dst, m.typ, 0, ""); err != nil && !errors.Is(err, unix.EBUSY) {
+		if err := unix.Mount(m.src, m.dst, m.typ, 0, ""); err != nil && !errors.Is(err, unix.EBUSY) && !errors.Is(err, unix.ENOENT) {
 			log.Printf("mounting %s: %v", m.dst, err)
 		}
 	}
@@ -234,15 +234,32 @@ func setupInit() {
 		return
 	}
 	defer f.Close()
+	var pending []string
 	s := bufio.NewScanner(f)
 	for s.Scan() {
 		p := strings.TrimSpace(s.Text())
-		if p == "" || strings.HasPrefix(p, "#") {
-			continue
+		if p != "" && !strings.HasPrefix(p, "#") {
+			pending = append(pending, p)
 		}
-		if err := loadModule(p); err != nil {
-			log.Printf("loading module %s: %v", p, err)
+	}
+	// Without modules.dep the order may be wrong: retry the modules that failed (a
+	// missing dependency gives ENOENT, "Unknown symbol") until a round loads nothing.
+	errs := map[string]error{}
+	for len(pending) > 0 {
+		var next []string
+		for _, p := range pending {
+			if err := loadModule(p); err != nil {
+				errs[p] = err
+				next = append(next, p)
+			}
 		}
+		if len(next) == len(pending) {
+			break
+		}
+		pending = next
+	}
+	for _, p := range pending {
+		log.Printf("loading module %s: %v", p, errs[p])
 	}
 }
 
