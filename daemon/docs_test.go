@@ -220,3 +220,68 @@ func TestAPIDocsJSONExamples(t *testing.T) {
 		}
 	}
 }
+
+var (
+	docTestNameRE = regexp.MustCompile("`((?:Test|Fuzz|Benchmark|Example)[A-Z]\\w*)`")
+	docLinkRE     = regexp.MustCompile(`\]\(([^)#\s]+)(#[^)\s]*)?\)`)
+)
+
+// TestDocsCiteExistingTestsAndFiles checks every docs/*.md: each Go test, fuzz target,
+// benchmark or example named in backticks exists as a func in some _test.go file of the
+// repository (so "where it is tested" cannot point at nothing), and each relative
+// markdown link points at an existing file.
+func TestDocsCiteExistingTestsAndFiles(t *testing.T) {
+	root := ".."
+	funcs := map[string]bool{}
+	funcRE := regexp.MustCompile(`(?m)^func ((?:Test|Fuzz|Benchmark|Example)\w*)\(`)
+	err := filepath.WalkDir(root, func(p string, de os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if de.IsDir() && (de.Name() == ".git" || de.Name() == "testdata") {
+			return filepath.SkipDir
+		}
+		if !de.IsDir() && strings.HasSuffix(p, "_test.go") {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			for _, m := range funcRE.FindAllSubmatch(b, -1) {
+				funcs[string(m[1])] = true
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("walking the repository: %v", err)
+	}
+	docs, err := filepath.Glob(filepath.Join(root, "docs", "*.md"))
+	if err != nil || len(docs) < 6 {
+		t.Fatalf("docs/*.md: %d files (%v); want the six documents", len(docs), err)
+	}
+	cited := 0
+	for _, d := range docs {
+		b, err := os.ReadFile(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range docTestNameRE.FindAllStringSubmatch(string(b), -1) {
+			cited++
+			if !funcs[m[1]] {
+				t.Errorf("%s cites %s, which no _test.go file defines", filepath.Base(d), m[1])
+			}
+		}
+		for _, m := range docLinkRE.FindAllStringSubmatch(string(b), -1) {
+			link := m[1]
+			if strings.Contains(link, "://") || strings.HasPrefix(link, "mailto:") {
+				continue
+			}
+			if _, err := os.Stat(filepath.Join(filepath.Dir(d), link)); err != nil {
+				t.Errorf("%s links to %s, which does not exist", filepath.Base(d), link)
+			}
+		}
+	}
+	if cited < 10 {
+		t.Errorf("the docs cite only %d tests; the checker is probably broken", cited)
+	}
+}
