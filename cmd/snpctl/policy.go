@@ -26,7 +26,7 @@ func newPolicyCmd() *cobra.Command {
 }
 
 func newPolicyCheckCmd() *cobra.Command {
-	var policyPath, libvirtXML, platform, qemu string
+	var policyPath, libvirtXML, platform, qemu, daemonConfig string
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "check [--policy FILE] (VMFILE | --libvirt-xml FILE)",
@@ -38,6 +38,27 @@ and version, prints each violation on its own line and exits 1 if there is any, 
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if (libvirtXML == "") == (len(args) == 0) || len(args) > 1 {
 				return fmt.Errorf("give one VM definition file or --libvirt-xml FILE")
+			}
+			if daemonConfig != "" {
+				// snpd's settings stand in for the flags not given.
+				d, err := config.LoadDaemon(daemonConfig)
+				if err != nil {
+					return fmt.Errorf("loading snpd config: %s", oneLine(err))
+				}
+				d.SetDefaults()
+				fl := cmd.Flags()
+				if !fl.Changed("policy") {
+					if d.PolicyFile == "" {
+						return fmt.Errorf("%s sets no policy_file: give --policy", daemonConfig)
+					}
+					policyPath = d.PolicyFile
+				}
+				if !fl.Changed("platform") {
+					platform = d.Platform
+				}
+				if !fl.Changed("qemu") {
+					qemu = d.QEMU
+				}
 			}
 			if platform != config.PlatformSEVSNP && platform != config.PlatformNone {
 				return fmt.Errorf("--platform %q: want %q or %q", platform, config.PlatformSEVSNP, config.PlatformNone)
@@ -93,6 +114,7 @@ and version, prints each violation on its own line and exits 1 if there is any, 
 	fl.StringVar(&platform, "platform", config.PlatformSEVSNP, "host platform the VM would run on: sev-snp or none")
 	fl.StringVar(&qemu, "qemu", config.DefaultQEMU, "QEMU binary snpd would run (a libvirt domain's <emulator> wins)")
 	fl.BoolVar(&asJSON, "json", false, "print the violations as JSON")
+	fl.StringVar(&daemonConfig, "config", "", "take the policy file, platform and QEMU binary from this snpd.toml (flags given win)")
 	return cmd
 }
 

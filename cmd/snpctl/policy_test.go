@@ -86,6 +86,20 @@ func TestPolicyCheckLibvirtXMLFromStdin(t *testing.T) {
 	}
 }
 
+func TestPolicyCheckTakesSettingsFromSnpdConfig(t *testing.T) {
+	polNeedHostFiles(t)
+	policy, _ := polExamples(t)
+	cfg := filepath.Join(filepath.Dir(policy), "snpd.toml") // platform "none", policy.toml
+	out, _, code := hookCLI(t, hookDomainXML, "policy", "check", "--config", cfg, "--libvirt-xml", "-")
+	if code != 1 || !strings.HasPrefix(out, `rule vcpu.models: CPU model "qemu64"`) || strings.Count(out, "\n") != 1 {
+		t.Fatalf("platform from snpd.toml: exit %d, stdout %q", code, out)
+	}
+	out, _, code = hookCLI(t, hookDomainXML, "policy", "check", "--config", cfg, "--platform", "sev-snp", "--libvirt-xml", "-")
+	if code != 1 || !strings.HasPrefix(out, "rule libvirt.launch_security:") {
+		t.Fatalf("--platform wins over snpd.toml: exit %d, stdout %q", code, out)
+	}
+}
+
 func TestPolicyCheckUsageErrors(t *testing.T) {
 	policy, vm := polExamples(t)
 	for _, tc := range []struct {
