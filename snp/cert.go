@@ -277,7 +277,7 @@ func DefaultRoots() *Roots {
 			}
 			pc.Ark = one.Ark
 		}
-		r.lines[line] = &trust.AMDRootCerts{Product: line, ProductLine: line, ProductCerts: pc}
+		r.lines[line] = &trust.AMDRootCerts{ProductLine: line, ProductCerts: pc}
 	}
 	return r
 }
@@ -294,7 +294,7 @@ func ParseRoots(data []byte) (*Roots, error) {
 	r := &Roots{lines: map[string]*trust.AMDRootCerts{}}
 	get := func(line string) *trust.ProductCerts {
 		if r.lines[line] == nil {
-			r.lines[line] = &trust.AMDRootCerts{Product: line, ProductLine: line, ProductCerts: &trust.ProductCerts{}}
+			r.lines[line] = &trust.AMDRootCerts{ProductLine: line, ProductCerts: &trust.ProductCerts{}}
 		}
 		return r.lines[line].ProductCerts
 	}

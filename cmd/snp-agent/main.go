@@ -181,7 +181,7 @@ func serveSerial(ctx context.Context, portPath string, src agentproto.ReportSour
 		err = agentproto.Serve(ctx, f, src)
 		stop()
 		f.Close()
-		if err != nil && !errors.Is(err, io.EOF) && ctx.Err() == nil {
+		if !errors.Is(err, io.EOF) && ctx.Err() == nil {
 			log.Printf("serial: %v", err)
 		}
 		sleep(ctx, 200*time.Millisecond) // host disconnected: wait, then reopen
