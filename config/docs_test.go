@@ -28,11 +28,11 @@ type docKey struct {
 	typ   reflect.Type
 }
 
-var textUnmarshalerType = reflect.TypeFor[encoding.TextUnmarshaler]()
+var docTextUnmarshalerType = reflect.TypeFor[encoding.TextUnmarshaler]()
 
-// walkKeys lists the leaf keys of struct type t: tables (structs, pointers to structs)
+// docWalkKeys lists the leaf keys of struct type t: tables (structs, pointers to structs)
 // and arrays of tables (slices of structs) are descended into; `toml:"-"` is skipped.
-func walkKeys(t reflect.Type, prefix string, index []int) []docKey {
+func docWalkKeys(t reflect.Type, prefix string, index []int) []docKey {
 	var out []docKey
 	for i := range t.NumField() {
 		f := t.Field(i)
@@ -46,15 +46,15 @@ func walkKeys(t reflect.Type, prefix string, index []int) []docKey {
 		idx := append(slices.Clone(index), i)
 		ft := f.Type
 		isTable := func(t reflect.Type) bool {
-			return t.Kind() == reflect.Struct && !reflect.PointerTo(t).Implements(textUnmarshalerType)
+			return t.Kind() == reflect.Struct && !reflect.PointerTo(t).Implements(docTextUnmarshalerType)
 		}
 		switch {
 		case isTable(ft):
-			out = append(out, walkKeys(ft, prefix+tag+".", idx)...)
+			out = append(out, docWalkKeys(ft, prefix+tag+".", idx)...)
 		case ft.Kind() == reflect.Pointer && isTable(ft.Elem()):
-			out = append(out, walkKeys(ft.Elem(), prefix+tag+".", idx)...)
+			out = append(out, docWalkKeys(ft.Elem(), prefix+tag+".", idx)...)
 		case ft.Kind() == reflect.Slice && isTable(ft.Elem()):
-			out = append(out, walkKeys(ft.Elem(), prefix+tag+"[].", idx)...)
+			out = append(out, docWalkKeys(ft.Elem(), prefix+tag+"[].", idx)...)
 		default:
 			out = append(out, docKey{name: prefix + tag, index: idx, typ: ft})
 		}
@@ -174,7 +174,7 @@ func readConfigDocs(t *testing.T) (map[string]*docSection, map[string]string) {
 func TestConfigDocsCoverEveryKey(t *testing.T) {
 	secs, _ := readConfigDocs(t)
 	for name, sec := range secs {
-		keys := walkKeys(sec.typ, "", nil)
+		keys := docWalkKeys(sec.typ, "", nil)
 		if len(keys) < 5 {
 			t.Fatalf("config.%s: walked only %d keys; the walker is broken", name, len(keys))
 		}
@@ -211,7 +211,7 @@ func TestConfigDocsDefaults(t *testing.T) {
 	secs, _ := readConfigDocs(t)
 	checked := 0
 	for name, sec := range secs {
-		for _, k := range walkKeys(sec.typ, "", nil) {
+		for _, k := range docWalkKeys(sec.typ, "", nil) {
 			cells := sec.rows[k.name]
 			if len(cells) != 4 {
 				continue // reported by TestConfigDocsCoverEveryKey
@@ -223,7 +223,7 @@ func TestConfigDocsDefaults(t *testing.T) {
 			lit := strings.Trim(def, "`")
 			// The empty file (tables that hold the key exist, so arrays of tables have
 			// one element), defaulted; and the same with the documented literal.
-			base, withLit := tomlForKey(k.name, lit)
+			base, withLit := docTOMLForKey(k.name, lit)
 			got := reflect.New(sec.typ)
 			if err := DecodeStrict("empty", []byte(base), got.Interface()); err != nil {
 				t.Fatalf("decoding %q: %v", base, err)
@@ -234,7 +234,7 @@ func TestConfigDocsDefaults(t *testing.T) {
 				t.Errorf("docs/configuration.md: default of `%s` (%s) is not a TOML value of its type: %v", k.name, def, err)
 				continue
 			}
-			g, w := fieldAt(got.Elem(), k.index), fieldAt(want.Elem(), k.index)
+			g, w := docFieldAt(got.Elem(), k.index), docFieldAt(want.Elem(), k.index)
 			if !reflect.DeepEqual(g.Interface(), w.Interface()) {
 				t.Errorf("docs/configuration.md: config.%s `%s` documents default %s, SetDefaults gives %#v", name, k.name, def, g.Interface())
 			}
@@ -246,9 +246,9 @@ func TestConfigDocsDefaults(t *testing.T) {
 	}
 }
 
-// tomlForKey renders two TOML documents: one creating only the tables that hold key
+// docTOMLForKey renders two TOML documents: one creating only the tables that hold key
 // (empty), and the same setting key to lit (set).
-func tomlForKey(key, lit string) (empty, set string) {
+func docTOMLForKey(key, lit string) (empty, set string) {
 	parts := strings.Split(key, ".")
 	leaf := parts[len(parts)-1]
 	var hdr strings.Builder
@@ -265,8 +265,8 @@ func tomlForKey(key, lit string) (empty, set string) {
 	return empty, empty + leaf + " = " + lit + "\n"
 }
 
-// fieldAt follows index from v, through pointers and the first element of slices.
-func fieldAt(v reflect.Value, index []int) reflect.Value {
+// docFieldAt follows index from v, through pointers and the first element of slices.
+func docFieldAt(v reflect.Value, index []int) reflect.Value {
 	for _, i := range index {
 		for v.Kind() == reflect.Pointer {
 			v = v.Elem()
