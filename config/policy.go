@@ -138,6 +138,11 @@ type LibvirtPolicy struct {
 	// host (checked against the vCPU, memory, device and QEMU rules only). On platform
 	// "none" every domain is non-confidential and this is implied.
 	AllowNonConfidential bool `toml:"allow_non_confidential" json:"allow_non_confidential,omitempty"`
+	// HookFailOpen lets the libvirt hook start domains unchecked when snpd cannot be
+	// reached (default false: refuse them). libvirt runs hooks with a cleared
+	// environment, so this setting (read by the hook from the policy file) is how an
+	// installed hook is made to fail open.
+	HookFailOpen bool `toml:"hook_fail_open" json:"hook_fail_open,omitempty"`
 }
 
 // guestPolicyBits maps the policy's bit names to go-sev-guest's parsed guest policy.

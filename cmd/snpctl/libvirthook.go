@@ -37,6 +37,7 @@ func init() {
 
 func newLibvirtHookCmd() *cobra.Command {
 	var failOpen bool
+	var policyPath string
 	cmd := &cobra.Command{
 		Use:   "libvirt-hook DOMAIN OPERATION SUB-OPERATION [EXTRA]",
 		Short: "libvirt qemu hook: refuse domains that break the host policy (install as /etc/libvirt/hooks/qemu.d/snpd)",
@@ -45,7 +46,9 @@ the domain to snpd (POST /v1/libvirt/domains), which checks it against the host 
 records its expected launch digest; violations are printed on stderr and the hook exits 1,
 so libvirt refuses to start the domain. On "release end" it drops the registration. Other
 operations exit 0 at once. If snpd cannot be reached the hook fails closed unless
---fail-open or SNPD_HOOK_FAIL_OPEN=1. It never calls back into libvirt.`,
+--fail-open, SNPD_HOOK_FAIL_OPEN=1 or hook_fail_open = true in the [libvirt] section of
+the host policy (libvirt clears the environment of hooks: the policy file is the setting
+that reaches an installed hook). It never calls back into libvirt.`,
 		Args: cobra.RangeArgs(3, 4),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if os.Getenv("SNPD_HOOK_FAIL_OPEN") == "1" {
@@ -53,18 +56,20 @@ operations exit 0 at once. If snpd cannot be reached the hook fails closed unles
 			}
 			sock, _ := cmd.Flags().GetString("socket")
 			sock = api.SocketFromEnv(sock)
-			h := &libvirtHook{socket: sock, failOpen: failOpen, stderr: cmd.ErrOrStderr()}
+			h := &libvirtHook{socket: sock, failOpen: failOpen, policyPath: policyPath, stderr: cmd.ErrOrStderr()}
 			return h.run(cmd.Context(), args[0], args[1], args[2], cmd.InOrStdin())
 		},
 	}
 	cmd.Flags().BoolVar(&failOpen, "fail-open", false, "let domains start when snpd cannot be reached (default: refuse)")
+	cmd.Flags().StringVar(&policyPath, "policy", config.DefaultPolicyPath, "host policy file read for [libvirt] hook_fail_open when snpd cannot be reached")
 	return cmd
 }
 
 type libvirtHook struct {
-	socket   string
-	failOpen bool
-	stderr   io.Writer
+	socket     string
+	failOpen   bool
+	policyPath string
+	stderr     io.Writer
 }
 
 // refuse prints msg (one line per entry) prefixed with the hook's name and returns the
@@ -150,14 +155,20 @@ func (h *libvirtHook) do(ctx context.Context, method, path string, body any) (*h
 	return resp, data, nil
 }
 
-// unreachable handles a failed exchange: fail closed unless configured to fail open.
+// unreachable handles a failed exchange: fail closed unless configured to fail open (a
+// policy file that cannot be read keeps it closed).
 func (h *libvirtHook) unreachable(domain, what string, err error) error {
+	if !h.failOpen && h.policyPath != "" {
+		if p, perr := config.LoadPolicy(h.policyPath); perr == nil && p.Libvirt.HookFailOpen {
+			h.failOpen = true
+		}
+	}
 	if h.failOpen {
 		fmt.Fprintf(h.stderr, "snpd: warning: snpd is unreachable at %s (%v); %s domain %s unchecked (fail-open)\n",
 			h.socket, err, what, domain)
 		return nil
 	}
-	return h.refuse(fmt.Sprintf("refusing domain %s: snpd is unreachable at %s (%v); the hook fails closed (--fail-open or SNPD_HOOK_FAIL_OPEN=1 to allow): systemctl status snpd",
+	return h.refuse(fmt.Sprintf("refusing domain %s: snpd is unreachable at %s (%v); the hook fails closed (to allow: hook_fail_open = true in the host policy's [libvirt] section, --fail-open or SNPD_HOOK_FAIL_OPEN=1): systemctl status snpd",
 		domain, h.socket, err))
 }
 

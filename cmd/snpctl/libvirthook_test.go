@@ -139,6 +139,25 @@ func TestHookUnreachableFailsClosed(t *testing.T) {
 	if code != 0 || !strings.Contains(errs, "warning") || !strings.Contains(errs, "fail-open") {
 		t.Fatalf("--fail-open: exit %d, stderr %q", code, errs)
 	}
+	// The host policy's [libvirt] hook_fail_open reaches an installed hook (libvirt clears
+	// the environment); the example policy keeps it false.
+	example, _ := polExamples(t)
+	_, _, code = hookCLI(t, hookDomainXML, "--socket", sock, "libvirt-hook", "--policy", example, "web1", "prepare", "begin", "-")
+	if code != 1 {
+		t.Fatalf("example policy: exit %d", code)
+	}
+	data, err := os.ReadFile(example)
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := filepath.Join(t.TempDir(), "policy.toml")
+	if err := os.WriteFile(open, []byte(strings.Replace(string(data), "hook_fail_open = false", "hook_fail_open = true", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, errs, code = hookCLI(t, hookDomainXML, "--socket", sock, "libvirt-hook", "--policy", open, "web1", "prepare", "begin", "-")
+	if code != 0 || !strings.Contains(errs, "fail-open") {
+		t.Fatalf("hook_fail_open = true: exit %d, stderr %q", code, errs)
+	}
 	t.Setenv("SNPD_HOOK_FAIL_OPEN", "1")
 	if _, _, code = hookCLI(t, hookDomainXML, "--socket", sock, "libvirt-hook", "web1", "prepare", "begin", "-"); code != 0 {
 		t.Fatalf("SNPD_HOOK_FAIL_OPEN=1: exit %d", code)
