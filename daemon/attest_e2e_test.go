@@ -1,7 +1,10 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -11,6 +14,9 @@ import (
 	"time"
 
 	"github.com/snpd/snpd/daemon/api"
+	"github.com/snpd/snpd/snp"
+	"github.com/snpd/snpd/snp/agentproto"
+	"github.com/snpd/snpd/snp/snptest"
 )
 
 // buildAgentDisk returns a raw FAT disk image holding Debian's cloud kernel, the agent
@@ -114,4 +120,138 @@ func TestAttestRealGuestThroughSnpd(t *testing.T) {
 		}
 		time.Sleep(2 * time.Second)
 	}
+}
+
+// TestVerifyAndReferenceThroughSnpd drives snpctl verify, certs and reference against a
+// real snpd (re-executed test binary) with go-sev-guest's test roots configured as
+// attestation.trusted_roots_file, for a VM it really launched: a report signed by the
+// fake AMD-SP with the recorded measurement fails without its VCEK, passes once
+// `snpctl certs import` cached it, fails with a changed measurement (that check's line),
+// and the exported sev-guest-check policy is accepted by go-sev-guest's check tool.
+func TestVerifyAndReferenceThroughSnpd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("launches a VM; skipped with -short")
+	}
+	needQEMU(t)
+	signer, err := snptest.NewSigner(snptest.SignerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	work := t.TempDir()
+	roots := filepath.Join(work, "roots.pem")
+	if err := os.WriteFile(roots, signer.RootsPEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e := newTestEnv(t, fmt.Sprintf("[attestation]\ntrusted_roots_file = %q\n", roots))
+	d := startDaemon(t, e)
+	mustDefine(t, d.Client, "ver1", "")
+	if _, err := d.Client.Start(ctxT(t, 120*time.Second), "ver1"); err != nil {
+		t.Fatalf("starting: %v", err)
+	}
+	t.Cleanup(func() { _, _ = d.Client.Kill(context.Background(), "ver1") })
+	info, err := d.Client.Get(ctxT(t, 10*time.Second), "ver1")
+	if err != nil || info.Last == nil {
+		t.Fatalf("get: %v", err)
+	}
+	var rec api.LaunchRecord
+	if err := json.Unmarshal(info.Last.Record, &rec); err != nil {
+		t.Fatal(err)
+	}
+	digest, err := hex.DecodeString(rec.ExpectedDigest)
+	if err != nil || len(digest) != 48 {
+		t.Fatalf("record digest %q", rec.ExpectedDigest)
+	}
+	nonce := []byte("verifier nonce 42")
+	f := snptest.Fields{Policy: rec.Policy, ReportData: agentproto.ReportData(nonce, nil)}
+	copy(f.Measurement[:], digest)
+	good, err := signer.Report(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Measurement[0] ^= 1
+	wrong, err := signer.Report(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(name string, b []byte) string {
+		p := filepath.Join(work, name)
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	goodPath, wrongPath := write("good.bin", good), write("wrong.bin", wrong)
+	certsPath := write("certs.bin", signer.CertTable())
+	snpctl := buildSnpctl(t)
+	run := func(args ...string) (int, string, string) {
+		cmd := exec.Command(snpctl, append([]string{"--socket", e.Socket}, args...)...)
+		var o, s strings.Builder
+		cmd.Stdout, cmd.Stderr = &o, &s
+		_ = cmd.Run()
+		return cmd.ProcessState.ExitCode(), o.String(), s.String()
+	}
+	nonceHex := hex.EncodeToString(nonce)
+
+	code, out, _ := run("verify", "--vm", "ver1", "--report", goodPath, "--nonce", nonceHex)
+	if code != 1 || !strings.Contains(out, "FAIL  certificate-chain") || !strings.Contains(out, "snpctl certs import") {
+		t.Fatalf("verify without VCEK: exit %d\n%s", code, out)
+	}
+	code, out, errOut := run("certs", "import", certsPath)
+	if code != 0 || !strings.Contains(out, "VCEK") || !strings.Contains(out, "ARK") {
+		t.Fatalf("certs import: exit %d\n%s%s", code, out, errOut)
+	}
+	if code, out, errOut = run("certs", "import", goodPath); code != 1 || !strings.HasPrefix(errOut, "Error: ") {
+		t.Fatalf("importing a report as certificates: exit %d\n%s%s", code, out, errOut)
+	}
+	if code, out, errOut = run("verify", "--vm", "ver1", "--report", goodPath, "--nonce", nonceHex); code != 0 || out != "" {
+		t.Fatalf("verify with cached VCEK: exit %d\n%s%s", code, out, errOut)
+	}
+	code, out, _ = run("verify", "--vm", "ver1", "--report", wrongPath, "--nonce", nonceHex)
+	if code != 1 || !strings.Contains(out, "FAIL  measurement") {
+		t.Fatalf("verify with another measurement: exit %d\n%s", code, out)
+	}
+	if code, out, _ = run("verify", "--vm", "ver1", "--report", goodPath, "--nonce", "00"); code != 1 || !strings.Contains(out, "FAIL  report-data") {
+		t.Fatalf("verify with another nonce: exit %d\n%s", code, out)
+	}
+	for _, format := range []string{"json", "trustee", "sev-guest-check"} {
+		if code, out, errOut = run("reference", "ver1", "--format", format); code != 0 || !strings.Contains(out, map[string]string{"json": rec.ExpectedDigest, "trustee": "sample", "sev-guest-check": "measurement"}[format]) {
+			t.Fatalf("reference %s: exit %d\n%s%s", format, code, out, errOut)
+		}
+	}
+	_, cfg, _ := run("reference", "ver1", "--format", "sev-guest-check")
+	if code, out, _ = run("reference", "ver1", "--format", "launch-log"); code != 0 {
+		t.Fatalf("launch-log: exit %d", code)
+	} else if got, err := snp.ReplayLaunchLog([]byte(out)); err != nil || !bytes.Equal(got, digest) {
+		t.Fatalf("the served launch log does not replay to the recorded digest: %v", err)
+	}
+
+	// go-sev-guest's check tool with the policy snpd exported.
+	check := buildCheckTool(t)
+	cfgPath := write("policy.textproto", []byte(cfg))
+	in := write("att.bin", append(bytes.Clone(good), signer.CertTable()...))
+	if o, err := exec.Command(check, "-config", cfgPath, "-in", in).CombinedOutput(); err != nil {
+		t.Fatalf("check tool rejected the matching report: %v\n%s", err, o)
+	}
+	in = write("att-wrong.bin", append(bytes.Clone(wrong), signer.CertTable()...))
+	if o, err := exec.Command(check, "-config", cfgPath, "-in", in).CombinedOutput(); err == nil {
+		t.Fatalf("check tool accepted another measurement:\n%s", o)
+	}
+}
+
+// buildCheckTool builds go-sev-guest's tools/check (the module version in go.mod) from the
+// module cache into a temporary directory.
+func buildCheckTool(t *testing.T) string {
+	t.Helper()
+	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "github.com/google/go-sev-guest").Output()
+	if err != nil {
+		t.Fatalf("locating go-sev-guest: %v", err)
+	}
+	bin := filepath.Join(t.TempDir(), "check")
+	cmd := exec.Command("go", "build", "-o", bin, "./tools/check")
+	cmd.Dir = strings.TrimSpace(string(out))
+	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building go-sev-guest's check tool: %v\n%s", err, b)
+	}
+	return bin
 }
