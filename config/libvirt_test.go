@@ -206,3 +206,45 @@ func FuzzFromLibvirtXML(f *testing.F) {
 		}
 	})
 }
+
+func TestFromLibvirtXMLMapsDevicesAndModes(t *testing.T) {
+	vm, err := FromLibvirtXML([]byte(`<domain type='kvm'><name>d</name><memory unit='GiB'>2</memory>
+<vcpu placement='static' current='2'>8</vcpu><cpu mode='host-passthrough'/>
+<os><type arch='x86_64' machine='q35'>hvm</type><loader type='rom'>/fw.fd</loader>
+<kernel>/k</kernel><initrd>/i</initrd><cmdline>console=ttyS0</cmdline></os>
+<devices>
+ <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='/a.qcow2'/><readonly/></disk>
+ <disk type='file' device='cdrom'><source file='/cd.iso'/></disk>
+ <interface type='user'><mac address='52:54:00:00:00:01'/></interface>
+ <interface type='bridge'><source bridge='br0'/><target dev='vnet7'/></interface>
+ <serial type='pty'/>
+ <channel type='unix'><target type='virtio' name='org.snpd.agent.0'/></channel>
+ <vsock model='virtio'><cid auto='no' address='42'/></vsock>
+ <controller type='virtio-serial'/><controller type='usb' model='none'/>
+ <input type='tablet' bus='usb'/><watchdog model='i6300esb'/><tpm model='tpm-crb'/>
+</devices></domain>`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vm.MemoryMiB != 2048 || vm.VCPUs != 2 || vm.CPUModel != "host-passthrough" || vm.Kernel != "/k" ||
+		vm.Initrd != "/i" || vm.Cmdline != "console=ttyS0" || vm.Firmware != "/fw.fd" || vm.Libvirt.LoaderType != "rom" ||
+		vm.Libvirt.LaunchSecurity != "" || vm.Console != "serial" {
+		t.Fatalf("VM %+v", vm)
+	}
+	if !reflect.DeepEqual(vm.Disks, []Disk{{Path: "/a.qcow2", Format: "qcow2", ReadOnly: true}}) ||
+		!reflect.DeepEqual(vm.Networks, []Network{{Type: "user", MAC: "52:54:00:00:00:01"}, {Type: "tap", Tap: "vnet7"}}) ||
+		!reflect.DeepEqual(vm.Channel, &Channel{VsockCID: 42, Serial: true}) {
+		t.Fatalf("disks %+v networks %+v channel %+v", vm.Disks, vm.Networks, vm.Channel)
+	}
+	want := []Device{{"cdrom", "/cd.iso"}, {"input", "tablet/usb"}, {"watchdog", "i6300esb"}, {"tpm", "tpm-crb"}}
+	if !reflect.DeepEqual(vm.Libvirt.OtherDevices, want) {
+		t.Fatalf("other devices %+v, want %+v", vm.Libvirt.OtherDevices, want)
+	}
+	// 1000 of each unit, rounded up to whole MiB as libvirt does.
+	for unit, mib := range map[string]uint64{"b": 1, "KB": 1, "k": 1, "MB": 954, "M": 1000, "G": 1000 << 10, "GB": 953675} {
+		got, err := memoryMiB(1000, unit)
+		if err != nil || got != mib {
+			t.Errorf("1000 %s = %d MiB (%v), want %d", unit, got, err, mib)
+		}
+	}
+}
