@@ -120,7 +120,6 @@ type reattachedProc struct {
 	mon        *qmp.Client
 
 	done     chan struct{}
-	once     sync.Once
 	exit     api.ExitStatus
 	killSent bool
 	mu       sync.Mutex

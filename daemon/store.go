@@ -11,6 +11,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/snpd/snpd/daemon/api"
 )
@@ -54,7 +55,7 @@ func OpenStore(stateDir string) (*Store, error) {
 	path := filepath.Join(stateDir, StoreFile)
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
 	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
+		if errors.Is(err, berrors.ErrTimeout) {
 			return nil, fmt.Errorf("opening state store %s: locked by another process (is another snpd using this state directory?)", path)
 		}
 		return nil, fmt.Errorf("opening state store %s: %w", path, err)
