@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -80,6 +81,15 @@ func OpenStore(stateDir string) (*Store, error) {
 	return s, nil
 }
 
+// writeErr gives a failed write transaction its context; a full state directory is
+// named as such (api.ErrUnavailable: retry once space is freed; nothing was written).
+func writeErr(what string, err error) error {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return fmt.Errorf("%s: the state directory is full, nothing was written (free space and retry): %w: %w", what, err, api.ErrUnavailable)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
 // Close closes the store file.
 func (s *Store) Close() error { return s.db.Close() }
 
@@ -110,7 +120,7 @@ func (s *Store) PutVM(vm StoredVM, replace bool) error {
 		return vms.Put([]byte(vm.Name), b)
 	})
 	if err != nil {
-		return fmt.Errorf("storing vm %q: %w", vm.Name, err)
+		return writeErr(fmt.Sprintf("storing vm %q", vm.Name), err)
 	}
 	return nil
 }
@@ -168,7 +178,7 @@ func (s *Store) DeleteVM(name string) error {
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("deleting vm %q: %w", name, err)
+		return writeErr(fmt.Sprintf("deleting vm %q", name), err)
 	}
 	return nil
 }
@@ -201,7 +211,7 @@ func (s *Store) NewRun(name string, run api.Run) (api.Run, error) {
 		return rb.Put(seqKey(run.Seq), b)
 	})
 	if err != nil {
-		return api.Run{}, fmt.Errorf("recording start of vm %q: %w", name, err)
+		return api.Run{}, writeErr(fmt.Sprintf("recording start of vm %q", name), err)
 	}
 	return run, nil
 }
@@ -220,7 +230,7 @@ func (s *Store) PutRun(name string, run *api.Run) error {
 		return rb.Put(seqKey(run.Seq), b)
 	})
 	if err != nil {
-		return fmt.Errorf("recording run %d of vm %q: %w", run.Seq, name, err)
+		return writeErr(fmt.Sprintf("recording run %d of vm %q", run.Seq, name), err)
 	}
 	return nil
 }
