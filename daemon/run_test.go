@@ -3,6 +3,8 @@ package daemon
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -18,13 +20,18 @@ import (
 func TestRunNotifiesSystemd(t *testing.T) {
 	needQEMU(t)
 	n := systemdtest.NewNotifySocket(t)
-	e := newTestEnv(t, "")
+	vmDir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(vmDir, "imported.toml"), []byte(vmTOML("imported", "")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e := newTestEnv(t, fmt.Sprintf("vm_dir = %q\n", vmDir))
 	d := startDaemon(t, e, "NOTIFY_SOCKET="+n.Path)
 	ready, err := n.WaitFor("READY=1", 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st, _ := ready.Get("STATUS"); st != "no vms defined" {
+	// vm_dir's definitions are imported before READY.
+	if st, _ := ready.Get("STATUS"); st != "1 vms: 1 stopped" {
 		t.Errorf("STATUS with READY=1: %q", st)
 	}
 	mustDefine(t, d.Client, "n1", "")
@@ -39,7 +46,7 @@ func TestRunNotifiesSystemd(t *testing.T) {
 		if err != nil {
 			t.Fatalf("no STATUS with 1 running: %v", err)
 		}
-		if st, ok := msg.Get("STATUS"); ok && st == "1 vms: 1 running" {
+		if st, ok := msg.Get("STATUS"); ok && st == "2 vms: 1 running, 1 stopped" {
 			break
 		}
 	}
