@@ -172,7 +172,7 @@ func BuildArgv(s *Spec) (args []string, extraFiles []*os.File) {
 		node := fmt.Sprintf("disk%d", i)
 		a("-blockdev", mustJSON(blockdevFile{Driver: "file", Filename: d.Path, NodeName: file, ReadOnly: d.ReadOnly}))
 		a("-blockdev", mustJSON(blockdevFormat{NodeName: node, ReadOnly: d.ReadOnly, Driver: d.Format, File: file, backing: d.Format == "qcow2"}))
-		a("-device", mustJSON(device{"driver": "virtio-blk-pci", "drive": node, "id": node}))
+		a("-device", mustJSON(virtioDevice("virtio-blk-pci-non-transitional", device{"drive": node, "id": node})))
 	}
 	for i, n := range s.Networks {
 		id := fmt.Sprintf("net%d", i)
@@ -182,7 +182,7 @@ func BuildArgv(s *Spec) (args []string, extraFiles []*os.File) {
 			nd["ifname"], nd["script"], nd["downscript"] = n.Tap, "no", "no"
 		}
 		a("-netdev", mustJSON(nd))
-		dev := device{"driver": "virtio-net-pci", "netdev": id, "id": id}
+		dev := virtioDevice("virtio-net-pci-non-transitional", device{"netdev": id, "id": id})
 		if n.MAC != "" {
 			dev["mac"] = n.MAC
 		}
@@ -190,14 +190,25 @@ func BuildArgv(s *Spec) (args []string, extraFiles []*os.File) {
 	}
 	if s.AgentSerial {
 		agentFD := fds.add(s.Runtime.Agent)
-		a("-device", mustJSON(device{"driver": "virtio-serial-pci", "id": "virtio-serial0"}))
+		a("-device", mustJSON(virtioDevice("virtio-serial-pci-non-transitional", device{"id": "virtio-serial0"})))
 		a("-chardev", fmt.Sprintf("socket,id=agent0,fd=%d,server=on,wait=off", agentFD))
 		a("-device", mustJSON(device{"driver": "virtserialport", "bus": "virtio-serial0.0", "chardev": "agent0", "name": AgentPortName, "id": "agent0"}))
 	}
 	if s.VsockCID != 0 {
-		a("-device", mustJSON(device{"driver": "vhost-vsock-pci", "id": "vsock0", "guest-cid": s.VsockCID}))
+		a("-device", mustJSON(virtioDevice("vhost-vsock-pci", device{"id": "vsock0", "guest-cid": s.VsockCID})))
 	}
 	return args, fds.files
+}
+
+// virtioDevice completes a virtio PCI device. Every virtio device is modern-only
+// (non-transitional) with iommu_platform on, on both platforms: QEMU forces exactly
+// that for confidential guests (machine_run_board_init registers disable-legacy=on and
+// iommu_platform=on when confidential-guest-support is set), so stating it keeps the
+// SNP and "none" machines identical, PCI ids included.
+func virtioDevice(driver string, d device) device {
+	d["driver"] = driver
+	d["iommu_platform"] = true
+	return d
 }
 
 func fileOf(s *SealedFile) *os.File {
@@ -214,13 +225,12 @@ type PCIDevice struct {
 	Vendor, Device uint16
 }
 
-// PCI ids of the devices BuildArgv adds (transitional virtio ids, as QEMU's virtio-*-pci
-// use on PCIe with disable-legacy auto: modern-only ids 0x1040+ are used on PCIe ports;
-// on the q35 root bus QEMU keeps the transitional ids).
+// PCI ids of the devices BuildArgv adds: modern virtio ids, 0x1040 + virtio device type
+// (virtio 1.x spec, 4.1.2.1).
 var (
-	pciVirtioBlk    = PCIDevice{0x1af4, 0x1001}
-	pciVirtioNet    = PCIDevice{0x1af4, 0x1000}
-	pciVirtioSerial = PCIDevice{0x1af4, 0x1003}
+	pciVirtioNet    = PCIDevice{0x1af4, 0x1041}
+	pciVirtioBlk    = PCIDevice{0x1af4, 0x1042}
+	pciVirtioSerial = PCIDevice{0x1af4, 0x1043}
 	pciVhostVsock   = PCIDevice{0x1af4, 0x1053}
 )
 

@@ -209,7 +209,7 @@ func TestBuildArgvFragments(t *testing.T) {
 		{"qcow2 never follows backing files", func(v *config.VM) { v.Disks = []config.Disk{{Path: "/d.qcow2", Format: "qcow2"}} }, PlatformNone, AccelTCG, []check{
 			jsonArg("-blockdev", 0, map[string]any{"driver": "file", "filename": "/d.qcow2", "read-only": false}),
 			jsonArg("-blockdev", 1, map[string]any{"driver": "qcow2", "file": "disk0-file", "backing": nil}),
-			jsonArg("-device", 1, map[string]any{"driver": "virtio-blk-pci", "drive": "disk0"}),
+			jsonArg("-device", 1, map[string]any{"driver": "virtio-blk-pci-non-transitional", "drive": "disk0", "iommu_platform": true}),
 		}},
 		{"read-only raw disk", func(v *config.VM) { v.Disks = []config.Disk{{Path: "/d.img", ReadOnly: true}} }, PlatformNone, AccelTCG, []check{
 			jsonArg("-blockdev", 0, map[string]any{"read-only": true}),
@@ -220,10 +220,10 @@ func TestBuildArgvFragments(t *testing.T) {
 			v.Networks = []config.Network{{Type: "tap", Tap: "tap0", MAC: "52:54:00:00:00:01"}}
 		}, PlatformNone, AccelTCG, []check{
 			jsonArg("-netdev", 0, map[string]any{"type": "tap", "ifname": "tap0", "script": "no", "downscript": "no"}),
-			jsonArg("-device", 1, map[string]any{"driver": "virtio-net-pci", "mac": "52:54:00:00:00:01"}),
+			jsonArg("-device", 1, map[string]any{"driver": "virtio-net-pci-non-transitional", "iommu_platform": true, "mac": "52:54:00:00:00:01"}),
 		}},
 		{"vsock", func(v *config.VM) { v.Channel = &config.Channel{VsockCID: 7} }, PlatformNone, AccelTCG, []check{
-			jsonArg("-device", 1, map[string]any{"driver": "vhost-vsock-pci", "guest-cid": 7.0}),
+			jsonArg("-device", 1, map[string]any{"driver": "vhost-vsock-pci", "guest-cid": 7.0, "iommu_platform": true}),
 		}},
 		{"agent port", func(v *config.VM) { v.Channel = &config.Channel{Serial: true} }, PlatformNone, AccelTCG, []check{
 			has("-chardev", "socket,id=agent0,fd=5,server=on,wait=off"),

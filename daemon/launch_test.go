@@ -225,7 +225,7 @@ func TestLaunchVerificationMismatchKills(t *testing.T) {
 		t.Fatal("launch succeeded with a perturbed expectation")
 	}
 	t.Log(err)
-	for _, want := range []string{"vCPUs: 2, want 3", "base memory: 268435456 bytes, want 269484032", "PCI 1af4:1001: 0 present, want 1"} {
+	for _, want := range []string{"vCPUs: 2, want 3", "base memory: 268435456 bytes, want 269484032", "PCI 1af4:1042: 0 present, want 1"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q", want)
 		}
