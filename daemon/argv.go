@@ -220,8 +220,10 @@ func fileOf(s *SealedFile) *os.File {
 
 func procFD(fd int) string { return fmt.Sprintf("/proc/self/fd/%d", fd) }
 
-// PCIDevice is a PCI vendor:device pair the spec adds to the machine.
+// PCIDevice is a PCI function's identity as query-pci reports it.
 type PCIDevice struct {
+	// Vendor and Device are the PCI vendor and device ids (0x1af4 and 0x1041... for
+	// modern virtio).
 	Vendor, Device uint16
 }
 

@@ -399,6 +399,10 @@ func (l *Launcher) makeVMDir(dir string) error {
 // listenUnixFile creates a listening unix socket at path (0600) and returns it as a
 // file for QEMU to inherit. The socket file stays when the returned file is closed.
 func listenUnixFile(path string) (*os.File, error) {
+	// sun_path holds 108 bytes including the terminating NUL.
+	if len(path) >= 108 {
+		return nil, fmt.Errorf("creating socket: path %s is %d bytes, longer than a unix socket allows (107); use a shorter runtime_dir", path, len(path))
+	}
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
 		return nil, fmt.Errorf("creating socket: %w", err)

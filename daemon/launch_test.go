@@ -417,3 +417,16 @@ func TestInstanceStopPaths(t *testing.T) {
 		t.Errorf("after ctx ended: %+v, want killed", ex)
 	}
 }
+
+// TestLaunchRuntimeDirTooLong: a socket path over the unix limit is one clear error and
+// leaves nothing behind.
+func TestLaunchRuntimeDirTooLong(t *testing.T) {
+	ltNeed(t)
+	long := filepath.Join(ltRuntimeDir(t), strings.Repeat("d", 90))
+	l := &Launcher{QEMU: ltQEMU, Platform: PlatformNone, RuntimeDir: long, Host: &HostFacts{Accel: AccelTCG}}
+	_, err := l.Launch(context.Background(), ltVM("long"), LaunchHooks{})
+	if err == nil || !strings.Contains(err.Error(), "longer than a unix socket allows") {
+		t.Fatalf("%v", err)
+	}
+	ltAssertNothingLeft(t, l, "long")
+}
