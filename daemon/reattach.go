@@ -108,6 +108,9 @@ func exitFromWaitStatus(ws unix.WaitStatus, detail string) api.ExitStatus {
 	return e
 }
 
+// goneDetail says why the exit status of a QEMU that ended while snpd was down is unknown.
+const goneDetail = "qemu ended while snpd was not running; its exit status went to its new parent (init) and cannot be recovered"
+
 // notChildDetail says why an exit status may be unknowable.
 const notChildDetail = "qemu was not snpd's child (reattached after an snpd restart) and this kernel did not report its exit status"
 
@@ -315,13 +318,18 @@ func (m *Manager) reattachOne(ctx context.Context, name string, run *api.Run) ap
 	}
 	fd, err := openRecorded(run, m.qemu)
 	if err != nil {
+		exit := api.ExitStatus{Detail: goneDetail}
+		// Not reaped yet by its new parent: the zombie still carries the status.
+		if ws, ok := zombieExitStatus(run.PID, run.ProcStartTicks); ok && run.ProcStartTicks != 0 {
+			exit = exitFromWaitStatus(ws, "from /proc (qemu ended while snpd was not running, not yet reaped)")
+		}
 		if run.State == api.StateStarting {
-			return record(api.StateFailed, "snpd stopped during the launch; "+err.Error(), &api.ExitStatus{Detail: notChildDetail})
+			return record(api.StateFailed, "snpd stopped during the launch; "+err.Error(), &exit)
 		}
 		if run.State == api.StateStopping {
-			return record(api.StateStopped, "stopped while snpd was down; "+err.Error(), &api.ExitStatus{Detail: notChildDetail})
+			return record(api.StateStopped, "stopped while snpd was down; "+err.Error(), &exit)
 		}
-		return record(api.StateCrashed, "qemu died while snpd was down; "+err.Error(), &api.ExitStatus{Detail: notChildDetail})
+		return record(api.StateCrashed, "qemu died while snpd was down; "+err.Error(), &exit)
 	}
 	p := &reattachedProc{pid: run.PID, startTicks: run.ProcStartTicks, pidfd: fd, done: make(chan struct{})}
 	dir := run.RuntimeDir

@@ -24,7 +24,7 @@ func TestReattachAfterSIGKILL(t *testing.T) {
 	d1 := startDaemon(t, e, "SNPD_TEST_HALT_BEFORE_CONT=half")
 	c := d1.Client
 	names := []string{"a", "b", "c"}
-	for _, n := range append(names, "half", "child") {
+	for _, n := range append(names, "half", "child", "gone") {
 		mustDefine(t, c, n, "")
 	}
 	pids := map[string]int{}
@@ -43,6 +43,11 @@ func TestReattachAfterSIGKILL(t *testing.T) {
 			_ = syscall.Kill(p, syscall.SIGKILL)
 		}
 	})
+
+	gone, err := c.Start(ctxT(t, time.Minute), "gone")
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	// A QEMU killed while snpd (its parent) runs: crashed, with the signal.
 	info, err := c.Start(ctxT(t, time.Minute), "child")
@@ -91,6 +96,11 @@ func TestReattachAfterSIGKILL(t *testing.T) {
 		t.Fatalf("half after snpd's death: %+v (alive %v)", halfRun, pidAlive(halfRun.PID))
 	}
 	pids["half"] = halfRun.PID
+	// A QEMU that dies while no snpd runs.
+	if err := syscall.Kill(gone.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "gone's qemu to exit", 5*time.Second, func() (bool, error) { return !pidAlive(gone.PID), nil })
 	for _, n := range names {
 		if !pidAlive(pids[n]) {
 			t.Fatalf("%s (pid %d) died with snpd", n, pids[n])
@@ -118,12 +128,21 @@ func TestReattachAfterSIGKILL(t *testing.T) {
 	if hi.State != api.StateFailed || !strings.Contains(hi.Last.Transitions[len(hi.Last.Transitions)-1].Reason, "half-started") {
 		t.Errorf("half after restart: %s %+v", hi.State, hi.Last.Transitions)
 	}
+	gi, err := vmState(c, "gone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("gone: %s", gi.Last.Exit)
+	if ex := gi.Last.Exit; gi.State != api.StateCrashed || ex == nil || !strings.Contains(ex.Detail, "while snpd was not running") ||
+		(ex.Known && ex.Signal != "SIGKILL") {
+		t.Errorf("gone after restart: %s exit %+v", gi.State, gi.Last.Exit)
+	}
 	waitFor(t, "the half-started qemu to be gone", 5*time.Second, func() (bool, error) { return !pidAlive(pids["half"]), nil })
 	st, err := c.Status(ctxT(t, 5*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.VMs[api.StateRunning] != 3 || len(st.Reattached) != 4 {
+	if st.VMs[api.StateRunning] != 3 || len(st.Reattached) != 5 {
 		t.Errorf("status after restart: %+v", st)
 	}
 
