@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"syscall"
@@ -46,7 +47,8 @@ func needQEMU(t testing.TB) {
 
 // daemonMain runs snpd in a re-executed test binary (SNPD_TEST_DAEMON=config path).
 // SNPD_TEST_HALT_BEFORE_CONT=name makes it SIGKILL itself once the pre-cont record of
-// that VM is durable, leaving a QEMU paused before cont.
+// that VM is durable, leaving a QEMU paused before cont. SNPD_TEST_CPUPROFILE=path
+// writes a CPU profile of the daemon (used to check where start-up time goes).
 func daemonMain(cfgPath string) {
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, nil)))
 	cfg, err := config.LoadDaemon(cfgPath)
@@ -63,12 +65,20 @@ func daemonMain(cfgPath string) {
 			}
 		}
 	}
+	if p := os.Getenv("SNPD_TEST_CPUPROFILE"); p != "" {
+		if f, err := os.Create(p); err == nil {
+			_ = pprof.StartCPUProfile(f)
+			defer pprof.StopCPUProfile()
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if err := Run(ctx, cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "snpd:", err)
+		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
+	pprof.StopCPUProfile()
 	os.Exit(0)
 }
 
