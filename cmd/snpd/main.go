@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/snpd/snpd/config"
@@ -44,25 +45,11 @@ func run(args []string) int {
 	}
 	slog.SetDefault(slog.New(systemd.NewLogHandler(os.Stderr, level)))
 
-	cfg, err := loadConfig(*cfgPath)
+	cfg, err := buildConfig(*cfgPath, *stateDir, *runtimeDir)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "snpd: %v\n", err)
 		return 1
 	}
-	cwd, _ := os.Getwd()
-	if *stateDir != "" {
-		cfg.StateDir = *stateDir
-	}
-	if *runtimeDir != "" {
-		cfg.RuntimeDir = *runtimeDir
-		// An explicit runtime directory moves the socket too unless the config names one
-		// outside the default location.
-		if cfg.Socket == "" || cfg.Socket == config.DefaultRuntimeDir+"/"+config.DefaultSocketName {
-			cfg.Socket = ""
-		}
-	}
-	cfg.ResolvePaths(cwd)
-	cfg.SetDefaults()
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -71,6 +58,32 @@ func run(args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// buildConfig loads the configuration and applies the command-line overrides: relative
+// flag paths are resolved against the working directory (those in the file against the
+// file's directory), and an explicit runtime directory moves the default socket with it.
+func buildConfig(cfgPath, stateDir, runtimeDir string) (*config.Daemon, error) {
+	cfg, err := loadConfig(cfgPath)
+	if err != nil {
+		return nil, err
+	}
+	cwd, err := os.Getwd()
+	if err != nil {
+		return nil, fmt.Errorf("reading the working directory: %w", err)
+	}
+	if stateDir != "" {
+		cfg.StateDir = stateDir
+	}
+	if runtimeDir != "" {
+		cfg.RuntimeDir = runtimeDir
+		if cfg.Socket == filepath.Join(config.DefaultRuntimeDir, config.DefaultSocketName) {
+			cfg.Socket = ""
+		}
+	}
+	cfg.ResolvePaths(cwd)
+	cfg.SetDefaults()
+	return cfg, nil
 }
 
 // loadConfig reads the configuration; a missing file at the default path means all
