@@ -3,8 +3,8 @@ package daemon
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
+	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -231,8 +231,6 @@ func TestRestartOnCrash(t *testing.T) {
 	if info, _ := vmState(d.Client, "phoenix"); info.State != api.StateStopped {
 		t.Errorf("a stopped on-crash vm came back: %s", info.State)
 	}
-	_ = fmt.Sprint
-	_ = os.Getpid
 }
 
 func TestParseZombieStat(t *testing.T) {
@@ -265,4 +263,40 @@ func FuzzParseZombieStat(f *testing.F) {
 			t.Fatal("status without ok")
 		}
 	})
+}
+
+// TestOpenRecordedRefusesOtherProcesses: a recorded pid is only adopted when its start
+// time and executable match the record (pid reuse, another binary, a dead pid).
+func TestOpenRecordedRefusesOtherProcesses(t *testing.T) {
+	self := os.Getpid()
+	ticks, err := procStartTicks(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe, _, err := procExe(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ae *adoptError
+	_, err = openRecorded(&api.Run{PID: self, ProcStartTicks: ticks, QEMU: testQEMU}, testQEMU)
+	if !errors.As(err, &ae) || !strings.Contains(err.Error(), "not "+testQEMU) {
+		t.Errorf("another executable: %v", err)
+	}
+	_, err = openRecorded(&api.Run{PID: self, ProcStartTicks: ticks + 1, QEMU: exe}, testQEMU)
+	if !errors.As(err, &ae) || !strings.Contains(err.Error(), "belongs to another process") {
+		t.Errorf("pid reuse: %v", err)
+	}
+	fd, err := openRecorded(&api.Run{PID: self, ProcStartTicks: ticks, QEMU: exe}, testQEMU)
+	if err != nil {
+		t.Fatalf("the recorded process itself: %v", err)
+	}
+	syscall.Close(fd)
+	cmd := exec.Command("/bin/true")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = openRecorded(&api.Run{PID: cmd.Process.Pid, ProcStartTicks: 1, QEMU: testQEMU}, testQEMU)
+	if !errors.As(err, &ae) || !strings.Contains(err.Error(), "gone") {
+		t.Errorf("dead pid: %v", err)
+	}
 }
