@@ -11,7 +11,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/pprof"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -244,4 +243,3 @@ func vmState(c *api.Client, name string) (*api.VMInfo, error) {
 
 func isKind(err error, kind error) bool { return errors.Is(err, kind) }
 
-var _ = strings.Contains
