@@ -346,8 +346,13 @@ func (m *Manager) reattachOne(ctx context.Context, name string, run *api.Run) ap
 	cancel()
 	go p.watch()
 
-	halfStarted := run.State == api.StateStarting ||
-		(qerr == nil && st.Status == qmp.RunStatePrelaunch)
+	// Half-started: paused before its first cont (prelaunch; or paused while the record
+	// still says starting). A starting VM whose monitor cannot be asked is killed too
+	// (fail closed). One whose cont happened before snpd died is adopted as running:
+	// its launch record was durable before cont.
+	halfStarted := (qerr == nil && (st.Status == qmp.RunStatePrelaunch ||
+		(run.State == api.StateStarting && st.Status == qmp.RunStatePaused))) ||
+		(qerr != nil && run.State == api.StateStarting)
 	if halfStarted {
 		_ = p.Kill()
 		select {
