@@ -32,6 +32,7 @@ func newRoot() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().String("socket", "", "snpd API socket (default $SNPD_SOCKET, then /run/snpd/snpd.sock)")
+	root.PersistentFlags().Bool("json", false, "print JSON instead of human-readable output (every subcommand)")
 	for _, f := range subcommands {
 		root.AddCommand(f())
 	}
