@@ -97,7 +97,7 @@ func TestVMCommandsAgainstExampleConfig(t *testing.T) {
 		t.Errorf("list table: %q", out)
 	}
 	var info api.VMInfo
-	if err := json.Unmarshal([]byte(ok("vm", "show", "--json", "example")), &info); err != nil {
+	if err := json.Unmarshal([]byte(ok("--json", "vm", "show", "example")), &info); err != nil {
 		t.Fatal(err)
 	}
 	var rec api.LaunchRecord
