@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -54,9 +55,32 @@ func signalName(desc string) string {
 
 // launcherStart adapts Launcher.Launch to the Manager's startFunc; admit (nil: none) is
 // the host policy check.
+//
+// The CPU-bound part of a launch (sealing and hashing the boot files, computing the
+// launch digest with its parallel page hashing, the policy's firmware facts) runs for
+// one VM at a time: it ends when Admit returns, before QEMU starts, so QEMU start-up and
+// QMP verification of many VMs still overlap. Without this, concurrent starts fill Go's
+// run queues with hashing goroutines and API requests wait behind them for a P
+// (scheduler delay seen in a runtime trace; scripts/bench-service.sh measures it).
 func launcherStart(l *Launcher, admit func(*config.VM, *Spec, *api.LaunchRecord) error) startFunc {
+	measuring := make(chan struct{}, 1)
 	return func(ctx context.Context, vm *config.VM, beforeCont func(*api.LaunchRecord) error) (vmProcess, error) {
-		inst, err := l.Launch(ctx, vm, LaunchHooks{Admit: admit, BeforeCont: beforeCont})
+		select {
+		case measuring <- struct{}{}:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		var once sync.Once
+		release := func() { once.Do(func() { <-measuring }) }
+		defer release()
+		hooks := LaunchHooks{BeforeCont: beforeCont, Admit: func(vm *config.VM, spec *Spec, rec *api.LaunchRecord) error {
+			defer release()
+			if admit != nil {
+				return admit(vm, spec, rec)
+			}
+			return nil
+		}}
+		inst, err := l.Launch(ctx, vm, hooks)
 		if err != nil {
 			return nil, err
 		}

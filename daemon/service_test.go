@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/pprof"
+	"runtime/trace"
 	"sync"
 	"syscall"
 	"testing"
@@ -47,7 +48,8 @@ func needQEMU(t testing.TB) {
 // daemonMain runs snpd in a re-executed test binary (SNPD_TEST_DAEMON=config path).
 // SNPD_TEST_HALT_BEFORE_CONT=name makes it SIGKILL itself once the pre-cont record of
 // that VM is durable, leaving a QEMU paused before cont. SNPD_TEST_CPUPROFILE=path
-// writes a CPU profile of the daemon (used to check where start-up time goes).
+// writes a CPU profile of the daemon and SNPD_TEST_TRACE=path a runtime trace (`go tool
+// trace -pprof=sched` shows where API requests wait for a P during concurrent starts).
 func daemonMain(cfgPath string) {
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, nil)))
 	cfg, err := config.LoadDaemon(cfgPath)
@@ -70,6 +72,12 @@ func daemonMain(cfgPath string) {
 			defer pprof.StopCPUProfile()
 		}
 	}
+	if p := os.Getenv("SNPD_TEST_TRACE"); p != "" {
+		if f, err := os.Create(p); err == nil {
+			_ = trace.Start(f)
+			defer trace.Stop()
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if err := Run(ctx, cfg); err != nil {
@@ -78,6 +86,7 @@ func daemonMain(cfgPath string) {
 		os.Exit(1)
 	}
 	pprof.StopCPUProfile()
+	trace.Stop()
 	os.Exit(0)
 }
 
