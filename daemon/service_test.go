@@ -251,4 +251,3 @@ func vmState(c *api.Client, name string) (*api.VMInfo, error) {
 }
 
 func isKind(err error, kind error) bool { return errors.Is(err, kind) }
-
