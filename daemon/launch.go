@@ -165,6 +165,15 @@ func (l *Launcher) Prepare(ctx context.Context, vm *config.VM) (*Spec, *api.Laun
 // host may not); otherwise TCG, and note says why. Results are cached per model.
 func (l *Launcher) hostFor(ctx context.Context, platform Platform, model string) (HostFacts, string, error) {
 	h := l.host()
+	if l.Host == nil && platform == PlatformSEVSNP && h.CBitPos == 0 {
+		// CPUID did not report SEV (e.g. a hypervisor hides leaf 0x8000001F): ask the
+		// SEV firmware through QEMU, which also tells whether SEV works at all here.
+		c, err := SEVCapabilities(ctx, l.QEMU)
+		if err != nil {
+			return h, "", err
+		}
+		h.CBitPos, h.ReducedPhysBits = uint32(c.CBitPos), uint32(c.ReducedPhysBits)
+	}
 	if l.Host != nil || platform != PlatformNone || h.Accel != AccelKVM {
 		return h, "", nil
 	}
@@ -448,6 +457,9 @@ func (l *Launcher) connect(ctx context.Context, inst *Instance, path string) (*q
 	return nil, fmt.Errorf("connecting to QEMU's monitor: %w", err)
 }
 
+// snpHostHint is what to check on a host where SEV-SNP does not work.
+const snpHostHint = "check that /dev/sev exists, kvm_amd is loaded with sev_snp=1 (/sys/module/kvm_amd/parameters/sev_snp) and the host kernel is >= 6.11"
+
 // qemuExitError turns an early QEMU exit into one line, with what to check on the host
 // when SEV-SNP is unavailable.
 func qemuExitError(ex ExitInfo) error {
@@ -463,7 +475,7 @@ func qemuExitError(ex ExitInfo) error {
 		// by KVM", "sev_kvm_init: Failed to open /dev/sev ...".
 		if strings.Contains(l, "SEV") && (strings.Contains(l, "KVM") || strings.Contains(l, "/dev/sev")) ||
 			strings.Contains(l, "/dev/sev") {
-			return fmt.Errorf("SEV-SNP is not available on this host (qemu: %s): check that /dev/sev exists, kvm_amd is loaded with sev_snp=1 (/sys/module/kvm_amd/parameters/sev_snp) and the host kernel is >= 6.11", stripQEMUPrefix(strings.TrimSpace(l)))
+			return fmt.Errorf("SEV-SNP is not available on this host (qemu: %s): %s", stripQEMUPrefix(strings.TrimSpace(l)), snpHostHint)
 		}
 	}
 	if last == "" {

@@ -430,3 +430,26 @@ func TestLaunchRuntimeDirTooLong(t *testing.T) {
 	}
 	ltAssertNothingLeft(t, l, "long")
 }
+
+// TestLaunchSNPHostFactsFromQEMU: without explicit host facts and with CPUID silent about
+// SEV (as here), the launcher asks QEMU's query-sev-capabilities, which on this host
+// fails with the same one-line guidance; nothing is left behind.
+func TestLaunchSNPHostFactsFromQEMU(t *testing.T) {
+	ltNeed(t)
+	if _, err := os.Stat("/dev/sev"); err == nil {
+		t.Skip("this host has /dev/sev: the no-SNP failure cannot be provoked here")
+	}
+	if _, _, _, ok := hostSEVBits(); ok {
+		t.Skip("CPUID reports SEV here: the QEMU fallback is not used")
+	}
+	if _, err := os.Stat("/dev/kvm"); err != nil {
+		t.Skipf("/dev/kvm is missing: %v", err)
+	}
+	l := &Launcher{QEMU: ltQEMU, Platform: PlatformSEVSNP, RuntimeDir: ltRuntimeDir(t)}
+	_, err := l.Launch(context.Background(), ltVM("snpcaps"), LaunchHooks{})
+	if err == nil || !strings.Contains(err.Error(), "SEV-SNP is not available on this host") || !strings.Contains(err.Error(), "sev_snp=1") || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("%v", err)
+	}
+	t.Log(err)
+	ltAssertNothingLeft(t, l, "snpcaps")
+}

@@ -210,3 +210,57 @@ func KVMRunsModel(ctx context.Context, qemuPath, model string) (ok bool, reason 
 		return false, "", fmt.Errorf("probing kvm cpu model: %w", cerr)
 	}
 }
+
+// SEVCapabilities runs query-sev-capabilities on a `-machine none -accel kvm` QEMU: the
+// host's C-bit position and reduced physical address bits as the SEV firmware reports
+// them. On a host without SEV it returns one line saying what to check.
+func SEVCapabilities(ctx context.Context, qemuPath string) (*qmp.SevCapability, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+	}
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("querying SEV capabilities: creating socketpair: %w", err)
+	}
+	ours := os.NewFile(uintptr(fds[0]), "qmp-probe")
+	theirs := os.NewFile(uintptr(fds[1]), "qmp-probe-qemu")
+	defer ours.Close()
+	dir, err := os.MkdirTemp("", "snpd-probe-")
+	if err != nil {
+		theirs.Close()
+		return nil, fmt.Errorf("querying SEV capabilities: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	args := []string{
+		"-machine", "none", "-accel", "kvm", "-S", "-no-user-config", "-nodefaults", "-display", "none",
+		"-sandbox", SandboxArg, "-chardev", "socket,id=qmp,fd=3", "-mon", "chardev=qmp,mode=control",
+	}
+	inst, _, err := startProcess(qemuPath, args, []*os.File{theirs}, dir+"/"+StderrName)
+	theirs.Close()
+	if err != nil {
+		return nil, fmt.Errorf("querying SEV capabilities: %w", err)
+	}
+	defer inst.Kill()
+	c, err := qmp.NewClientFile(ctx, ours, nil)
+	if err != nil {
+		select {
+		case <-inst.Done():
+			return nil, fmt.Errorf("querying SEV capabilities: %w", qemuExitError(inst.Exit()))
+		case <-time.After(time.Second):
+		}
+		return nil, fmt.Errorf("querying SEV capabilities: %w", err)
+	}
+	defer c.Close()
+	caps, err := c.QuerySEVCapabilities(ctx)
+	var qe *qmp.Error
+	if errors.As(err, &qe) {
+		return nil, fmt.Errorf("SEV-SNP is not available on this host (query-sev-capabilities: %s): %s", qe.Desc, snpHostHint)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("querying SEV capabilities: %w", err)
+	}
+	_ = c.Quit(ctx)
+	return &caps, nil
+}
