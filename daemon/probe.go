@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -71,6 +72,48 @@ func (c *QEMUCaps) CheckSNP() error {
 // its version and the sev-snp-guest properties over QMP on a socketpair, and quits it.
 // ctx bounds the whole probe (a 10 s limit applies when ctx has no deadline).
 func ProbeQEMU(ctx context.Context, qemuPath string) (*QEMUCaps, error) {
+	caps := &QEMUCaps{Path: qemuPath}
+	err := withProbeQEMU(ctx, qemuPath, []string{"-machine", "none"}, func(ctx context.Context, c *qmp.Client) error {
+		var err error
+		if caps.Version, err = c.QueryVersion(ctx); err != nil {
+			return err
+		}
+		props, err := c.QOMListProperties(ctx, "sev-snp-guest")
+		var qe *qmp.Error
+		switch {
+		case errors.As(err, &qe):
+			// DeviceNotFound / GenericError: the type does not exist in this binary.
+		case err != nil:
+			return err
+		default:
+			caps.SNPProps = make(map[string]string, len(props))
+			for _, p := range props {
+				caps.SNPProps[p.Name] = p.Type
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("probing qemu %s: %w", qemuPath, err)
+	}
+	return caps, nil
+}
+
+// probeExitError is returned by withProbeQEMU when QEMU exits before answering on QMP;
+// err is QEMU's own message (see qemuExitError), exit how it ended.
+type probeExitError struct {
+	err  error
+	exit ExitInfo
+}
+
+func (e *probeExitError) Error() string { return e.err.Error() }
+func (e *probeExitError) Unwrap() error { return e.err }
+
+// withProbeQEMU starts a throwaway, sandboxed, paused QEMU with args (plus -S,
+// -nodefaults, -no-user-config, -display none and a QMP monitor on a socketpair), runs
+// fn with a QMP client to it, then quits and kills it. ctx bounds everything (10 s when
+// it has no deadline). A QEMU that exits first gives a *probeExitError.
+func withProbeQEMU(ctx context.Context, qemuPath string, args []string, fn func(ctx context.Context, c *qmp.Client) error) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, 10*time.Second)
@@ -78,7 +121,7 @@ func ProbeQEMU(ctx context.Context, qemuPath string) (*QEMUCaps, error) {
 	}
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("probing qemu: creating socketpair: %w", err)
+		return fmt.Errorf("creating socketpair: %w", err)
 	}
 	ours := os.NewFile(uintptr(fds[0]), "qmp-probe")
 	theirs := os.NewFile(uintptr(fds[1]), "qmp-probe-qemu")
@@ -86,59 +129,32 @@ func ProbeQEMU(ctx context.Context, qemuPath string) (*QEMUCaps, error) {
 	dir, err := os.MkdirTemp("", "snpd-probe-")
 	if err != nil {
 		theirs.Close()
-		return nil, fmt.Errorf("probing qemu: %w", err)
+		return fmt.Errorf("creating probe directory: %w", err)
 	}
 	defer os.RemoveAll(dir)
-	args := []string{
-		"-machine", "none", "-S", "-no-user-config", "-nodefaults", "-display", "none",
-		"-sandbox", SandboxArg,
-		"-chardev", "socket,id=qmp,fd=3", "-mon", "chardev=qmp,mode=control",
-	}
-	inst, _, err := startProcess(qemuPath, args, []*os.File{theirs}, dir+"/"+StderrName)
+	full := append([]string{"-S", "-no-user-config", "-nodefaults", "-display", "none", "-sandbox", SandboxArg,
+		"-chardev", "socket,id=qmp,fd=3", "-mon", "chardev=qmp,mode=control"}, args...)
+	inst, _, err := startProcess(qemuPath, full, []*os.File{theirs}, filepath.Join(dir, StderrName))
 	theirs.Close()
 	if err != nil {
-		return nil, fmt.Errorf("probing qemu: %w", err)
+		return err
 	}
 	defer inst.Kill()
 	c, err := qmp.NewClientFile(ctx, ours, nil)
 	if err != nil {
 		select {
 		case <-inst.Done():
+			return &probeExitError{qemuExitError(inst.Exit()), inst.Exit()}
 		case <-time.After(time.Second):
 		}
-		return nil, fmt.Errorf("probing qemu %s: %w%s", qemuPath, err, stderrHint(inst))
+		return fmt.Errorf("connecting to QEMU's monitor: %w", err)
 	}
 	defer c.Close()
-	caps := &QEMUCaps{Path: qemuPath}
-	if caps.Version, err = c.QueryVersion(ctx); err != nil {
-		return nil, fmt.Errorf("probing qemu %s: %w", qemuPath, err)
-	}
-	props, err := c.QOMListProperties(ctx, "sev-snp-guest")
-	var qe *qmp.Error
-	switch {
-	case errors.As(err, &qe):
-		// DeviceNotFound / GenericError: the type does not exist in this binary.
-	case err != nil:
-		return nil, fmt.Errorf("probing qemu %s: %w", qemuPath, err)
-	default:
-		caps.SNPProps = make(map[string]string, len(props))
-		for _, p := range props {
-			caps.SNPProps[p.Name] = p.Type
-		}
+	if err := fn(ctx, c); err != nil {
+		return err
 	}
 	_ = c.Quit(ctx)
-	return caps, nil
-}
-
-func stderrHint(inst *Instance) string {
-	select {
-	case <-inst.Done():
-		if t := inst.Exit().StderrTail; len(t) > 0 {
-			return " (qemu: " + t[len(t)-1] + ")"
-		}
-	default:
-	}
-	return ""
+	return nil
 }
 
 // DetectHost reads the host facts a Spec needs: the C-bit position and reduced physical
@@ -163,104 +179,40 @@ func KVMRunsModel(ctx context.Context, qemuPath, model string) (ok bool, reason 
 	if !cpuModelRE.MatchString(model) {
 		return false, "", fmt.Errorf("cpu model %q: not a plain model name", model)
 	}
-	if _, has := ctx.Deadline(); !has {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-	}
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return false, "", fmt.Errorf("probing kvm cpu model: creating socketpair: %w", err)
-	}
-	ours := os.NewFile(uintptr(fds[0]), "qmp-probe")
-	theirs := os.NewFile(uintptr(fds[1]), "qmp-probe-qemu")
-	defer ours.Close()
-	dir, err := os.MkdirTemp("", "snpd-probe-")
-	if err != nil {
-		theirs.Close()
-		return false, "", fmt.Errorf("probing kvm cpu model: %w", err)
-	}
-	defer os.RemoveAll(dir)
-	args := []string{
-		"-machine", "q35", "-accel", "kvm", "-cpu", model + ",enforce", "-m", "size=16M",
-		"-S", "-no-user-config", "-nodefaults", "-display", "none", "-sandbox", SandboxArg,
-		"-chardev", "socket,id=qmp,fd=3", "-mon", "chardev=qmp,mode=control",
-	}
-	inst, _, err := startProcess(qemuPath, args, []*os.File{theirs}, dir+"/"+StderrName)
-	theirs.Close()
-	if err != nil {
-		return false, "", fmt.Errorf("probing kvm cpu model: %w", err)
-	}
-	defer inst.Kill()
-	c, cerr := qmp.NewClientFile(ctx, ours, nil)
-	if cerr == nil {
-		_ = c.Quit(ctx)
-		c.Close()
-		return true, "", nil
-	}
-	select {
-	case <-inst.Done():
-		for _, l := range inst.Exit().StderrTail {
-			if strings.Contains(l, "doesn't support") || strings.Contains(l, "error") {
+	args := []string{"-machine", "q35", "-accel", "kvm", "-cpu", model + ",enforce", "-m", "size=16M"}
+	err = withProbeQEMU(ctx, qemuPath, args, func(context.Context, *qmp.Client) error { return nil })
+	var pe *probeExitError
+	switch {
+	case errors.As(err, &pe):
+		// QEMU prints one warning per missing feature, then the error.
+		for _, l := range pe.exit.StderrTail {
+			if strings.Contains(l, "doesn't support") {
 				return false, stripQEMUPrefix(strings.TrimSpace(l)), nil
 			}
 		}
-		return false, "qemu " + inst.Exit().String(), nil
-	case <-ctx.Done():
-		return false, "", fmt.Errorf("probing kvm cpu model: %w", cerr)
+		return false, pe.Error(), nil
+	case err != nil:
+		return false, "", fmt.Errorf("probing kvm cpu model %s: %w", model, err)
 	}
+	return true, "", nil
 }
 
 // SEVCapabilities runs query-sev-capabilities on a `-machine none -accel kvm` QEMU: the
 // host's C-bit position and reduced physical address bits as the SEV firmware reports
 // them. On a host without SEV it returns one line saying what to check.
 func SEVCapabilities(ctx context.Context, qemuPath string) (*qmp.SevCapability, error) {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-	}
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("querying SEV capabilities: creating socketpair: %w", err)
-	}
-	ours := os.NewFile(uintptr(fds[0]), "qmp-probe")
-	theirs := os.NewFile(uintptr(fds[1]), "qmp-probe-qemu")
-	defer ours.Close()
-	dir, err := os.MkdirTemp("", "snpd-probe-")
-	if err != nil {
-		theirs.Close()
-		return nil, fmt.Errorf("querying SEV capabilities: %w", err)
-	}
-	defer os.RemoveAll(dir)
-	args := []string{
-		"-machine", "none", "-accel", "kvm", "-S", "-no-user-config", "-nodefaults", "-display", "none",
-		"-sandbox", SandboxArg, "-chardev", "socket,id=qmp,fd=3", "-mon", "chardev=qmp,mode=control",
-	}
-	inst, _, err := startProcess(qemuPath, args, []*os.File{theirs}, dir+"/"+StderrName)
-	theirs.Close()
-	if err != nil {
-		return nil, fmt.Errorf("querying SEV capabilities: %w", err)
-	}
-	defer inst.Kill()
-	c, err := qmp.NewClientFile(ctx, ours, nil)
-	if err != nil {
-		select {
-		case <-inst.Done():
-			return nil, fmt.Errorf("querying SEV capabilities: %w", qemuExitError(inst.Exit()))
-		case <-time.After(time.Second):
+	var caps qmp.SevCapability
+	err := withProbeQEMU(ctx, qemuPath, []string{"-machine", "none", "-accel", "kvm"}, func(ctx context.Context, c *qmp.Client) error {
+		var err error
+		caps, err = c.QuerySEVCapabilities(ctx)
+		var qe *qmp.Error
+		if errors.As(err, &qe) {
+			return fmt.Errorf("SEV-SNP is not available on this host (query-sev-capabilities: %s): %s", qe.Desc, snpHostHint)
 		}
-		return nil, fmt.Errorf("querying SEV capabilities: %w", err)
-	}
-	defer c.Close()
-	caps, err := c.QuerySEVCapabilities(ctx)
-	var qe *qmp.Error
-	if errors.As(err, &qe) {
-		return nil, fmt.Errorf("SEV-SNP is not available on this host (query-sev-capabilities: %s): %s", qe.Desc, snpHostHint)
-	}
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("querying SEV capabilities: %w", err)
 	}
-	_ = c.Quit(ctx)
 	return &caps, nil
 }
