@@ -42,6 +42,9 @@ type Launcher struct {
 	caps      *QEMUCaps
 	kvmModels map[string]kvmModel
 
+	busyMu sync.Mutex
+	busy   map[string]bool // names with a launch in progress
+
 	// perturb, when set (tests only), changes the verification expectation after it was
 	// derived from the spec, to exercise the mismatch path against a real QEMU.
 	perturb func(*expectation)
@@ -276,6 +279,22 @@ func (l *Launcher) Launch(ctx context.Context, vm *config.VM, h LaunchHooks) (*I
 	if vm == nil {
 		return nil, errors.New("launching: no VM definition")
 	}
+	// Two launches of one name would fight over its runtime directory.
+	l.busyMu.Lock()
+	if l.busy[vm.Name] {
+		l.busyMu.Unlock()
+		return nil, fmt.Errorf("launching %s: another launch of it is in progress", vm.Name)
+	}
+	if l.busy == nil {
+		l.busy = map[string]bool{}
+	}
+	l.busy[vm.Name] = true
+	l.busyMu.Unlock()
+	defer func() {
+		l.busyMu.Lock()
+		delete(l.busy, vm.Name)
+		l.busyMu.Unlock()
+	}()
 	spec, rec, err := l.Prepare(ctx, vm)
 	if err != nil {
 		return nil, fmt.Errorf("launching %s: %w", vm.Name, err)

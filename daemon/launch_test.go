@@ -453,3 +453,46 @@ func TestLaunchSNPHostFactsFromQEMU(t *testing.T) {
 	t.Log(err)
 	ltAssertNothingLeft(t, l, "snpcaps")
 }
+
+// TestLaunchSameNameConcurrently: of two simultaneous launches of one name, exactly one
+// runs; the other fails without touching the winner's runtime directory.
+func TestLaunchSameNameConcurrently(t *testing.T) {
+	ltNeed(t)
+	l := &Launcher{QEMU: ltQEMU, Platform: PlatformNone, RuntimeDir: ltRuntimeDir(t)}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	type result struct {
+		inst *Instance
+		err  error
+	}
+	ch := make(chan result, 2)
+	for range 2 {
+		go func() {
+			inst, err := l.Launch(ctx, ltVM("race"), LaunchHooks{})
+			ch <- result{inst, err}
+		}()
+	}
+	var ok []*Instance
+	var errs []error
+	for range 2 {
+		r := <-ch
+		if r.err != nil {
+			errs = append(errs, r.err)
+		} else {
+			ok = append(ok, r.inst)
+		}
+	}
+	for _, i := range ok {
+		defer i.Kill()
+	}
+	if len(ok) != 1 || len(errs) != 1 {
+		t.Fatalf("%d launched, errors %v; want exactly one of each", len(ok), errs)
+	}
+	t.Log(errs[0])
+	if st, err := ok[0].QMP.QueryStatus(ctx); err != nil || !st.Running {
+		t.Fatalf("winner: %+v %v", st, err)
+	}
+	if _, err := os.Stat(filepath.Join(ok[0].Dir, QMPSocketName)); err != nil {
+		t.Fatalf("winner's QMP socket: %v", err)
+	}
+}
