@@ -32,6 +32,9 @@ type Server struct {
 	started    time.Time
 	reattached []api.ReattachResult
 	att        *Attestor // attestation (daemon/attest.go); nil: routes answer unavailable
+	// socket is the path of the API socket actually served: the one systemd passed when
+	// socket-activated (snpd.socket's ListenStream), else cfg.Socket. "" outside Run.
+	socket string
 }
 
 // contextWithoutCancel keeps r's values but not its cancellation.
@@ -108,7 +111,8 @@ func Run(ctx context.Context, cfg *config.Daemon) error {
 		return fmt.Errorf("reattaching to running vms: %w", err)
 	}
 
-	s := &Server{cfg: cfg, mgr: mgr, store: store, log: log, started: time.Now().UTC(), reattached: reattached}
+	s := &Server{cfg: cfg, mgr: mgr, store: store, log: log, started: time.Now().UTC(), reattached: reattached,
+		socket: ln.Addr().String()}
 	if s.att, err = NewAttestor(cfg, policy, attestLookup(mgr, cfg.GuestChannel)); err != nil {
 		return err
 	}
@@ -116,10 +120,10 @@ func Run(ctx context.Context, cfg *config.Daemon) error {
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 
-	if err := waitAnswering(ctx, ln.Addr().String()); err != nil {
+	if err := waitAnswering(ctx, s.socket); err != nil {
 		return err
 	}
-	log.Info("snpd ready", "socket", ln.Addr().String(), "activated", activated, "platform", cfg.Platform, "pid", os.Getpid(), "reattached", len(reattached))
+	log.Info("snpd ready", "socket", s.socket, "activated", activated, "platform", cfg.Platform, "pid", os.Getpid(), "reattached", len(reattached))
 	if err := systemd.Ready(statusLine(mgr)); err != nil {
 		log.Warn("notifying systemd", "err", err)
 	}

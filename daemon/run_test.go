@@ -30,6 +30,13 @@ func TestRunNotifiesSystemd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Not socket-activated: the status names the configured socket snpd bound
+	// (systemd/snpd_e2e_test.go checks the activated case).
+	if st, err := d.Client.Status(ctxT(t, 5*time.Second)); err != nil {
+		t.Error(err)
+	} else if st.Socket != e.Socket {
+		t.Errorf("status socket = %q, want %q", st.Socket, e.Socket)
+	}
 	// vm_dir's definitions are imported before READY.
 	if st, _ := ready.Get("STATUS"); st != "1 vms: 1 stopped" {
 		t.Errorf("STATUS with READY=1: %q", st)

@@ -116,6 +116,16 @@ func TestSnpdUnderSystemdProtocol(t *testing.T) {
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("GET /v1/status: %s %s", resp.Status, body)
 	}
+	// The status names the socket snpd actually serves (the activated one), not the
+	// configured path it never bound: operators use it to find the API.
+	var st struct {
+		Socket string `json:"socket"`
+	}
+	if err := json.Unmarshal(body, &st); err != nil {
+		t.Errorf("decoding /v1/status: %v: %s", err, body)
+	} else if st.Socket != actPath {
+		t.Errorf("/v1/status socket = %q, want the activated socket %q", st.Socket, actPath)
+	}
 	if _, err := os.Stat(filepath.Join(runDir, "snpd.sock")); err == nil {
 		t.Error("snpd created its own socket although it was socket-activated")
 	}

@@ -176,14 +176,16 @@ type Event struct {
 
 // Status is the body of GET /v1/status.
 type Status struct {
-	Version   string        `json:"version"`
-	Platform  string        `json:"platform"`
-	PID       int           `json:"pid"`
-	StartedAt time.Time     `json:"started_at"`
-	StateDir  string        `json:"state_dir"`
-	Socket    string        `json:"socket"`
-	QEMU      string        `json:"qemu"`
-	VMs       map[State]int `json:"vms"`
+	Version   string    `json:"version"`
+	Platform  string    `json:"platform"`
+	PID       int       `json:"pid"`
+	StartedAt time.Time `json:"started_at"`
+	StateDir  string    `json:"state_dir"`
+	// Socket is the path of the API socket snpd serves: the socket systemd passed when
+	// socket-activated (snpd.socket), else the configured one.
+	Socket string        `json:"socket"`
+	QEMU   string        `json:"qemu"`
+	VMs    map[State]int `json:"vms"`
 	// Reattached lists what happened to each VM found running at start.
 	Reattached []ReattachResult `json:"reattached,omitempty"`
 }
