@@ -77,6 +77,8 @@ func docType(t reflect.Type) string {
 		return "integer"
 	case reflect.Slice:
 		return "array of " + docType(t.Elem()) + "s"
+	case reflect.Pointer: // optional with a default (nil: unset)
+		return docType(t.Elem())
 	}
 	return t.String()
 }

@@ -34,6 +34,9 @@ type Launcher struct {
 	// Host are the host facts; nil means DetectHost() at each launch, and on platform
 	// "none" TCG instead of KVM when KVM cannot run the CPU model (see KVMRunsModel).
 	Host *HostFacts
+	// Nice is the CPU priority QEMU runs at, 0..MaxQEMUNice (0: snpd's own); see
+	// startProcessNiced. snpd's config sets it from qemu_nice.
+	Nice int
 	// QMPTimeout bounds connecting to QEMU's monitor and each verification command;
 	// 0 means 10 s.
 	QMPTimeout time.Duration
@@ -362,7 +365,7 @@ func (l *Launcher) start(ctx context.Context, spec *Spec, rec *api.LaunchRecord,
 	rec.Argv = append([]string{l.QEMU}, args...)
 	rec.RuntimeDir = dir
 	rec.StartedAt = time.Now().UTC()
-	inst, _, err = startProcess(l.QEMU, args, extra, filepath.Join(dir, StderrName))
+	inst, _, err = startProcessNiced(l.Nice, l.QEMU, args, extra, filepath.Join(dir, StderrName))
 	if err != nil {
 		return nil, err
 	}

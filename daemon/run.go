@@ -91,6 +91,9 @@ func Run(ctx context.Context, cfg *config.Daemon) error {
 	defer store.Close()
 
 	launcher := &Launcher{QEMU: cfg.QEMU, Platform: Platform(cfg.Platform), RuntimeDir: cfg.RuntimeDir}
+	if cfg.QEMUNice != nil {
+		launcher.Nice = *cfg.QEMUNice
+	}
 	policy, err := loadPolicy(cfg)
 	if err != nil {
 		return err

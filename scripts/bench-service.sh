@@ -10,4 +10,4 @@ trap 'rm -rf "$bin"' EXIT
 chmod 755 "$bin"
 go build -o "$bin/snpctl" ./cmd/snpctl
 SNPCTL="$bin/snpctl" go test -count=1 -run '^$' -bench '^BenchmarkStart20WhileListing$' -benchtime 1x ./daemon/ \
-  | grep -E '^(BENCH |host load|20 concurrent|API list|snpctl vm list)'
+  | grep -E '^(BENCH |== |ratios|20 concurrent|API list|snpctl vm list)'

@@ -1,0 +1,105 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// MaxQEMUNice is the largest nice value QEMU can be started with (Linux's weakest).
+const MaxQEMUNice = 19
+
+// startProcessNiced is startProcess with QEMU at CPU priority nice (0..19; 0: snpd's own),
+// so that the control plane (snpd, snpctl, sshd) keeps getting the CPU while many guests
+// boot or spin. Lowering a priority needs no privilege; snpd never raises it.
+//
+// Two kernel mechanisms decide how much CPU a thread gets, and both are set:
+//   - The thread's nice value. Go cannot run code between fork and exec, so the fork
+//     happens on an OS thread locked to this goroutine whose own nice value was raised
+//     first: the child and every thread QEMU creates inherit it, with no window in which
+//     QEMU runs at snpd's priority. The locked thread is never unlocked, so the Go
+//     runtime discards it when the goroutine ends (and creates new threads from its
+//     template thread meanwhile), and no other goroutine ever runs at that priority.
+//   - The autogroup's nice value (CONFIG_SCHED_AUTOGROUP, on in Debian's kernels): QEMU
+//     runs in its own session (Setsid), which the kernel puts in a new autogroup at nice
+//     0, and autogroups share the CPU equally whatever their threads' nice values when
+//     snpd is not under a cgroup CPU controller. /proc/PID/autogroup is written right
+//     after exec; a kernel without autogroups has no such file and needs nothing.
+//
+// If QEMU cannot be put at that priority it is killed and an error returned.
+func startProcessNiced(nice int, qemuPath string, args []string, extra []*os.File, stderrPath string) (*Instance, *exec.Cmd, error) {
+	if nice < 0 || nice > MaxQEMUNice {
+		return nil, nil, fmt.Errorf("qemu nice value %d: must be 0..%d", nice, MaxQEMUNice)
+	}
+	if nice == 0 {
+		return startProcess(qemuPath, args, extra, stderrPath)
+	}
+	type result struct {
+		inst *Instance
+		cmd  *exec.Cmd
+		err  error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		// No UnlockOSThread: this thread's priority is lowered for good, so it must die
+		// with the goroutine.
+		cur, err := threadNice()
+		if err != nil {
+			ch <- result{err: err}
+			return
+		}
+		// PRIO_PROCESS with who 0 is the calling thread on Linux, not the whole process.
+		if err := unix.Setpriority(unix.PRIO_PROCESS, 0, max(nice, cur)); err != nil {
+			ch <- result{err: fmt.Errorf("lowering the cpu priority for qemu: %w", err)}
+			return
+		}
+		inst, cmd, err := startProcess(qemuPath, args, extra, stderrPath)
+		ch <- result{inst, cmd, err}
+	}()
+	r := <-ch
+	if r.err != nil {
+		return nil, nil, r.err
+	}
+	if err := setAutogroupNice(r.inst.PID, nice); err != nil {
+		_ = r.inst.Kill()
+		<-r.inst.Done()
+		return nil, nil, err
+	}
+	return r.inst, r.cmd, nil
+}
+
+// threadNice returns the calling thread's nice value (-20..19).
+func threadNice() (int, error) {
+	// The raw syscall returns 20-nice (1..40) so that no valid value looks like an error;
+	// x/sys returns it unconverted.
+	p, err := unix.Getpriority(unix.PRIO_PROCESS, 0)
+	if err != nil {
+		return 0, fmt.Errorf("reading the cpu priority: %w", err)
+	}
+	return 20 - p, nil
+}
+
+// setAutogroupNice sets the nice value of pid's scheduler autogroup (see
+// startProcessNiced); pid must lead its own session. No autogroup support: nothing to do.
+func setAutogroupNice(pid, nice int) error {
+	f, err := os.OpenFile("/proc/"+strconv.Itoa(pid)+"/autogroup", os.O_WRONLY, 0)
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ESRCH) {
+		return nil // no autogroups, or QEMU already exited (the launch reports that)
+	}
+	if err == nil {
+		_, err = f.WriteString(strconv.Itoa(nice))
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("lowering qemu's autogroup cpu priority: %w", err)
+	}
+	return nil
+}

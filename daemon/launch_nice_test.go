@@ -1,0 +1,143 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/snpd/snpd/qmp"
+)
+
+// threadNices returns the nice value (field 19 of /proc/PID/task/TID/stat) of every
+// thread of pid ("self" for this process), by thread id.
+func threadNices(t *testing.T, pid string) map[string]int {
+	t.Helper()
+	dir := filepath.Join("/proc", pid, "task")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int{}
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name(), "stat"))
+		if err != nil {
+			continue // the thread exited meanwhile
+		}
+		i := bytes.LastIndexByte(b, ')')
+		f := strings.Fields(string(b[i+1:]))
+		// f[0] is field 3 (state); field 19 (nice) is f[16].
+		n, err := strconv.Atoi(f[16])
+		if err != nil {
+			t.Fatalf("%s/%s/stat: nice %q: %v", dir, e.Name(), f[16], err)
+		}
+		out[e.Name()] = n
+	}
+	return out
+}
+
+// niceQEMU starts `qemu -machine none -S` through startProcessNiced and waits until its
+// monitor answers, so that QEMU's own threads (RCU, monitor I/O...) exist.
+func niceQEMU(t *testing.T, nice int) *Instance {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ours, theirs := os.NewFile(uintptr(fds[0]), "ours"), os.NewFile(uintptr(fds[1]), "theirs")
+	defer ours.Close()
+	args := []string{"-machine", "none", "-S", "-nodefaults", "-no-user-config", "-display", "none",
+		"-sandbox", SandboxArg, "-chardev", "socket,id=qmp,fd=3", "-mon", "chardev=qmp,mode=control"}
+	t.Logf("argv: %q (nice %d)", args, nice)
+	inst, _, err := startProcessNiced(nice, ltQEMU, args, []*os.File{theirs}, t.TempDir()+"/qemu.stderr")
+	theirs.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { inst.Kill(); <-inst.Done() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := qmp.NewClientFile(ctx, ours, nil)
+	if err != nil {
+		t.Fatalf("connecting to QEMU's monitor: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return inst
+}
+
+// TestStartProcessNiced checks with the real QEMU that every QEMU thread (including
+// those created after exec) and QEMU's autogroup run at the requested nice value, and
+// that no thread of snpd itself is left at that priority.
+func TestStartProcessNiced(t *testing.T) {
+	if _, err := os.Stat(ltQEMU); err != nil {
+		t.Skipf("%s is missing (run scripts/install-deps.sh): %v", ltQEMU, err)
+	}
+	self := threadNices(t, "self")
+	var base int
+	for _, n := range self {
+		base = n
+	}
+	for _, nice := range []int{7, 0} {
+		inst := niceQEMU(t, nice)
+		pid := strconv.Itoa(inst.PID)
+		want := max(nice, base)
+		got := threadNices(t, pid)
+		if len(got) < 2 {
+			t.Errorf("nice %d: qemu has %d threads, want its helper threads too", nice, len(got))
+		}
+		for tid, n := range got {
+			if n != want {
+				t.Errorf("nice %d: qemu thread %s runs at nice %d, want %d", nice, tid, n, want)
+			}
+		}
+		if b, err := os.ReadFile("/proc/" + pid + "/autogroup"); err == nil {
+			// "/autogroup-123 nice 7"
+			if f := strings.Fields(string(b)); len(f) != 3 || f[2] != strconv.Itoa(nice) {
+				t.Errorf("nice %d: qemu's autogroup is %q", nice, b)
+			}
+			own, _ := os.ReadFile("/proc/self/autogroup")
+			if bytes.Equal(own, b) {
+				t.Errorf("qemu shares snpd's autogroup %q (it should lead its own session)", b)
+			}
+		} else {
+			t.Logf("no autogroups on this kernel: %v", err)
+		}
+	}
+	for tid, n := range threadNices(t, "self") {
+		if n != base {
+			t.Errorf("snpd thread %s left at nice %d, want %d", tid, n, base)
+		}
+	}
+	for _, bad := range []int{-1, MaxQEMUNice + 1} {
+		if _, _, err := startProcessNiced(bad, ltQEMU, nil, nil, t.TempDir()+"/qemu.stderr"); err == nil || !strings.Contains(err.Error(), "must be 0..19") {
+			t.Errorf("nice %d: err %v, want a range error", bad, err)
+		}
+	}
+}
+
+// TestServiceQEMUNice checks that snpd's qemu_nice setting reaches the QEMU of a VM
+// started through the API.
+func TestServiceQEMUNice(t *testing.T) {
+	needQEMU(t)
+	e := newTestEnv(t, "qemu_nice = 3\n")
+	d := startDaemon(t, e)
+	mustDefine(t, d.Client, "nice", "")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	info, err := d.Client.Start(ctx, "nice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Client.Kill(context.Background(), "nice")
+	for tid, n := range threadNices(t, strconv.Itoa(info.PID)) {
+		if n != 3 {
+			t.Errorf("qemu thread %s runs at nice %d, want 3", tid, n)
+		}
+	}
+}
