@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -94,8 +95,10 @@ type LibvirtRegistration struct {
 }
 
 // RegisterLibvirt maps a libvirt domain onto the VM spec, checks the host policy (every
-// violation, as a *PolicyError), computes the expected launch digest and stores the
-// registration, replacing an earlier one of the same name.
+// violation, as a *PolicyError), computes the expected launch digest of a sev-snp domain
+// (a domain without sev-snp launchSecurity has none: its record says it is not
+// confidential, see nonConfidentialRecord) and stores the registration, replacing an
+// earlier one of the same name.
 func (m *Manager) RegisterLibvirt(ctx context.Context, req api.LibvirtDomainRequest) (*LibvirtRegistration, error) {
 	if err := api.ValidName(req.Name); err != nil {
 		return nil, err
@@ -120,12 +123,17 @@ func (m *Manager) RegisterLibvirt(ctx context.Context, req api.LibvirtDomainRequ
 	if len(violations) > 0 {
 		return nil, &PolicyError{VM: vm.Name, Violations: violations}
 	}
-	if m.prepare == nil {
-		return nil, fmt.Errorf("no launcher to measure libvirt domains: %w", api.ErrUnavailable)
-	}
-	rec, err := m.prepare(ctx, vm)
-	if err != nil {
-		return nil, fmt.Errorf("computing the expected digest of %q: %w: %w", vm.Name, err, api.ErrInvalid)
+	var rec *api.LaunchRecord
+	if vm.Libvirt != nil && vm.Libvirt.LaunchSecurity == "sev-snp" {
+		if m.prepare == nil {
+			return nil, fmt.Errorf("no launcher to measure libvirt domains: %w", api.ErrUnavailable)
+		}
+		if rec, err = m.prepare(ctx, vm); err != nil {
+			return nil, fmt.Errorf("computing the expected digest of %q: %w: %w", vm.Name, err, api.ErrInvalid)
+		}
+	} else if rec, err = nonConfidentialRecord(vm, m.platform); err != nil {
+		// Only reached when the policy allowed the domain (or there is none).
+		return nil, fmt.Errorf("recording libvirt domain %q: %w: %w", vm.Name, err, api.ErrInvalid)
 	}
 	def, err := json.Marshal(vm)
 	if err != nil {
@@ -145,6 +153,52 @@ func (m *Manager) UnregisterLibvirt(name string) error {
 		return err
 	}
 	return m.store.DeleteLibvirt(name)
+}
+
+// nonConfidentialRecord is the record of a libvirt domain without sev-snp launchSecurity
+// (allowed by the policy's allow_non_confidential, or on platform "none"). Such a guest
+// has no SNP launch digest, policy, guest features or VMSA, so the record carries none
+// and says it is not confidential; it keeps what is true of it: the digests of the boot
+// files libvirt names, vCPUs, CPU model, memory, cmdline. Nothing is measured, so a
+// firmware no SNP launch could use (SeaBIOS, a pflash OVMF) is no error.
+func nonConfidentialRecord(vm *config.VM, platform string) (*api.LaunchRecord, error) {
+	r := &api.LaunchRecord{
+		Name: vm.Name, Platform: platform, Note: api.NotConfidential,
+		Cmdline: vm.Cmdline, VCPUs: vm.VCPUs, CPUModel: vm.CPUModel, MemoryMiB: vm.MemoryMiB,
+	}
+	// SealFile rather than a plain hash: the same regular-file check and size bounds as
+	// a launch; the memfd is dropped right away.
+	digest := func(name, path string, max int64) (*SealedFile, error) {
+		if path == "" {
+			return nil, nil
+		}
+		return SealFile(name, path, max)
+	}
+	fw, err := digest("firmware", vm.Firmware, MaxFirmwareSize)
+	if err != nil {
+		return nil, fmt.Errorf("hashing boot files: %w", err)
+	}
+	if fw != nil {
+		r.FirmwareSHA256, r.FirmwareSHA384, r.FirmwareSize = hex.EncodeToString(fw.SHA256[:]), hex.EncodeToString(fw.SHA384[:]), fw.Size
+		fw.Close()
+	}
+	k, err := digest("kernel", vm.Kernel, MaxKernelSize)
+	if err != nil {
+		return nil, fmt.Errorf("hashing boot files: %w", err)
+	}
+	if k != nil {
+		r.KernelSHA256 = hex.EncodeToString(k.SHA256[:])
+		k.Close()
+	}
+	i, err := digest("initrd", vm.Initrd, MaxInitrdSize)
+	if err != nil {
+		return nil, fmt.Errorf("hashing boot files: %w", err)
+	}
+	if i != nil {
+		r.InitrdSHA256 = hex.EncodeToString(i.SHA256[:])
+		i.Close()
+	}
+	return r, nil
 }
 
 // launcherPrepare adapts Launcher.Prepare: measure without starting anything.

@@ -243,7 +243,7 @@ func (s *Server) registerLibvirt(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, api.LibvirtDomainResponse{Name: reg.Name, ExpectedDigest: reg.Record.ExpectedDigest})
+	return writeJSON(w, http.StatusOK, api.LibvirtDomainResponse{Name: reg.Name, ExpectedDigest: reg.Record.ExpectedDigest, Note: reg.Record.Note})
 }
 
 func (s *Server) unregisterLibvirt(w http.ResponseWriter, r *http.Request) error {

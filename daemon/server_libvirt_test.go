@@ -40,7 +40,8 @@ func TestLibvirtHookEndpoints(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resp.Name != "lv1" || len(resp.ExpectedDigest) != 96 {
+	// No launchSecurity: not confidential, no SNP digest (libvirt_confidential_test.go).
+	if resp.Name != "lv1" || resp.ExpectedDigest != "" || resp.Note != api.NotConfidential {
 		t.Fatalf("registration: %+v", resp)
 	}
 	// Registered, not launched: no VM appears in the list.

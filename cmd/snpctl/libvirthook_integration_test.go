@@ -144,7 +144,8 @@ stdio_handler = "file"
 		t.Errorf("refused domain is %q", st)
 	}
 
-	// A conforming plain domain (no launchSecurity: platform "none") starts.
+	// A conforming plain domain (no launchSecurity: platform "none") starts; snpd
+	// registers it without an SNP launch digest (it has none).
 	ok := lvDomainXML("snpd-ok", "EPYC", 256)
 	lvWrite(t, dir("ok.xml"), ok)
 	if _, err := virsh("define", dir("ok.xml")); err != nil {
@@ -165,7 +166,7 @@ stdio_handler = "file"
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Logf("snpd saw: %q", srv.log())
-	if want := []string{"POST snpd-bad 422", "POST snpd-ok 200 digest", "DELETE snpd-ok 204"}; !lvContainsInOrder(srv.log(), want) {
+	if want := []string{"POST snpd-bad 422", "POST snpd-ok 200 not-confidential", "DELETE snpd-ok 204"}; !lvContainsInOrder(srv.log(), want) {
 		t.Errorf("snpd saw %q, want %q in order", srv.log(), want)
 	}
 
@@ -204,7 +205,8 @@ func lvDomainXML(name, cpu string, memMiB int) string {
 
 // recordingProxy forwards the hook's requests from the socket it dials to snpd's real
 // socket and records "METHOD NAME STATUS" for each ("digest" appended when a 200
-// registration carries a 96-digit expected launch digest).
+// registration carries a 96-digit expected launch digest, "not-confidential" when it
+// carries none and says so).
 type recordingProxy struct {
 	srv  *http.Server
 	mu   sync.Mutex
@@ -240,8 +242,13 @@ func newRecordingProxy(t *testing.T, sock, target string) *recordingProxy {
 			}
 			e := fmt.Sprintf("%s %s %d", resp.Request.Method, name, resp.StatusCode)
 			var ok api.LibvirtDomainResponse
-			if resp.StatusCode == http.StatusOK && json.Unmarshal(body, &ok) == nil && len(ok.ExpectedDigest) == 96 {
-				e += " digest"
+			if resp.StatusCode == http.StatusOK && json.Unmarshal(body, &ok) == nil {
+				switch {
+				case len(ok.ExpectedDigest) == 96:
+					e += " digest"
+				case ok.ExpectedDigest == "" && ok.Note == api.NotConfidential:
+					e += " not-confidential"
+				}
 			}
 			p.mu.Lock()
 			p.seen = append(p.seen, e)

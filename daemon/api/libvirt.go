@@ -28,9 +28,14 @@ type LibvirtDomainRequest struct {
 type LibvirtDomainResponse struct {
 	// Name echoes the domain name.
 	Name string `json:"name"`
-	// ExpectedDigest is the hex launch digest snpd expects for the domain (empty when
-	// the domain is not confidential, e.g. on platform "none" without launchSecurity).
+	// ExpectedDigest is the SEV-SNP launch digest (48 bytes, hex) snpd expects for a
+	// domain with <launchSecurity type='sev-snp'>. Empty for any other domain: it is not
+	// confidential and has no SNP launch digest. On platform "none" a sev-snp domain's
+	// digest is computed for reference, as for snpd's own VMs there.
 	ExpectedDigest string `json:"expected_digest,omitempty"`
+	// Note is NotConfidential when the domain will run without SEV-SNP (no sev-snp
+	// launchSecurity, or platform "none"); empty for a confidential domain.
+	Note string `json:"note,omitempty"`
 }
 
 // Violation is one broken host-policy rule (config.Violation on the wire).
