@@ -352,7 +352,7 @@ func (p *libvirtdProc) exited() bool {
 }
 
 // startPrivateLibvirtd starts libvirtd in a new mount namespace where each key of binds is
-// bind-mounted over its value. The namespace is made on a locked OS thread that then
+// bind-mounted over its value, with its pid file in root (not the host's /run). The namespace is made on a locked OS thread that then
 // exits, so this test process keeps the host's view.
 func startPrivateLibvirtd(t *testing.T, root string, binds map[string]string) *libvirtdProc {
 	t.Helper()
@@ -360,7 +360,9 @@ func startPrivateLibvirtd(t *testing.T, root string, binds map[string]string) *l
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("/usr/sbin/libvirtd")
+	// Its own pid file: the default /run/libvirtd.pid is the host's (only /run/libvirt is
+	// bound over), so two overlapping runs of this test would fight over it.
+	cmd := exec.Command("/usr/sbin/libvirtd", "--pid-file", filepath.Join(root, "libvirtd.pid"))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	for _, dst := range binds {
