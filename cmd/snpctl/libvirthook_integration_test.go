@@ -115,6 +115,10 @@ stdio_handler = "file"
 		}
 		time.Sleep(300 * time.Millisecond)
 	}
+	// libvirtd's pid file is this test's, so parallel runs cannot collide on the host's.
+	if b, err := os.ReadFile(dir("libvirtd.pid")); err != nil || strings.TrimSpace(string(b)) != strconv.Itoa(lvd.cmd.Process.Pid) {
+		t.Errorf("libvirtd's pid file in the test root: %q, %v; want pid %d", b, err, lvd.cmd.Process.Pid)
+	}
 	t.Cleanup(func() {
 		for _, d := range []string{"snpd-ok", "snpd-bad"} {
 			_, _ = virsh("destroy", d)
