@@ -274,7 +274,7 @@ func (p *Policy) Validate() error {
 		bad("vcpu.models: list the allowed CPU models")
 	}
 	for i, m := range p.VCPU.Models {
-		if !cpuModelRE.MatchString(m) {
+		if !cpuModelRE().MatchString(m) {
 			bad("vcpu.models[%d] %q: not a CPU model name", i, m)
 		}
 	}

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
-	"regexp"
 	"strings"
 
 	"github.com/google/go-sev-guest/abi"
@@ -44,10 +43,10 @@ const (
 )
 
 var (
-	nameRE     = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._-]{0,62}$`)
-	cpuModelRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
-	tapRE      = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._-]{0,14}$`)
-	hex16RE    = regexp.MustCompile(`^[0-9a-fA-F]{32}$`)
+	nameRE     = lazyRegexp(`^[A-Za-z0-9_][A-Za-z0-9._-]{0,62}$`)
+	cpuModelRE = lazyRegexp(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+	tapRE      = lazyRegexp(`^[A-Za-z0-9_][A-Za-z0-9._-]{0,14}$`)
+	hex16RE    = lazyRegexp(`^[0-9a-fA-F]{32}$`)
 )
 
 // DecodeVM decodes a VM definition strictly (see DecodeStrict), applies defaults and
@@ -144,13 +143,13 @@ func (vm *VM) Validate() error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 
-	if !nameRE.MatchString(vm.Name) {
+	if !nameRE().MatchString(vm.Name) {
 		bad("name %q: want 1..63 characters of [A-Za-z0-9._-], not starting with '.' or '-'", vm.Name)
 	}
 	if vm.VCPUs < 1 || vm.VCPUs > MaxVCPUs {
 		bad("vcpus %d: want 1..%d", vm.VCPUs, MaxVCPUs)
 	}
-	if !cpuModelRE.MatchString(vm.CPUModel) {
+	if !cpuModelRE().MatchString(vm.CPUModel) {
 		bad("cpu_model %q: want a QEMU CPU model name ([A-Za-z0-9._-], at most 64 characters)", vm.CPUModel)
 	}
 	if vm.MemoryMiB < 1 || vm.MemoryMiB > MaxMemoryMiB {
@@ -200,7 +199,7 @@ func (vm *VM) Validate() error {
 				bad("network[%d].tap: only for type \"tap\"", i)
 			}
 		case "tap":
-			if !tapRE.MatchString(n.Tap) {
+			if !tapRE().MatchString(n.Tap) {
 				bad("network[%d].tap %q: want an interface name of 1..15 characters [A-Za-z0-9._-]", i, n.Tap)
 			}
 		default:
@@ -291,7 +290,7 @@ func (s *SNP) validate() []error {
 		bad("snp.author_key_enabled: needs an ID block")
 	}
 	for _, f := range []struct{ key, v string }{{"family_id", s.FamilyID}, {"image_id", s.ImageID}} {
-		if f.v != "" && !hex16RE.MatchString(f.v) {
+		if f.v != "" && !hex16RE().MatchString(f.v) {
 			bad("snp.%s %q: want 32 hex digits (16 bytes)", f.key, f.v)
 		}
 	}

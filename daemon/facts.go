@@ -11,7 +11,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"regexp"
 	"time"
 
 	"github.com/snpd/snpd/config"
@@ -130,7 +129,7 @@ func IDAuthFacts(vm *config.VM, f *config.Facts) error {
 	return nil
 }
 
-var qemuVersionRE = regexp.MustCompile(`QEMU emulator version ([0-9]+\.[0-9]+(?:\.[0-9]+)?)`)
+var qemuVersionRE = lazyRegexp(`QEMU emulator version ([0-9]+\.[0-9]+(?:\.[0-9]+)?)`)
 
 // QEMUVersion runs `path --version` (no shell, at most 5 s) and returns its version.
 func QEMUVersion(ctx context.Context, path string) ([3]int, error) {
@@ -148,7 +147,7 @@ func QEMUVersion(ctx context.Context, path string) ([3]int, error) {
 // ParseQEMUVersion extracts the version from `qemu-system-x86_64 --version` output
 // ("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-1~bpo12+1)").
 func ParseQEMUVersion(out []byte) ([3]int, error) {
-	m := qemuVersionRE.FindSubmatch(out)
+	m := qemuVersionRE().FindSubmatch(out)
 	if m == nil {
 		line, _, _ := bytes.Cut(out, []byte("\n"))
 		return [3]int{}, fmt.Errorf("parsing QEMU version: no \"QEMU emulator version\" in %q", line)

@@ -176,7 +176,7 @@ func DetectHost() HostFacts {
 // model needs; platform "none" then falls back to TCG. It starts a paused q35 machine
 // without firmware and quits it. The reason is QEMU's first error line when false.
 func KVMRunsModel(ctx context.Context, qemuPath, model string) (ok bool, reason string, err error) {
-	if !cpuModelRE.MatchString(model) {
+	if !cpuModelRE().MatchString(model) {
 		return false, "", fmt.Errorf("cpu model %q: not a plain model name", model)
 	}
 	args := []string{"-machine", "q35", "-accel", "kvm", "-cpu", model + ",enforce", "-m", "size=16M"}

@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"unicode/utf8"
 
@@ -174,10 +173,10 @@ type NetSpec struct {
 }
 
 var (
-	nameRE     = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
-	cpuModelRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
-	tapRE      = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,14}$`)
-	hex16RE    = regexp.MustCompile(`^[0-9a-fA-F]{32}$`)
+	nameRE     = lazyRegexp(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+	cpuModelRE = lazyRegexp(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+	tapRE      = lazyRegexp(`^[A-Za-z0-9][A-Za-z0-9._-]{0,14}$`)
+	hex16RE    = lazyRegexp(`^[0-9a-fA-F]{32}$`)
 )
 
 // NewSpec builds the launch spec from a VM definition, the platform, host facts and the
@@ -224,13 +223,13 @@ func NewSpec(vm *config.VM, platform Platform, host HostFacts, fw, kernel, initr
 	if platform == PlatformSEVSNP && host.Accel != AccelKVM {
 		bad("platform sev-snp needs KVM (/dev/kvm is not usable)")
 	}
-	if !nameRE.MatchString(s.Name) {
+	if !nameRE().MatchString(s.Name) {
 		bad("name %q: want 1..63 of [A-Za-z0-9._-], starting with a letter or digit", s.Name)
 	}
 	if s.VCPUs < 1 || s.VCPUs > 512 {
 		bad("vcpus %d: want 1..512", s.VCPUs)
 	}
-	if !cpuModelRE.MatchString(s.CPUModel) {
+	if !cpuModelRE().MatchString(s.CPUModel) {
 		bad("cpu_model %q: want a plain QEMU CPU model name (letters, digits, . _ -)", s.CPUModel)
 	}
 	if s.MemoryMiB < 16 || s.MemoryMiB > 4<<20 {
@@ -310,7 +309,7 @@ func NewSpec(vm *config.VM, platform Platform, host HostFacts, fw, kernel, initr
 		if f.v == "" {
 			continue
 		}
-		if !hex16RE.MatchString(f.v) {
+		if !hex16RE().MatchString(f.v) {
 			bad("%s: want 32 hex digits", f.name)
 			continue
 		}
@@ -361,7 +360,7 @@ func NewSpec(vm *config.VM, platform Platform, host HostFacts, fw, kernel, initr
 				bad("network %d: tap is only for type tap", i)
 			}
 		case "tap":
-			if !tapRE.MatchString(n.Tap) {
+			if !tapRE().MatchString(n.Tap) {
 				bad("network %d: tap %q: want 1..15 of [A-Za-z0-9._-]", i, n.Tap)
 			}
 		default:
