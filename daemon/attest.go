@@ -143,6 +143,13 @@ func (a *Attestor) Attest(ctx context.Context, name string, nonce []byte) (*api.
 	if vd.Report != nil {
 		out.Decoded, _ = json.Marshal(vd.Report)
 	}
+	// Give the guest its own launch record and chain (best effort: the evidence above
+	// stands on its own).
+	if b, err := json.Marshal(t.Record); err == nil {
+		if err := t.Channel.Provision(ctx, b, vd.ChainPEM); err == nil {
+			out.Provisioned = true
+		}
+	}
 	return out, nil
 }
 

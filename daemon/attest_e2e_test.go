@@ -103,14 +103,18 @@ func TestAttestRealGuestThroughSnpd(t *testing.T) {
 				t.Fatalf("exit %d, stderr %q: want exit 1 and one Error line", code, msg)
 			}
 			t.Logf("snpctl attest: exit %d in %v: %s", code, took.Round(time.Millisecond), msg)
-			// Now that the agent is up, a second challenge is answered promptly.
-			start = time.Now()
-			out, err := exec.Command(snpctl, "--socket", e.Socket, "attest", "att1", "--timeout", "30s").CombinedOutput()
-			if err == nil || !strings.Contains(string(out), "guest has no SEV-SNP report device") {
-				t.Fatalf("second attest: %v %s", err, out)
-			}
-			if took := time.Since(start); took > 10*time.Second {
-				t.Fatalf("the agent's refusal took %v", took)
+			// Now that the agent is up, back-to-back challenges are answered promptly
+			// (the agent keeps the port open across host reconnects).
+			for i := 0; i < 3; i++ {
+				start = time.Now()
+				out, err := exec.Command(snpctl, "--socket", e.Socket, "attest", "att1", "--timeout", "30s").CombinedOutput()
+				if err == nil || !strings.Contains(string(out), "guest has no SEV-SNP report device") {
+					b, _ := os.ReadFile(console)
+					t.Fatalf("attest %d after the first: %v %s\nconsole:\n%s", i+2, err, out, b)
+				}
+				if took := time.Since(start); took > 10*time.Second {
+					t.Fatalf("the agent's refusal took %v", took)
+				}
 			}
 			return
 		}

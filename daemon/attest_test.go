@@ -91,7 +91,8 @@ func newAttestFixture(t *testing.T) *attestFixture {
 
 func TestAttestThroughGuestChannel(t *testing.T) {
 	fx := newAttestFixture(t)
-	fx.target.Channel = GuestChannel{SerialSocket: fakeGuest(t, &snptest.AgentSource{Signer: fx.signer, Fields: fx.fields}), Timeout: 5 * time.Second}
+	src := &snptest.AgentSource{Signer: fx.signer, Fields: fx.fields}
+	fx.target.Channel = GuestChannel{SerialSocket: fakeGuest(t, src), Timeout: 5 * time.Second}
 	nonce := []byte("0123456789abcdef0123456789abcdef")
 	resp, err := fx.att.Attest(context.Background(), "vm1", nonce)
 	if err != nil {
@@ -99,6 +100,11 @@ func TestAttestThroughGuestChannel(t *testing.T) {
 	}
 	if !resp.Verdict.OK {
 		t.Fatalf("verdict: %+v", resp.Verdict)
+	}
+	// The guest got its own launch record and chain.
+	p := src.Provisioned()
+	if !resp.Provisioned || p == nil || !strings.Contains(string(p.Record), fx.rec.ExpectedDigest) || !strings.Contains(p.ChainPEM, "BEGIN CERTIFICATE") {
+		t.Fatalf("guest not provisioned: %v %+v", resp.Provisioned, p)
 	}
 	if len(resp.Report) != snp.ReportSize || resp.ChainPEM == "" || !strings.Contains(string(resp.Reference), fx.rec.ExpectedDigest) || !strings.Contains(string(resp.Decoded), "measurement") {
 		t.Fatalf("response lacks evidence: %+v", resp)

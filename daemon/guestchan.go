@@ -100,6 +100,37 @@ func (g GuestChannel) Challenge(ctx context.Context, nonce, userData []byte) (*a
 	return resp, nil
 }
 
+// Provision gives the agent the VM's launch record (JSON) and certificate chain (PEM),
+// which guest software reads with `snp-agent record|chain`.
+func (g GuestChannel) Provision(ctx context.Context, record []byte, chainPEM string) error {
+	p := &agentproto.Provision{Record: record, ChainPEM: chainPEM}
+	if err := p.Validate(); err != nil {
+		return fmt.Errorf("provisioning guest: %w", err)
+	}
+	ctx, cancel := g.withTimeout(ctx)
+	defer cancel()
+	conn, err := g.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	f, err := agentproto.Exchange(ctx, conn, agentproto.TypeProvision, exchangeID.Add(1), p)
+	if err != nil {
+		return fmt.Errorf("provisioning guest: %w", err)
+	}
+	switch f.Type {
+	case agentproto.TypeAck:
+		return nil
+	case agentproto.TypeError:
+		var e agentproto.Error
+		if err := f.Decode(&e); err != nil {
+			return fmt.Errorf("provisioning guest: %w", err)
+		}
+		return fmt.Errorf("provisioning guest: agent: %s", e.Message)
+	}
+	return fmt.Errorf("provisioning guest: unexpected %v answer", f.Type)
+}
+
 // Ping checks that an agent answers on the channel.
 func (g GuestChannel) Ping(ctx context.Context) error {
 	ctx, cancel := g.withTimeout(ctx)

@@ -50,15 +50,28 @@ var ErrNoDevice = errors.New("guest has no SEV-SNP report device")
 func main() {
 	vsockPort := flag.Uint("vsock-port", 5000, "vsock port to listen on when the guest has a vsock device (0: none)")
 	portPath := flag.String("port", "", "virtio-serial port device (default: the port named "+PortName+")")
+	stateDir := flag.String("state-dir", "/run/snp-agent", "where the launch record and chain snpd provisions are kept")
+	flag.Usage = func() {
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: snp-agent [flags]          serve attestation challenges\n"+
+			"       snp-agent [flags] record   print this guest's launch record as snpd provisioned it\n"+
+			"       snp-agent [flags] chain    print the VCEK/ASK/ARK chain snpd provisioned (PEM)\n")
+		flag.PrintDefaults()
+	}
 	flag.Parse()
 	log.SetFlags(0)
 	log.SetPrefix("snp-agent: ")
+	// As PID 1 the positional arguments are kernel command line leftovers (the EFI shell
+	// passes the image path, "\vmlinuz"), never a subcommand.
+	if flag.NArg() > 0 && os.Getpid() != 1 {
+		os.Exit(show(*stateDir, flag.Arg(0), flag.NArg()))
+	}
+	src := &quoteSource{stateDir: *stateDir}
 	init1 := os.Getpid() == 1
 	if init1 {
 		setupInit()
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	err := run(ctx, *portPath, uint32(*vsockPort))
+	err := run(ctx, src, *portPath, uint32(*vsockPort))
 	stop()
 	if err != nil {
 		log.Print(err)
@@ -73,10 +86,44 @@ func main() {
 }
 
 // quoteSource gets reports through go-sev-guest. The provider is looked up per request so
-// a report device that appears after start (module loaded late) is found.
-type quoteSource struct{}
+// a report device that appears after start (module loaded late) is found. It also keeps
+// what snpd provisions in stateDir (record.json, chain.pem).
+type quoteSource struct{ stateDir string }
 
-func (quoteSource) GetReport(reportData [64]byte) ([]byte, []byte, error) {
+// Provision implements agentproto.Provisioner: the files are replaced atomically.
+func (q *quoteSource) Provision(p *agentproto.Provision) error {
+	if err := os.MkdirAll(q.stateDir, 0o755); err != nil {
+		return fmt.Errorf("creating %s: %w", q.stateDir, err)
+	}
+	for name, b := range map[string][]byte{"record.json": p.Record, "chain.pem": []byte(p.ChainPEM)} {
+		tmp := filepath.Join(q.stateDir, "."+name+".tmp")
+		if err := os.WriteFile(tmp, b, 0o644); err != nil {
+			return fmt.Errorf("writing %s: %w", name, err)
+		}
+		if err := os.Rename(tmp, filepath.Join(q.stateDir, name)); err != nil {
+			return fmt.Errorf("writing %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// show prints a provisioned file for the record/chain subcommands.
+func show(dir, what string, nargs int) int {
+	file := map[string]string{"record": "record.json", "chain": "chain.pem"}[what]
+	if file == "" || nargs != 1 {
+		flag.Usage()
+		return 2
+	}
+	b, err := os.ReadFile(filepath.Join(dir, file))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "snp-agent: no %s provisioned yet (snpd sends it with each attestation): %v\n", what, err)
+		return 1
+	}
+	os.Stdout.Write(b)
+	return 0
+}
+
+func (*quoteSource) GetReport(reportData [64]byte) ([]byte, []byte, error) {
 	if !hasReportDevice() {
 		return nil, nil, ErrNoDevice
 	}
@@ -105,8 +152,7 @@ func hasReportDevice() bool {
 	return false
 }
 
-func run(ctx context.Context, portPath string, vsockPort uint32) error {
-	src := quoteSource{}
+func run(ctx context.Context, src agentproto.ReportSource, portPath string, vsockPort uint32) error {
 	errc := make(chan error, 2)
 	n := 0
 	if vsockPort != 0 {
@@ -155,8 +201,9 @@ func (c *timeoutConn) Read(p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
-// serveSerial serves the virtio-serial port, reopening it when the host side goes away
-// (a read then returns EOF).
+// serveSerial serves the virtio-serial port. The port stays open across host
+// disconnects: a read then returns EOF until snpd connects again, and closing the port
+// instead would make the guest kernel discard a request that arrived meanwhile.
 func serveSerial(ctx context.Context, portPath string, src agentproto.ReportSource) error {
 	logged := false
 	for ctx.Err() == nil {
@@ -178,13 +225,20 @@ func serveSerial(ctx context.Context, portPath string, src agentproto.ReportSour
 		}
 		log.Printf("serving on %s", p)
 		stop := context.AfterFunc(ctx, func() { f.Close() })
-		err = agentproto.Serve(ctx, f, src)
+		for ctx.Err() == nil {
+			err = agentproto.Serve(ctx, f, src)
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				sleep(ctx, 100*time.Millisecond) // no host connected: poll again
+				continue
+			}
+			break
+		}
 		stop()
 		f.Close()
-		if !errors.Is(err, io.EOF) && ctx.Err() == nil {
-			log.Printf("serial: %v", err)
+		if ctx.Err() == nil {
+			log.Printf("serial: %v; reopening", err)
+			sleep(ctx, 200*time.Millisecond)
 		}
-		sleep(ctx, 200*time.Millisecond) // host disconnected: wait, then reopen
 	}
 	return nil
 }

@@ -65,6 +65,9 @@ type AttestResponse struct {
 	Verdict   Verdict         `json:"verdict"`
 	// At is when the guest answered.
 	At time.Time `json:"at"`
+	// Provisioned tells whether the guest agent accepted its launch record and chain
+	// (readable in the guest with `snp-agent record|chain`).
+	Provisioned bool `json:"provisioned"`
 }
 
 // VerifyRequest is the body of POST /v1/verify: a report obtained elsewhere, checked

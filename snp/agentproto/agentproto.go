@@ -20,8 +20,8 @@
 //
 // # Exchanges
 //
-// snpd is the client: it sends ReportRequest (or Ping) and reads exactly one answer with
-// the same id (ReportResponse, Pong, or Error). The agent never initiates. Both sides bound
+// snpd is the client: it sends ReportRequest, Provision or Ping and reads exactly one
+// answer with the same id (ReportResponse, Ack, Pong, or Error). The agent never initiates. Both sides bound
 // each exchange with a timeout and every field with a size limit (see the Max constants).
 // On vsock snpd dials the guest CID it assigned at launch, and on virtio-serial the
 // per-VM unix socket QEMU serves, so an answer always belongs to that VM's guest.
@@ -72,6 +72,9 @@ const (
 	MaxCertTable = 40 << 10
 	// MaxMessage bounds an error message.
 	MaxMessage = 1024
+	// MaxRecord and MaxChainPEM bound what Provision carries.
+	MaxRecord   = 32 << 10
+	MaxChainPEM = 24 << 10
 )
 
 // BindingLabel is the domain-separation label hashed first into REPORT_DATA.
@@ -87,6 +90,8 @@ const (
 	TypeError          Type = 3
 	TypePing           Type = 4
 	TypePong           Type = 5
+	TypeProvision      Type = 6
+	TypeAck            Type = 7
 )
 
 func (t Type) String() string {
@@ -101,6 +106,10 @@ func (t Type) String() string {
 		return "ping"
 	case TypePong:
 		return "pong"
+	case TypeProvision:
+		return "provision"
+	case TypeAck:
+		return "ack"
 	}
 	return fmt.Sprintf("type-%d", uint8(t))
 }
@@ -128,6 +137,32 @@ type Error struct {
 	// Message is a one-line reason, at most MaxMessage bytes.
 	Message string `json:"message"`
 }
+
+// Provision gives the guest what snpd knows about it, so software in the guest can read
+// its own launch record and certificate chain from the agent (snp-agent record|chain)
+// and compare them with its reports. snpd sends it after each attestation; the agent
+// answers Ack.
+type Provision struct {
+	// Record is the launch record (api.LaunchRecord JSON), at most MaxRecord bytes.
+	Record json.RawMessage `json:"record"`
+	// ChainPEM is the VCEK/VLEK, ASK/ASVK and ARK (PEM), at most MaxChainPEM bytes
+	// (empty: unknown).
+	ChainPEM string `json:"chain_pem,omitempty"`
+}
+
+// Validate checks the sizes and that Record is a JSON object.
+func (p *Provision) Validate() error {
+	if len(p.Record) == 0 || len(p.Record) > MaxRecord || p.Record[0] != '{' || !json.Valid(p.Record) {
+		return fmt.Errorf("record must be a JSON object of 1..%d bytes", MaxRecord)
+	}
+	if len(p.ChainPEM) > MaxChainPEM {
+		return fmt.Errorf("chain is %d bytes, want at most %d", len(p.ChainPEM), MaxChainPEM)
+	}
+	return nil
+}
+
+// Ack answers Provision.
+type Ack struct{}
 
 // Ping asks whether the agent is alive; the agent answers Pong with its own version.
 type Ping struct{}

@@ -17,6 +17,12 @@ type ReportSource interface {
 	GetReport(reportData [64]byte) (report, certTable []byte, err error)
 }
 
+// Provisioner is implemented by a ReportSource that keeps what snpd provisions (the
+// guest's launch record and chain). Without it, Provision is answered with an error.
+type Provisioner interface {
+	Provision(p *Provision) error
+}
+
 // AgentName is sent in Pong.
 const AgentName = "snp-agent"
 
@@ -73,6 +79,19 @@ func answer(w io.Writer, f *Frame, src ReportSource) error {
 			return WriteFrame(w, TypeError, f.ID, &Error{Message: err.Error()})
 		}
 		return WriteFrame(w, TypePong, f.ID, &Pong{Agent: AgentName})
+	case TypeProvision:
+		var p Provision
+		if err := f.Decode(&p); err != nil {
+			return WriteFrame(w, TypeError, f.ID, &Error{Message: err.Error()})
+		}
+		pv, ok := src.(Provisioner)
+		if !ok {
+			return WriteFrame(w, TypeError, f.ID, &Error{Message: "this agent keeps no provisioned record"})
+		}
+		if err := pv.Provision(&p); err != nil {
+			return WriteFrame(w, TypeError, f.ID, &Error{Message: truncate(err.Error())})
+		}
+		return WriteFrame(w, TypeAck, f.ID, &Ack{})
 	case TypeReportRequest:
 		var req ReportRequest
 		if err := f.Decode(&req); err != nil {

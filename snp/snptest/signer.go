@@ -9,11 +9,14 @@ import (
 	"encoding/binary"
 	"encoding/pem"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/google/go-sev-guest/abi"
 	"github.com/google/go-sev-guest/kds"
 	sgtest "github.com/google/go-sev-guest/testing"
+
+	"github.com/snpd/snpd/snp/agentproto"
 )
 
 // Signer is a fake AMD-SP: go-sev-guest's test-only ARK/ASK/ASVK/VCEK/VLEK chain (its
@@ -203,6 +206,24 @@ type AgentSource struct {
 	Fields Fields
 	// OmitCerts leaves the certificate table out (a KVM host before Linux 7.0).
 	OmitCerts bool
+
+	mu          sync.Mutex
+	provisioned *agentproto.Provision
+}
+
+// Provision implements agentproto.Provisioner.
+func (a *AgentSource) Provision(p *agentproto.Provision) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.provisioned = p
+	return nil
+}
+
+// Provisioned returns the last Provision received (nil: none).
+func (a *AgentSource) Provisioned() *agentproto.Provision {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.provisioned
 }
 
 // GetReport implements agentproto.ReportSource.
