@@ -43,6 +43,9 @@ func newAttestCmd() *cobra.Command {
 		Long: "attest sends a nonce (random unless --nonce) to the snp-agent in VM NAME, verifies\n" +
 			"the report it returns (signature and chain offline, then the launch record) and\n" +
 			"prints each check. Exit 0 only when every check passes.",
+		Example: `  snpctl attest example
+  snpctl attest --nonce 00112233445566778899aabbccddeeff example
+  snpctl attest --json --timeout 2m example`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var nonce []byte

@@ -18,12 +18,23 @@ func newCertsCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "certs",
 		Short: "Import and list the AMD certificates snpd verifies reports with",
+		Example: `  snpctl certs import vcek.der
+  snpctl certs list`,
 	}
 	c.PersistentFlags().Bool("json", false, "print JSON")
 	c.AddCommand(&cobra.Command{
 		Use:   "import PATH",
 		Short: "Import VCEK/VLEK/ASK/ARK certificates (PEM, DER or a GHCB certificate table); each is checked against the trusted AMD roots first",
-		Args:  cobra.ExactArgs(1),
+		Long: `Send the certificates in PATH to snpd's cache: a VCEK or VLEK and the ASK/ARK
+chain, as PEM (one or more blocks), DER, or the GHCB certificate table a guest receives
+with its report. Each is checked against the AMD roots snpd trusts before it is stored;
+attest and verify then use the cache. Prints the certificates as "certs list" does.`,
+		Example: `  # From AMD's KDS (Milan), then the chain
+  snpctl certs import vcek.der
+  snpctl certs import cert_chain.pem
+  # The table snp-agent or /dev/sev-guest handed the guest
+  snpctl certs import certs.bin`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			b, err := readBounded(args[0], snp.MaxCertTableSize)
 			if err != nil {
@@ -40,7 +51,9 @@ func newCertsCmd() *cobra.Command {
 	}, &cobra.Command{
 		Use:   "list",
 		Short: "List cached certificates",
-		Args:  cobra.NoArgs,
+		Example: `  snpctl certs list
+  snpctl --json certs list`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
 			defer cancel()

@@ -65,6 +65,16 @@ Output formats (--format):
              <idAuth> and the authorKey attribute
   json       {"id_block","id_auth" (base64), "id_key_digest","author_key_digest" (hex),
              "author_key_enabled","keyless","policy"}`,
+		Example: `  # An ID key, and the launch digest to enforce (base64, as measure prints it)
+  openssl ecparam -name secp384r1 -genkey -noout -out id-key.pem
+  D=$(snpctl measure --mode snp --vcpus 2 --vcpu-type EPYC-v4 --ovmf OVMF.fd --output-format base64)
+  snpctl id-block --idkey id-key.pem --measurement "$D"
+
+  # Signed by an author key too, as a libvirt <launchSecurity> element
+  snpctl id-block --idkey id-key.pem --authorkey author-key.pem --measurement "$D" --format libvirt
+
+  # No ID key: the AMD-SP still enforces digest and policy; nobody is authenticated
+  snpctl id-block --keyless --measurement "$D" --policy 0x30000 --format qemu`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runIDBlock(cmd.OutOrStdout(), &o)
@@ -94,6 +104,8 @@ func newIDBlockVerifyCmd() *cobra.Command {
 take them, verify the ID key's signature over the block and the author key's signature
 over the ID key, and print the block's fields and the ID/author key digests that
 attestation reports will carry. Exit status 1 when anything does not verify.`,
+		Example: `  snpctl id-block verify --id-block "$ID_BLOCK_B64" --id-auth "$ID_AUTH_B64"
+  snpctl id-block verify --json --id-block "$ID_BLOCK_B64" --id-auth "$ID_AUTH_B64"`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			b, err := base64.StdEncoding.Strict().DecodeString(block)

@@ -43,12 +43,29 @@ func newLibvirtHookCmd() *cobra.Command {
 		Short: "libvirt qemu hook: refuse domains that break the host policy (install as /etc/libvirt/hooks/qemu.d/snpd)",
 		Long: `Follows libvirt's qemu hook protocol (domain XML on stdin). On "prepare begin" it sends
 the domain to snpd (POST /v1/libvirt/domains), which checks it against the host policy and
-records its expected launch digest; violations are printed on stderr and the hook exits 1,
-so libvirt refuses to start the domain. On "release end" it drops the registration. Other
-operations exit 0 at once. If snpd cannot be reached the hook fails closed unless
---fail-open, SNPD_HOOK_FAIL_OPEN=1 or hook_fail_open = true in the [libvirt] section of
-the host policy (libvirt clears the environment of hooks: the policy file is the setting
-that reaches an installed hook). It never calls back into libvirt.`,
+registers it, with its expected launch digest when it has <launchSecurity type='sev-snp'>
+(any other domain is recorded as not confidential); violations are printed on stderr and
+the hook exits 1, so libvirt refuses to start the domain. On "release end" it drops the
+registration. Other operations exit 0 at once. If snpd cannot be reached the hook fails
+closed unless --fail-open, SNPD_HOOK_FAIL_OPEN=1 or hook_fail_open = true in the
+[libvirt] section of the host policy (libvirt clears the environment of hooks: the
+policy file is the setting that reaches an installed hook). It never calls back into
+libvirt.
+
+Installed as /etc/libvirt/hooks/qemu.d/snpd (make install-hook), snpctl acts as this
+command by its name alone; restart libvirtd afterwards, it reads its hooks at start.`,
+		Example: `  # Install, then restart libvirtd (or virtqemud)
+  install -D -m 0755 /usr/bin/snpctl /etc/libvirt/hooks/qemu.d/snpd
+
+  # What libvirt runs when domain web is about to start; exit 1 lists the violations
+  /etc/libvirt/hooks/qemu.d/snpd web prepare begin - < web.xml
+  snpctl libvirt-hook web prepare begin - < web.xml
+
+  # Against a snpd on another socket, letting domains start while it is down
+  snpctl --socket /tmp/snpd-run/snpd.sock libvirt-hook --fail-open web prepare begin - < web.xml
+
+  # Check a domain without a running snpd or libvirt
+  snpctl policy check --libvirt-xml web.xml`,
 		Args: cobra.RangeArgs(3, 4),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if os.Getenv("SNPD_HOOK_FAIL_OPEN") == "1" {

@@ -26,8 +26,28 @@ func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code)
 
 func newRoot() *cobra.Command {
 	root := &cobra.Command{
-		Use:           "snpctl",
-		Short:         "Operate snpd: measure, launch and attest AMD SEV-SNP guests",
+		Use:   "snpctl",
+		Short: "Operate snpd: measure, launch and attest AMD SEV-SNP guests",
+		Long: `snpctl is the operator CLI of snpd, the host daemon that launches AMD SEV-SNP guests
+under QEMU with a pinned, measured configuration and serves their attestation.
+
+vm, status, attest, verify, reference and certs talk to snpd over its unix socket:
+--socket, else $SNPD_SOCKET, else /run/snpd/snpd.sock. measure, id-block and policy
+check work offline, without snpd. Installed as /etc/libvirt/hooks/qemu.d/snpd, snpctl
+is libvirt's qemu hook (see libvirt-hook).
+
+Exit status 0 on success. On failure one line "Error: ..." on stderr and exit status 1;
+attest, verify and policy check also exit 1 when a check fails.`,
+		Example: `  # Define the example VM, start it, and read its launch record
+  snpctl vm define config/examples/vm.toml
+  snpctl vm start example
+  snpctl vm show example
+
+  # A snpd started by hand with its own runtime directory
+  snpctl --socket /tmp/snpd-run/snpd.sock status
+
+  # Offline: the launch digest of a firmware, as sev-snp-measure computes it
+  snpctl measure --mode snp --vcpus 1 --vcpu-type EPYC-v4 --ovmf /usr/share/ovmf/OVMF.fd`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}

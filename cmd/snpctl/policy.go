@@ -18,8 +18,9 @@ func init() { addCommand(newPolicyCmd) }
 
 func newPolicyCmd() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "policy",
-		Short: "Check VM definitions and libvirt domains against the host policy",
+		Use:     "policy",
+		Short:   "Check VM definitions and libvirt domains against the host policy",
+		Example: `  snpctl policy check --config /etc/snpd/snpd.toml /etc/snpd/vms/web.toml`,
 	}
 	cmd.AddCommand(newPolicyCheckCmd())
 	return cmd
@@ -34,7 +35,14 @@ func newPolicyCheckCmd() *cobra.Command {
 		Long: `Evaluates a VM definition (TOML) or a libvirt domain XML ("-": stdin) against the
 host policy locally: reads the firmware and runs the QEMU binary to learn their digests
 and version, prints each violation on its own line and exits 1 if there is any, or prints
-"ok: no violations" and exits 0.`,
+"ok: no violations" and exits 0.
+
+With --config the policy file, platform and QEMU binary come from snpd's config (flags
+given on the command line win), so the check is the one snpd would make.`,
+		Example: `  snpctl policy check --config /etc/snpd/snpd.toml /etc/snpd/vms/web.toml
+  snpctl policy check --policy config/examples/policy.toml --platform none config/examples/vm.toml
+  snpctl policy check --policy /etc/snpd/policy.toml --libvirt-xml web.xml
+  virsh dumpxml web | snpctl policy check --json --libvirt-xml -`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if (libvirtXML == "") == (len(args) == 0) || len(args) > 1 {
 				return fmt.Errorf("give one VM definition file or --libvirt-xml FILE")

@@ -23,6 +23,9 @@ func newReferenceCmd() *cobra.Command {
 			"launch record: json (snpd's own), trustee (a Confidential Containers RVPS sample\n" +
 			"message), sev-guest-check (the check.Config textproto go-sev-guest's check tool\n" +
 			"reads with -config), launch-log (every page update, to recompute the digest).",
+		Example: `  snpctl reference example
+  snpctl reference --format trustee example
+  snpctl reference --format sev-guest-check example > example.textproto`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ok := false

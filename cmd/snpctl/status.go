@@ -16,7 +16,14 @@ func newStatusCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "status",
 		Short: "Show whether snpd runs and how many VMs are in each state",
-		Args:  cobra.NoArgs,
+		Long: `Ask snpd for its status: version, pid and start time, platform ("sev-snp" or "none"),
+QEMU binary, state directory, the API socket it serves (the systemd-activated one when
+socket-activated), the number of VMs in each state, and what it did with each VM found
+running when it started. Exit status 1 with a hint when snpd does not answer.`,
+		Example: `  snpctl status
+  snpctl --socket /tmp/snpd-run/snpd.sock status
+  SNPD_SOCKET=/tmp/snpd-run/snpd.sock snpctl --json status`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			st, err := apiClient(cmd).Status(cmd.Context())
 			if err != nil {

@@ -52,6 +52,10 @@ func newVerifyCmd() *cobra.Command {
 			"table) to snpd, which runs the same checks as attest. --certs DIR adds the\n" +
 			"certificates found in DIR (PEM/DER/table files). Exit 0 only when every check\n" +
 			"passes; otherwise each failed check is printed on its own line.",
+		Example: `  # A report a guest requested with nonce 0011...eeff, with its certificate table appended
+  snpctl verify --vm example --report report.bin --nonce 00112233445566778899aabbccddeeff
+  # With the VCEK and chain from a directory, and the exact REPORT_DATA
+  snpctl verify --vm example --report report.bin --certs ./certs --report-data "$REPORT_DATA_HEX"`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if vm == "" || report == "" {

@@ -41,6 +41,15 @@ func newVMCmd() *cobra.Command {
 	vm := &cobra.Command{
 		Use:   "vm",
 		Short: "Define, start, stop and inspect VMs managed by snpd",
+		Long: `Manage the VMs snpd launches. A VM is defined once from a TOML file (see
+config/examples/vm.toml and docs/configuration.md), then started, stopped and inspected
+by name. Every start is measured (the expected SEV-SNP launch digest), checked against
+the host policy, verified over QMP before the guest runs, and recorded; "vm show"
+prints the record. --json prints the API's JSON instead of tables.`,
+		Example: `  snpctl vm define config/examples/vm.toml
+  snpctl vm start example
+  snpctl vm list
+  snpctl vm stop example`,
 	}
 	vm.PersistentFlags().Bool("json", false, "print JSON instead of tables")
 	vm.AddCommand(vmDefineCmd(), vmUndefineCmd(), vmListCmd(), vmShowCmd(), vmStartCmd(),
@@ -53,7 +62,16 @@ func vmDefineCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "define FILE",
 		Short: "Store a VM definition (TOML) in snpd; relative paths are resolved against FILE's directory",
-		Args:  cobra.ExactArgs(1),
+		Long: `Send the VM definition in FILE (TOML) to snpd, which decodes it strictly (an unknown
+key is an error naming its line), validates it (every problem is listed) and stores it.
+Relative paths in it are resolved against FILE's directory. Nothing is started: the
+host policy is enforced at "vm start" ("snpctl policy check FILE" checks it now).
+Prints "defined NAME". A name already defined is refused unless --replace is given and
+the VM is stopped.`,
+		Example: `  snpctl vm define config/examples/vm.toml
+  snpctl vm define --replace /etc/snpd/vms/web.toml
+  snpctl --json vm define /etc/snpd/vms/web.toml`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			f, err := os.Open(args[0])
 			if err != nil {
@@ -90,7 +108,9 @@ func vmUndefineCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "undefine NAME",
 		Short: "Remove a stopped VM's definition and run history",
-		Args:  cobra.ExactArgs(1),
+		Example: `  snpctl vm stop example
+  snpctl vm undefine example`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := apiClient(cmd).Undefine(cmd.Context(), args[0]); err != nil {
 				return err
@@ -115,7 +135,9 @@ func vmListCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "list",
 		Short: "List VMs with their state",
-		Args:  cobra.NoArgs,
+		Example: `  snpctl vm list
+  snpctl --json vm list`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			vms, err := apiClient(cmd).List(cmd.Context())
 			if err != nil {
@@ -149,7 +171,14 @@ func vmShowCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "show NAME",
 		Short: "Show a VM: state, expected measurement and the whole launch record",
-		Args:  cobra.ExactArgs(1),
+		Long: `Print VM NAME's state and its latest launch record: the expected launch digest,
+the digests of the firmware, kernel and initrd QEMU loaded, cmdline, SNP policy, guest
+features, host data, ID block digests, QEMU version and exact argv, pid, start time,
+state transitions and exit status. A VM on platform "none" is marked "no SEV-SNP: not
+confidential". --json prints everything as the API returns it (api.VMInfo).`,
+		Example: `  snpctl vm show example
+  snpctl --json vm show example`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			info, err := apiClient(cmd).Get(cmd.Context(), args[0])
 			if err != nil {
@@ -229,7 +258,18 @@ func vmStartCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "start NAME",
 		Short: "Launch a VM (measured, verified over QMP, recorded before it runs)",
-		Args:  cobra.ExactArgs(1),
+		Long: `Launch VM NAME. snpd seals the firmware, kernel and initrd into memfds and computes
+the expected launch digest from exactly those bytes, checks the VM against the host
+policy (every violated rule is listed), starts QEMU paused, verifies the running
+machine over QMP (SNP policy, the sev-snp-guest object, vCPUs, memory, PCI devices),
+records the launch, and only then lets the guest run. Prints "NAME: running (pid N)".
+
+On any failure nothing is left behind (no QEMU, no runtime directory) and the one-line
+error says why; on a host without SEV-SNP it says what to check. On platform "none"
+the VM runs without SEV-SNP and is shown as "no SEV-SNP: not confidential".`,
+		Example: `  snpctl vm start example
+  snpctl --json vm start example`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			info, err := apiClient(cmd).Start(cmd.Context(), args[0])
 			if err != nil {
@@ -260,7 +300,13 @@ func vmStopCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "stop NAME",
 		Short: "Power a VM off (ACPI); QEMU is killed after --timeout",
-		Args:  cobra.ExactArgs(1),
+		Long: `Ask VM NAME's guest to power off (ACPI power button). If it still runs after
+--timeout (default: snpd's stop_timeout), QEMU is told to quit, then killed. QEMU's
+exit status and the last lines of its stderr are kept in the VM's run history ("vm
+show"). Prints the VM's new state.`,
+		Example: `  snpctl vm stop example
+  snpctl vm stop --timeout 2m example`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			info, err := apiClient(cmd).Stop(cmd.Context(), args[0], api.StopRequest{TimeoutSeconds: timeout.Seconds()})
 			if err != nil {
@@ -275,9 +321,10 @@ func vmStopCmd() *cobra.Command {
 
 func vmKillCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:   "kill NAME",
-		Short: "Kill a VM's QEMU at once",
-		Args:  cobra.ExactArgs(1),
+		Use:     "kill NAME",
+		Short:   "Kill a VM's QEMU at once",
+		Example: `  snpctl vm kill example`,
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			info, err := apiClient(cmd).Kill(cmd.Context(), args[0])
 			if err != nil {
@@ -293,7 +340,9 @@ func vmLogCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "log NAME",
 		Short: "Print the tail of a VM's console log",
-		Args:  cobra.ExactArgs(1),
+		Example: `  snpctl vm log example
+  snpctl vm log --bytes 4096 example`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if jsonOutput(cmd) {
 				var sb strings.Builder
@@ -313,7 +362,11 @@ func vmEventsCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "events [NAME]",
 		Short: "Stream VM state changes until interrupted",
-		Args:  cobra.MaximumNArgs(1),
+		Example: `  # Every VM's state changes, one line each, until Ctrl-C
+  snpctl vm events
+  # One VM's, as JSON lines
+  snpctl --json vm events example`,
+		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := ""
 			if len(args) == 1 {
