@@ -147,3 +147,25 @@ func FuzzParseCertTable(f *testing.F) {
 		_, _ = snp.ParseCertificates(data)
 	})
 }
+
+// FuzzParseRoots: arbitrary certificate input (what `snpctl certs import` and
+// trusted_roots_file take) never panics the parsers.
+func FuzzParseRoots(f *testing.F) {
+	s, err := snptest.NewSigner(snptest.SignerOptions{})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(s.RootsPEM())
+	f.Add(s.Vcek.Raw)
+	f.Add([]byte("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r, err := snp.ParseRoots(data)
+		if err == nil && len(r.ProductLines()) == 0 {
+			t.Fatal("roots accepted with no product line")
+		}
+		certs, err := snp.ParseCertificates(data)
+		if err == nil && len(certs) == 0 {
+			t.Fatal("no certificates and no error")
+		}
+	})
+}

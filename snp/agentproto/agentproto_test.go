@@ -210,6 +210,42 @@ func FuzzReadFrame(f *testing.F) {
 		if resp, err := DecodeReportResponse(fr); err == nil && resp.Validate() != nil {
 			t.Fatal("DecodeReportResponse accepted an invalid response")
 		}
+		var p Provision
+		if fr.Decode(&p) == nil && p.Validate() != nil {
+			t.Fatal("Decode accepted an invalid provision")
+		}
 		_, _ = Resync(bufio.NewReader(bytes.NewReader(data)), 1<<16)
 	})
+}
+
+type provSource struct {
+	fakeSource
+	got *Provision
+}
+
+func (p *provSource) Provision(pr *Provision) error { p.got = pr; return nil }
+
+func TestProvision(t *testing.T) {
+	src := &provSource{}
+	c := pipe(t, src)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	f, err := Exchange(ctx, c, TypeProvision, 4, &Provision{Record: []byte(`{"name":"vm1"}`), ChainPEM: "pem"})
+	if err != nil || f.Type != TypeAck {
+		t.Fatalf("provision: %+v %v", f, err)
+	}
+	if string(src.got.Record) != `{"name":"vm1"}` || src.got.ChainPEM != "pem" {
+		t.Fatalf("agent got %+v", src.got)
+	}
+	// Not a JSON object: refused by the agent.
+	f, err = Exchange(ctx, c, TypeProvision, 5, map[string]any{"record": []int{1}})
+	if err != nil || f.Type != TypeError {
+		t.Fatalf("bad provision: %+v %v", f, err)
+	}
+	// An agent without a Provisioner says so.
+	c2 := pipe(t, &fakeSource{})
+	f, err = Exchange(ctx, c2, TypeProvision, 6, &Provision{Record: []byte(`{}`)})
+	if err != nil || f.Type != TypeError {
+		t.Fatalf("no provisioner: %+v %v", f, err)
+	}
 }
