@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -181,3 +182,14 @@ func shellWords(s string) ([]string, error) {
 }
 
 var errUnterminatedQuote = errors.New("unterminated quote")
+
+// TestErrorLineIsOneLine: every problem of a joined error stays, on one line.
+func TestErrorLineIsOneLine(t *testing.T) {
+	err := fmt.Errorf("building launch spec for %q: %w", "vm1", errors.Join(
+		errors.New("snp.cbitpos 7: want 32..63"), errors.New("snp.reduced_phys_bits 0: want 1..63")))
+	got := errorLine(err)
+	want := `building launch spec for "vm1": snp.cbitpos 7: want 32..63; snp.reduced_phys_bits 0: want 1..63`
+	if got != want {
+		t.Errorf("errorLine = %q, want %q", got, want)
+	}
+}
