@@ -383,6 +383,24 @@ func remeasure(vm *config.VM, want []byte) ([]snp.PageUpdate, error) {
 	return m.Updates, nil
 }
 
+// recordKeyDigests returns the ID and author key digests (hex) the AMD-SP will report for
+// an ID block and ID auth pair, for the launch record; empty strings when there is no ID
+// block, or when the pair does not verify (the record then fails attestation closed).
+func recordKeyDigests(block, auth []byte, authorKey bool) (idKey, author string) {
+	if len(block) == 0 || len(auth) == 0 {
+		return "", ""
+	}
+	info, err := snp.VerifyIDAuth(block, auth)
+	if err != nil {
+		return "", ""
+	}
+	idKey = hex.EncodeToString(info.IDKeyDigest[:])
+	if authorKey && info.HasAuthorKey {
+		author = hex.EncodeToString(info.AuthorKeyDigest[:])
+	}
+	return idKey, author
+}
+
 // PolicyCeiling is the most permissive SNP guest policy the host policy allows, in
 // go-sev-guest's ceiling semantics: SMT, migrate_ma, debug and cxl_allowed set unless
 // forbidden; single_socket, mem_aes_256_xts, rapl_dis, ciphertext_hiding and

@@ -211,3 +211,45 @@ func TestPolicyCeiling(t *testing.T) {
 		t.Fatal("unknown bit accepted")
 	}
 }
+
+// TestRecordKeyDigests: the launch record carries the digests VerifyIDAuth derives, so a
+// report from a guest launched with that ID block passes the id-keys check and one
+// without it fails.
+func TestRecordKeyDigests(t *testing.T) {
+	digest := sha512.Sum384([]byte("idblock launch"))
+	blk := snp.NewIDBlock(digest, 0x30000)
+	auth, err := snp.KeylessIDAuth(blk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := blk.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	idk, ak := recordKeyDigests(raw, auth, false)
+	info, err := snp.VerifyIDAuth(raw, auth)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if idk != hex.EncodeToString(info.IDKeyDigest[:]) || ak != "" {
+		t.Fatalf("digests %q %q", idk, ak)
+	}
+	if a, b := recordKeyDigests(nil, nil, false); a != "" || b != "" {
+		t.Fatal("digests without an ID block")
+	}
+
+	fx := newAttestFixture(t)
+	fx.rec.IDBlockSHA256, fx.rec.IDKeyDigest = strings.Repeat("ab", 32), idk
+	f := fx.fields
+	copy(f.IDKeyDigest[:], info.IDKeyDigest[:])
+	fx.target.Channel = GuestChannel{SerialSocket: fakeGuest(t, &snptest.AgentSource{Signer: fx.signer, Fields: f}), Timeout: 5 * time.Second}
+	resp, err := fx.att.Attest(context.Background(), "vm1", []byte("n"))
+	if err != nil || !resp.Verdict.OK {
+		t.Fatalf("with the recorded ID key: %v %+v", err, resp)
+	}
+	fx.target.Channel = GuestChannel{SerialSocket: fakeGuest(t, &snptest.AgentSource{Signer: fx.signer, Fields: fx.fields}), Timeout: 5 * time.Second}
+	resp, err = fx.att.Attest(context.Background(), "vm1", []byte("n"))
+	if err != nil || resp.Verdict.OK {
+		t.Fatalf("report without the ID block passed: %v", err)
+	}
+}

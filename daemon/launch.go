@@ -271,6 +271,7 @@ func newRecord(s *Spec, m *measurement) *api.LaunchRecord {
 	if s.Initrd != nil {
 		r.InitrdSHA256 = hex.EncodeToString(s.Initrd.SHA256[:])
 	}
+	r.IDKeyDigest, r.AuthorKeyDigest = recordKeyDigests(s.SNP.IDBlock, s.SNP.IDAuth, s.SNP.AuthorKey) // daemon/attest.go
 	return r
 }
 
