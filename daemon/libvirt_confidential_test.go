@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -113,4 +114,46 @@ func TestLibvirtNonConfidentialOnSNPHost(t *testing.T) {
 	if reg.Record.Platform != string(PlatformSEVSNP) {
 		t.Errorf("record platform %q, want the host's sev-snp", reg.Record.Platform)
 	}
+}
+
+// FuzzRegisterLibvirt feeds domain XML to the hook's registration (no policy, platform
+// "none", no launcher): it never panics, a refusal stores nothing, and a registration
+// has an SNP digest only for a sev-snp domain (the fake launcher gives every one it is
+// asked for).
+func FuzzRegisterLibvirt(f *testing.F) {
+	f.Add("lv1", plainDomain)
+	f.Add("lv2", snpDomain)
+	f.Add("lv1", "<domain><name>lv1</name><memory>1</memory><os><loader>/nonexistent</loader></os></domain>")
+	f.Add("x", "<domain")
+	s, err := OpenStore(f.TempDir())
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { s.Close() })
+	m := NewManager(ManagerOptions{Store: s, Platform: string(PlatformNone), RuntimeDir: f.TempDir(),
+		Prepare: func(_ context.Context, vm *config.VM) (*api.LaunchRecord, error) {
+			return &api.LaunchRecord{Name: vm.Name, ExpectedDigest: strings.Repeat("ab", 48)}, nil
+		}})
+	f.Cleanup(m.Close)
+	f.Fuzz(func(t *testing.T, name, xml string) {
+		_ = s.DeleteLibvirt(name)
+		reg, err := m.RegisterLibvirt(context.Background(), api.LibvirtDomainRequest{Name: name, XML: xml})
+		if err != nil {
+			if _, gerr := s.LibvirtDomain(name); gerr == nil {
+				t.Fatalf("refused registration (%v) was stored", err)
+			}
+			return
+		}
+		def, err := config.FromLibvirtXML([]byte(xml))
+		if err != nil {
+			t.Fatalf("registered XML that does not map: %v", err)
+		}
+		snp := def.Libvirt.LaunchSecurity == "sev-snp"
+		if got := reg.Record.ExpectedDigest != ""; got != snp {
+			t.Fatalf("launchSecurity %q: expected digest %q", def.Libvirt.LaunchSecurity, reg.Record.ExpectedDigest)
+		}
+		if !snp && (reg.Record.Confidential || reg.Record.Note != api.NotConfidential) {
+			t.Fatalf("non-confidential domain recorded as %+v", reg.Record)
+		}
+	})
 }

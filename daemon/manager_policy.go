@@ -80,8 +80,9 @@ func admission(p *config.Policy) admitFunc {
 	}
 }
 
-// LibvirtRegistration is a libvirt domain snpd checked and measured without launching
-// it (libvirt launches it); stored so verifiers can be served its expected digest.
+// LibvirtRegistration is a libvirt domain snpd checked (and, for a sev-snp domain,
+// measured) without launching it (libvirt launches it); stored so verifiers can be
+// served its expected digest, or told it is not confidential.
 type LibvirtRegistration struct {
 	Name string `json:"name"`
 	// XML is the domain XML libvirt passed to the hook.
