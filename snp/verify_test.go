@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/google/go-sev-guest/abi"
+	"github.com/google/go-sev-guest/kds"
+	sgtest "github.com/google/go-sev-guest/testing"
 	"github.com/google/go-sev-guest/verify/testdata"
 
 	"github.com/snpd/snpd/snp"
@@ -262,5 +264,36 @@ func TestVerifyRealMilanReport(t *testing.T) {
 	exp.ReportData = unhex(hex.EncodeToString(bad[0x50:0x90]))
 	if vd := v.Verify(context.Background(), bad, nil, exp); vd.OK || vd.Get(snp.CheckSignature).OK {
 		t.Fatalf("tampered report passed: %+v", vd.Checks)
+	}
+}
+
+// TestVerifyFetchesFromKDSOnlyWhenConfigured: with no certificate anywhere, a Verifier
+// without a Getter fails closed; with one (go-sev-guest's test getter standing in for
+// AMD's KDS) it fetches the VCEK by chip id and TCB, verifies and caches it.
+func TestVerifyFetchesFromKDSOnlyWhenConfigured(t *testing.T) {
+	fx := newFixture(t)
+	f := fx.fields
+	f.Version3 = true
+	raw := fx.report(t, f)
+	url := kds.VCEKCertURL("Milan", fx.signer.ChipID[:], kds.TCBVersion(fx.signer.TCB))
+	getter := sgtest.SimpleGetter(map[string][]byte{url: fx.signer.Vcek.Raw})
+	cache := &snp.CertCache{Dir: t.TempDir(), Roots: fx.roots}
+
+	offline := fx.verifier()
+	offline.Cache = cache
+	if vd := offline.Verify(context.Background(), raw, nil, fx.exp); vd.OK || vd.Get(snp.CheckCertificate).OK {
+		t.Fatal("verified without any VCEK and without KDS")
+	}
+	online := fx.verifier()
+	online.Cache, online.Getter = cache, getter
+	if vd := online.Verify(context.Background(), raw, nil, fx.exp); !vd.OK {
+		t.Fatalf("with KDS: %+v", vd.Failed())
+	}
+	if der, err := cache.VCEK(fx.signer.ChipID[:], fx.signer.TCB); err != nil || !bytes.Equal(der, fx.signer.Vcek.Raw) {
+		t.Fatalf("fetched VCEK not cached: %v", err)
+	}
+	// Now offline works from the cache.
+	if vd := offline.Verify(context.Background(), raw, nil, fx.exp); !vd.OK {
+		t.Fatalf("offline after caching: %+v", vd.Failed())
 	}
 }

@@ -1,5 +1,7 @@
 // Package snptest provides fixtures and fakes for tests of package snp and its users:
-// synthetic OVMF images with a chosen footer table and SEV metadata.
+// synthetic OVMF images with a chosen footer table and SEV metadata, and a fake AMD-SP
+// (signer.go: go-sev-guest's test-only certificate chain signing attestation reports, and
+// a fake guest report device for the agent protocol) for what this host cannot have.
 package snptest
 
 import (

@@ -119,6 +119,9 @@ type Fields struct {
 	ReportedTCB uint64
 	// ChipID overrides CHIP_ID (zero: Signer.ChipID).
 	ChipID [64]byte
+	// Version3 makes a version 3 report carrying the Milan B1 family/model/stepping
+	// (CPUID_FAM_ID 0x19, CPUID_MOD_ID 0x01, CPUID_STEP 0x1), which names the product line.
+	Version3 bool
 }
 
 // Report builds and signs a raw ReportSize-byte attestation report (ABI layout, SEV-SNP ABI
@@ -127,6 +130,10 @@ func (s *Signer) Report(f Fields) ([]byte, error) {
 	r := make([]byte, abi.ReportSize)
 	le := binary.LittleEndian
 	le.PutUint32(r[0x00:], 2)
+	if f.Version3 {
+		le.PutUint32(r[0x00:], 3)
+		r[0x188], r[0x189], r[0x18A] = 0x19, 0x01, 0x01
+	}
 	le.PutUint64(r[0x08:], f.Policy)
 	copy(r[0x10:0x20], f.FamilyID[:])
 	copy(r[0x20:0x30], f.ImageID[:])
