@@ -24,7 +24,8 @@ const MaxQEMUNice = 19
 //     first: the child and every thread QEMU creates inherit it, with no window in which
 //     QEMU runs at snpd's priority. The locked thread is never unlocked, so the Go
 //     runtime discards it when the goroutine ends (and creates new threads from its
-//     template thread meanwhile), and no other goroutine ever runs at that priority.
+//     template thread meanwhile), and no other goroutine ever runs at that priority
+//     (onNicedThread; it never uses the main thread, which cannot exit).
 //   - The autogroup's nice value (CONFIG_SCHED_AUTOGROUP, on in Debian's kernels): QEMU
 //     runs in its own session (Setsid), which the kernel puts in a new autogroup at nice
 //     0, and autogroups share the CPU equally whatever their threads' nice values when
@@ -39,39 +40,56 @@ func startProcessNiced(nice int, qemuPath string, args []string, extra []*os.Fil
 	if nice == 0 {
 		return startProcess(qemuPath, args, extra, stderrPath)
 	}
-	type result struct {
+	var (
 		inst *Instance
 		cmd  *exec.Cmd
-		err  error
+	)
+	err := onNicedThread(nice, func() (err error) {
+		inst, cmd, err = startProcess(qemuPath, args, extra, stderrPath)
+		return err
+	})
+	if err != nil {
+		return nil, nil, err
 	}
-	ch := make(chan result, 1)
+	if err := setAutogroupNice(inst.PID, nice); err != nil {
+		_ = inst.Kill()
+		<-inst.Done()
+		return nil, nil, err
+	}
+	return inst, cmd, nil
+}
+
+// onNicedThread runs f on an OS thread of its own whose nice value is raised to nice
+// first (never lowered below the thread's current one), and lets that thread die
+// afterwards: Go cannot restore a raised nice value without CAP_SYS_NICE, so no other
+// goroutine may ever run on it. The main thread is never used: it cannot exit (Go parks
+// it for good instead), and ps shows its nice value as the process's.
+func onNicedThread(nice int, f func() error) error {
+	done := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		// No UnlockOSThread: this thread's priority is lowered for good, so it must die
-		// with the goroutine.
+		if unix.Gettid() == unix.Getpid() {
+			// Holding the main thread, this goroutine makes sure the next one runs on
+			// another thread; the main thread was not touched and is given back.
+			err := onNicedThread(nice, f)
+			runtime.UnlockOSThread()
+			done <- err
+			return
+		}
+		// No UnlockOSThread from here on: the thread ends with this goroutine.
 		cur, err := threadNice()
 		if err != nil {
-			ch <- result{err: err}
+			done <- err
 			return
 		}
 		// PRIO_PROCESS with who 0 is the calling thread on Linux, not the whole process.
 		if err := unix.Setpriority(unix.PRIO_PROCESS, 0, max(nice, cur)); err != nil {
-			ch <- result{err: fmt.Errorf("lowering the cpu priority for qemu: %w", err)}
+			done <- fmt.Errorf("lowering the cpu priority for qemu: %w", err)
 			return
 		}
-		inst, cmd, err := startProcess(qemuPath, args, extra, stderrPath)
-		ch <- result{inst, cmd, err}
+		done <- f()
 	}()
-	r := <-ch
-	if r.err != nil {
-		return nil, nil, r.err
-	}
-	if err := setAutogroupNice(r.inst.PID, nice); err != nil {
-		_ = r.inst.Kill()
-		<-r.inst.Done()
-		return nil, nil, err
-	}
-	return r.inst, r.cmd, nil
+	return <-done
 }
 
 // threadNice returns the calling thread's nice value (-20..19).

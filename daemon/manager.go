@@ -217,11 +217,17 @@ func (m *Manager) Undefine(name string) error {
 	return m.store.DeleteVM(name)
 }
 
-// summary is a VM's list row from its definition and its newest run (nil: never started).
-func summary(sv *StoredVM, run *api.Run, starts int) api.VMSummary {
-	s := api.VMSummary{Name: sv.Name, State: api.StateStopped, Since: sv.DefinedAt, Starts: starts}
-	var vm config.VM
-	if json.Unmarshal(sv.Definition, &vm) == nil {
+// summary is a VM's list row from its definition (name, when defined, the config.VM
+// JSON) and its newest run (nil: never started).
+func summary(name string, definedAt time.Time, def json.RawMessage, run *api.Run, starts int) api.VMSummary {
+	s := api.VMSummary{Name: name, State: api.StateStopped, Since: definedAt, Starts: starts}
+	// Only the three fields shown: the stored definition is config.VM's JSON encoding.
+	var vm struct {
+		VCPUs     int    `json:"vcpus"`
+		MemoryMiB uint64 `json:"memory_mib"`
+		Restart   string `json:"restart"`
+	}
+	if json.Unmarshal(def, &vm) == nil {
 		s.VCPUs, s.MemoryMiB, s.Restart = vm.VCPUs, vm.MemoryMiB, vm.Restart
 	}
 	if run != nil && run.State != "" {
@@ -238,31 +244,31 @@ func summary(sv *StoredVM, run *api.Run, starts int) api.VMSummary {
 
 // List returns every VM with its state, sorted by name.
 func (m *Manager) List() ([]api.VMSummary, error) {
-	vms, err := m.store.ListVMs()
-	if err != nil {
-		return nil, err
-	}
-	// Snapshot the live runs, then read the store without m.mu: a list never waits on
-	// a launch or an fsync.
+	// Snapshot the live runs, then read the store without m.mu (one read transaction):
+	// a list never waits on a launch or an fsync.
 	live := map[string]api.Run{}
 	m.mu.Lock()
 	for name, l := range m.live {
 		if l.run.Seq != 0 {
-			live[name] = l.run
+			r := l.run
+			if n := len(r.Transitions); n > 0 {
+				r.Transitions = r.Transitions[n-1:] // summary reads only the newest
+			}
+			live[name] = r
 		}
 	}
 	m.mu.Unlock()
-	out := make([]api.VMSummary, 0, len(vms))
-	for i := range vms {
-		if r, ok := live[vms[i].Name]; ok {
-			out = append(out, summary(&vms[i], &r, r.Seq))
+	rows, err := m.store.listRows(func(name string) bool { _, ok := live[name]; return ok })
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.VMSummary, 0, len(rows))
+	for _, row := range rows {
+		if r, ok := live[row.Name]; ok {
+			out = append(out, summary(row.Name, row.DefinedAt, row.Definition, &r, r.Seq))
 			continue
 		}
-		last, starts, err := m.store.LastRun(vms[i].Name)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, summary(&vms[i], last, starts))
+		out = append(out, summary(row.Name, row.DefinedAt, row.Definition, row.Last, row.Starts))
 	}
 	return out, nil
 }
@@ -294,7 +300,7 @@ func (m *Manager) info(name string, live *api.Run) (*api.VMInfo, error) {
 	if live != nil {
 		last, starts = live, max(starts, live.Seq)
 	}
-	return &api.VMInfo{VMSummary: summary(sv, last, starts), DefinedAt: sv.DefinedAt, TOML: sv.TOML, Definition: sv.Definition, Last: last}, nil
+	return &api.VMInfo{VMSummary: summary(sv.Name, sv.DefinedAt, sv.Definition, last, starts), DefinedAt: sv.DefinedAt, TOML: sv.TOML, Definition: sv.Definition, Last: last}, nil
 }
 
 // Runs returns up to limit of a VM's newest runs (0: all), oldest first.

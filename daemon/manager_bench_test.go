@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -25,14 +26,21 @@ func BenchmarkStart20WhileListing(b *testing.B) {
 	if p := os.Getenv("SNPCTL"); p != "" {
 		snpctl = p
 	}
-	variants := []struct{ name, config string }{
-		{"qemu_nice=0 (qemu at snpd's priority)", "qemu_nice = 0\n"},
-		{"qemu_nice default (10)", ""},
+	variants := []struct{ name, tag, config string }{
+		{"qemu_nice=0 (qemu at snpd's priority)", "nice0", "qemu_nice = 0\n"},
+		{"qemu_nice default (10)", "default", ""},
+	}
+	// SNPD_BENCH_NICE="5,19" adds variants with those qemu_nice values (exploration).
+	if extra := os.Getenv("SNPD_BENCH_NICE"); extra != "" {
+		for _, v := range strings.Split(extra, ",") {
+			variants = append(variants[:len(variants)-1], struct{ name, tag, config string }{
+				"qemu_nice=" + v, "nice" + v, "qemu_nice = " + v + "\n"}, variants[len(variants)-1])
+		}
 	}
 	for it := 0; it < b.N; it++ {
 		var res []start20Result
 		for _, v := range variants {
-			r := start20WhileListing(b, v.config, snpctl)
+			r := start20WhileListing(b, v.config, v.tag, snpctl)
 			res = append(res, r)
 			load, _ := os.ReadFile("/proc/loadavg")
 			fmt.Printf("== %s; host load average (1/5/15 min, ...): %s", v.name, load)
@@ -70,14 +78,24 @@ func (r start20Result) print() {
 }
 
 // start20WhileListing runs the scenario once against a fresh snpd whose config gets
-// extra appended; snpctl ("" : skip) is the binary timed per call.
-func start20WhileListing(b *testing.B, extra, snpctl string) start20Result {
+// extra appended; snpctl ("" : skip) is the binary timed per call. With SNPD_TEST_TRACE
+// or SNPD_TEST_CPUPROFILE set, that snpd writes them to the path plus "."+tag.
+func start20WhileListing(b *testing.B, extra, tag, snpctl string) start20Result {
 	const n = 20
 	{
 		e := newTestEnv(b, extra)
-		d := startDaemon(b, e)
+		var env []string
+		for _, k := range []string{"SNPD_TEST_TRACE", "SNPD_TEST_CPUPROFILE"} {
+			if p := os.Getenv(k); p != "" {
+				env = append(env, k+"="+p+"."+tag)
+			}
+		}
+		d := startDaemon(b, e, env...)
 		for i := range n {
 			mustDefine(b, d.Client, fmt.Sprintf("bench%02d", i), "")
+		}
+		if tag == "default" && snpctl != "" {
+			idleCLI(b, e.Socket, snpctl, os.Getenv("SNPCTL_CGO"))
 		}
 		var (
 			wg       sync.WaitGroup
@@ -186,5 +204,67 @@ func start20WhileListing(b *testing.B, extra, snpctl string) start20Result {
 		return start20Result{ok: len(pids), wall: wall, apiN: len(apiLat), cliN: len(cliLat),
 			apiP50: p(apiLat, 0.5), apiP99: p(apiLat, 0.99), apiMax: p(apiLat, 1),
 			cliP50: p(cliLat, 0.5), cliP99: p(cliLat, 0.99), cliMax: p(cliLat, 1)}
+	}
+}
+
+// BenchmarkManagerList20 is the daemon's own cost of one `vm list` with 20 defined VMs
+// that each have 3 or 300 runs in the store (no QEMU): what scales with the number of
+// VMs and of their past runs.
+func BenchmarkManagerList20(b *testing.B) {
+	for _, runs := range []int{3, 300} {
+		b.Run(fmt.Sprintf("runs=%d", runs), func(b *testing.B) { benchManagerList(b, 20, runs) })
+	}
+}
+
+func benchManagerList(b *testing.B, vms, runsPerVM int) {
+	s, err := OpenStore(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	m := NewManager(ManagerOptions{Store: s, Validate: validateDefinition, RuntimeDir: b.TempDir()})
+	for i := range vms {
+		name := fmt.Sprintf("bench%02d", i)
+		if _, err := m.Define(api.DefineRequest{File: name + ".toml", TOML: vmTOML(name, "")}); err != nil {
+			b.Fatal(err)
+		}
+		for range runsPerVM {
+			if _, err := s.NewRun(name, api.Run{State: api.StateStopped}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		l, err := m.List()
+		if err != nil || len(l) != vms {
+			b.Fatalf("%d vms, %v", len(l), err)
+		}
+	}
+}
+
+// idleCLI times `snpctl vm list` against an idle snpd with 20 VMs, 100 calls, for the
+// shipped static build and (cgo != "") a default cgo build, alternating call by call so
+// both see the same host: process start-up cost without contention.
+func idleCLI(b *testing.B, socket, static, cgo string) {
+	bins := []string{static}
+	if cgo != "" {
+		bins = append(bins, cgo)
+	}
+	lat := make([][]time.Duration, len(bins))
+	for range 100 {
+		for i, bin := range bins {
+			t0 := time.Now()
+			if err := exec.Command(bin, "--socket", socket, "vm", "list").Run(); err != nil {
+				b.Fatalf("%s vm list: %v", bin, err)
+			}
+			lat[i] = append(lat[i], time.Since(t0))
+		}
+	}
+	names := []string{"static (make build)", "cgo (go build)"}
+	for i := range bins {
+		slices.Sort(lat[i])
+		fmt.Printf("snpctl vm list idle, %s: p50 %.2f ms, p99 %.2f ms\n", names[i],
+			float64(lat[i][50].Microseconds())/1000, float64(lat[i][99].Microseconds())/1000)
 	}
 }

@@ -1,0 +1,102 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"reflect"
+	"testing"
+
+	"github.com/snpd/snpd/config"
+	"github.com/snpd/snpd/daemon/api"
+)
+
+// TestListMatchesGet checks that the list path (one read transaction, partial decoding)
+// gives every VM exactly the summary Get gives it, for a VM never started, one whose
+// start failed, one stopped after runs, and one running (a real child process stands in
+// for QEMU: the Manager only needs a pid to watch).
+func TestListMatchesGet(t *testing.T) {
+	s, err := OpenStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	dir := t.TempDir()
+	start := func(ctx context.Context, vm *config.VM, beforeCont func(*api.LaunchRecord) error) (vmProcess, error) {
+		if vm.Name == "fails" {
+			return nil, errors.New("refused by the test")
+		}
+		inst, _, err := startProcess("/bin/sleep", []string{"60"}, nil, filepath.Join(dir, vm.Name+".stderr"))
+		if err != nil {
+			return nil, err
+		}
+		if err := beforeCont(&api.LaunchRecord{PID: inst.PID, StartTicks: inst.StartTicks, Argv: []string{"/bin/sleep", "60"}}); err != nil {
+			inst.Kill()
+			return nil, err
+		}
+		return instanceProc{inst}, nil
+	}
+	m := NewManager(ManagerOptions{Store: s, Start: start, Validate: validateDefinition, RuntimeDir: dir})
+	defer m.Close()
+	for _, d := range []struct{ name, extra string }{
+		{"never", "restart = \"never\"\n"}, {"fails", ""}, {"stopped", "restart = \"on-crash\"\n"}, {"running", "[snp]\nguest_features = 1\n"},
+	} {
+		if _, err := m.Define(api.DefineRequest{File: d.name + ".toml", TOML: vmTOML(d.name, d.extra)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx := context.Background()
+	if _, err := m.Start(ctx, "fails"); err == nil {
+		t.Fatal("start of fails succeeded")
+	}
+	for range 2 {
+		if _, err := m.Start(ctx, "stopped"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := m.Kill(ctx, "stopped"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := m.Start(ctx, "running"); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Kill(ctx, "running")
+
+	list, err := m.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, v := range list {
+		names = append(names, v.Name)
+		info, err := m.Get(v.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(v, info.VMSummary) {
+			t.Errorf("list row %+v\n     get %+v", v, info.VMSummary)
+		}
+	}
+	if want := []string{"fails", "never", "running", "stopped"}; !reflect.DeepEqual(names, want) {
+		t.Fatalf("listed %q, want %q", names, want)
+	}
+	// The rows are not all alike, so the comparison above covers every branch.
+	want := map[string]struct {
+		state  api.State
+		starts int
+		pid    bool
+		vcpus  int
+	}{
+		"fails": {api.StateFailed, 1, false, 1}, "never": {api.StateStopped, 0, false, 1},
+		"running": {api.StateRunning, 1, true, 1}, "stopped": {api.StateStopped, 2, false, 1},
+	}
+	for _, v := range list {
+		w := want[v.Name]
+		if v.State != w.state || v.Starts != w.starts || (v.PID != 0) != w.pid || v.VCPUs != w.vcpus || v.MemoryMiB != 64 {
+			t.Errorf("%s: %+v, want %+v", v.Name, v, w)
+		}
+	}
+	if list[3].Restart != "on-crash" {
+		t.Errorf("stopped: restart %q", list[3].Restart)
+	}
+}
