@@ -52,6 +52,9 @@ type Attestor struct {
 	MinTCB uint64
 	// Now is the clock (nil: time.Now).
 	Now func() time.Time
+	// Sessions, when set, is told the chain that verified each VM's report, which its
+	// guest may then ask for (nil: not kept).
+	Sessions *GuestSessions
 }
 
 // NewAttestor builds the Attestor from the daemon config: trusted roots (AMD's, or
@@ -142,6 +145,9 @@ func (a *Attestor) Attest(ctx context.Context, name string, nonce []byte) (*api.
 	}
 	if vd.Report != nil {
 		out.Decoded, _ = json.Marshal(vd.Report)
+	}
+	if a.Sessions != nil && vd.ChainPEM != "" {
+		a.Sessions.RememberChain(name, vd.ChainPEM)
 	}
 	// Give the guest its own launch record and chain (best effort: the evidence above
 	// stands on its own).

@@ -24,8 +24,9 @@ func (s *Server) attestRoutes() []Route {
 }
 
 // attestLookup adapts the Manager to Attestor.Lookup: the VM's newest run record, its
-// state and its guest channel from the definition and the daemon's settings.
-func attestLookup(m *Manager, gc config.GuestChannel) func(string) (*AttestTarget, error) {
+// state and its guest channel from the definition and the daemon's settings; a serial
+// channel goes through the VM's session in sessions (nil: dialled per exchange).
+func attestLookup(m *Manager, gc config.GuestChannel, sessions *GuestSessions) func(string) (*AttestTarget, error) {
 	return func(name string) (*AttestTarget, error) {
 		info, err := m.Get(name)
 		if err != nil {
@@ -54,6 +55,9 @@ func attestLookup(m *Manager, gc config.GuestChannel) func(string) (*AttestTarge
 			if t.Definition != nil && t.Definition.Channel != nil {
 				if t.Definition.Channel.Serial {
 					t.Channel.SerialSocket = SerialChannel(dir).SerialSocket
+					if sessions != nil && t.Running {
+						t.Channel.Session = sessions.Session(name)
+					}
 				}
 				t.Channel.VsockCID = t.Definition.Channel.VsockCID
 				t.Channel.VsockPort = gc.VsockPort

@@ -35,6 +35,24 @@ type GuestChannel struct {
 	VsockPort uint32
 	// Timeout bounds one exchange when ctx has no earlier deadline (0: DefaultAgentTimeout).
 	Timeout time.Duration
+	// Session is the VM's serial session (nil: none). When set, exchanges go over it
+	// instead of dialling SerialSocket: QEMU serves the socket to one client at a time,
+	// and the session holds that connection.
+	Session *GuestSession
+}
+
+// exchange sends one request and returns the answer frame, over the session when there
+// is one, else on a fresh connection.
+func (g GuestChannel) exchange(ctx context.Context, t agentproto.Type, msg any) (*agentproto.Frame, error) {
+	if g.Session != nil {
+		return g.Session.Call(ctx, t, msg)
+	}
+	conn, err := g.dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	return agentproto.Exchange(ctx, conn, t, exchangeID.Add(1), msg)
 }
 
 // SerialChannel returns the GuestChannel of a VM whose runtime directory is dir
@@ -80,12 +98,7 @@ func (g GuestChannel) Challenge(ctx context.Context, nonce, userData []byte) (*a
 	}
 	ctx, cancel := g.withTimeout(ctx)
 	defer cancel()
-	conn, err := g.dial(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close()
-	f, err := agentproto.Exchange(ctx, conn, agentproto.TypeReportRequest, exchangeID.Add(1), req)
+	f, err := g.exchange(ctx, agentproto.TypeReportRequest, req)
 	if err != nil {
 		return nil, fmt.Errorf("challenging guest: %w", err)
 	}
@@ -109,12 +122,7 @@ func (g GuestChannel) Provision(ctx context.Context, record []byte, chainPEM str
 	}
 	ctx, cancel := g.withTimeout(ctx)
 	defer cancel()
-	conn, err := g.dial(ctx)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	f, err := agentproto.Exchange(ctx, conn, agentproto.TypeProvision, exchangeID.Add(1), p)
+	f, err := g.exchange(ctx, agentproto.TypeProvision, p)
 	if err != nil {
 		return fmt.Errorf("provisioning guest: %w", err)
 	}
@@ -135,12 +143,7 @@ func (g GuestChannel) Provision(ctx context.Context, record []byte, chainPEM str
 func (g GuestChannel) Ping(ctx context.Context) error {
 	ctx, cancel := g.withTimeout(ctx)
 	defer cancel()
-	conn, err := g.dial(ctx)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	f, err := agentproto.Exchange(ctx, conn, agentproto.TypePing, exchangeID.Add(1), &agentproto.Ping{})
+	f, err := g.exchange(ctx, agentproto.TypePing, &agentproto.Ping{})
 	if err != nil {
 		return fmt.Errorf("pinging guest agent: %w", err)
 	}

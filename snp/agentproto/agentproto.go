@@ -20,11 +20,24 @@
 //
 // # Exchanges
 //
-// snpd is the client: it sends ReportRequest, Provision or Ping and reads exactly one
-// answer with the same id (ReportResponse, Ack, Pong, or Error). The agent never initiates. Both sides bound
+// A request is answered by exactly one frame with the same id. snpd sends ReportRequest,
+// Provision or Ping and reads ReportResponse, Ack, Pong, or Error. Both sides bound
 // each exchange with a timeout and every field with a size limit (see the Max constants).
 // On vsock snpd dials the guest CID it assigned at launch, and on virtio-serial the
 // per-VM unix socket QEMU serves, so an answer always belongs to that VM's guest.
+//
+// # Guest requests
+//
+// The agent may also ask snpd, at any time and on the same stream, for its own launch
+// record (RecordRequest, answered by RecordResponse) and for the certificate chain snpd
+// holds for it (ChainRequest, answered by ChainResponse, or Error "no certificates
+// cached ..."). Requests and answers are told apart by their type (Type.IsRequest), so
+// both directions share one connection (Conn multiplexes them by id); ids are chosen by
+// the sender of the request and are only unique per direction. This was added within
+// version 1: a peer that predates these types answers Error "unsupported request type"
+// and ignores stray answers. snpd answers only about the VM that owns the channel (the
+// per-VM socket, or the peer CID it assigned at launch); nothing in the request selects
+// another VM.
 //
 // # REPORT_DATA binding
 //
@@ -92,6 +105,11 @@ const (
 	TypePong           Type = 5
 	TypeProvision      Type = 6
 	TypeAck            Type = 7
+	// Guest-initiated requests (see "Guest requests" in the package comment).
+	TypeRecordRequest  Type = 8
+	TypeRecordResponse Type = 9
+	TypeChainRequest   Type = 10
+	TypeChainResponse  Type = 11
 )
 
 func (t Type) String() string {
@@ -110,6 +128,14 @@ func (t Type) String() string {
 		return "provision"
 	case TypeAck:
 		return "ack"
+	case TypeRecordRequest:
+		return "record-request"
+	case TypeRecordResponse:
+		return "record-response"
+	case TypeChainRequest:
+		return "chain-request"
+	case TypeChainResponse:
+		return "chain-response"
 	}
 	return fmt.Sprintf("type-%d", uint8(t))
 }

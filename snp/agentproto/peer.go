@@ -72,42 +72,53 @@ func Serve(ctx context.Context, rw io.ReadWriter, src ReportSource) error {
 }
 
 func answer(w io.Writer, f *Frame, src ReportSource) error {
+	t, msg := agentAnswer(f, src)
+	return WriteFrame(w, t, f.ID, msg)
+}
+
+// AgentHandler answers the host's requests (report, provision, ping) from src, as Serve
+// does, for use with Conn.
+func AgentHandler(src ReportSource) Handler {
+	return func(_ context.Context, f *Frame) (Type, any) { return agentAnswer(f, src) }
+}
+
+func agentAnswer(f *Frame, src ReportSource) (Type, any) {
 	switch f.Type {
 	case TypePing:
 		var p Ping
 		if err := f.Decode(&p); err != nil {
-			return WriteFrame(w, TypeError, f.ID, &Error{Message: err.Error()})
+			return TypeError, &Error{Message: truncate(err.Error())}
 		}
-		return WriteFrame(w, TypePong, f.ID, &Pong{Agent: AgentName})
+		return TypePong, &Pong{Agent: AgentName}
 	case TypeProvision:
 		var p Provision
 		if err := f.Decode(&p); err != nil {
-			return WriteFrame(w, TypeError, f.ID, &Error{Message: err.Error()})
+			return TypeError, &Error{Message: truncate(err.Error())}
 		}
 		pv, ok := src.(Provisioner)
 		if !ok {
-			return WriteFrame(w, TypeError, f.ID, &Error{Message: "this agent keeps no provisioned record"})
+			return TypeError, &Error{Message: "this agent keeps no provisioned record"}
 		}
 		if err := pv.Provision(&p); err != nil {
-			return WriteFrame(w, TypeError, f.ID, &Error{Message: truncate(err.Error())})
+			return TypeError, &Error{Message: truncate(err.Error())}
 		}
-		return WriteFrame(w, TypeAck, f.ID, &Ack{})
+		return TypeAck, &Ack{}
 	case TypeReportRequest:
 		var req ReportRequest
 		if err := f.Decode(&req); err != nil {
-			return WriteFrame(w, TypeError, f.ID, &Error{Message: err.Error()})
+			return TypeError, &Error{Message: truncate(err.Error())}
 		}
 		report, certs, err := src.GetReport(ReportData(req.Nonce, req.UserData))
 		if err != nil {
-			return WriteFrame(w, TypeError, f.ID, &Error{Message: truncate(err.Error())})
+			return TypeError, &Error{Message: truncate(err.Error())}
 		}
 		resp := &ReportResponse{Report: report, CertTable: certs}
 		if err := resp.Validate(); err != nil {
-			return WriteFrame(w, TypeError, f.ID, &Error{Message: "report device answer: " + err.Error()})
+			return TypeError, &Error{Message: "report device answer: " + err.Error()}
 		}
-		return WriteFrame(w, TypeReportResponse, f.ID, resp)
+		return TypeReportResponse, resp
 	}
-	return WriteFrame(w, TypeError, f.ID, &Error{Message: fmt.Sprintf("unsupported request type %v", f.Type)})
+	return TypeError, &Error{Message: fmt.Sprintf("unsupported request type %v", f.Type)}
 }
 
 func truncate(s string) string {
