@@ -116,8 +116,23 @@ func Run(ctx context.Context, cfg *config.Daemon) error {
 
 	s := &Server{cfg: cfg, mgr: mgr, store: store, log: log, started: time.Now().UTC(), reattached: reattached,
 		socket: ln.Addr().String()}
-	if s.att, err = NewAttestor(cfg, policy, attestLookup(mgr, cfg.GuestChannel)); err != nil {
+	// Guest sessions: snpd's end of each VM's serial channel, and the vsock listener for
+	// guest-initiated requests (fails soft on hosts without vsock).
+	sessions := &GuestSessions{Record: managerRecord(mgr), Log: log}
+	defer sessions.Close()
+	if s.att, err = NewAttestor(cfg, policy, attestLookup(mgr, cfg.GuestChannel, sessions)); err != nil {
 		return err
+	}
+	s.att.Sessions, sessions.Cache = sessions, s.att.Cache
+	go sessions.Watch(ctx, mgr)
+	if vl, err := VsockListen(cfg.GuestChannel.VsockPort); err != nil {
+		log.Info("guest vsock requests not served (no vsock on this host)", "err", err)
+	} else {
+		go func() {
+			if err := sessions.ServeGuests(ctx, vl); err != nil {
+				log.Warn("serving guest vsock requests", "err", err)
+			}
+		}()
 	}
 	srv := newHTTPServer(newMux(s.routes(), log), Authorizer{OperateGID: operateGID, ReadGID: readGID}, log)
 	serveErr := make(chan error, 1)
