@@ -7,6 +7,14 @@
 // (configfs-tsm first, /dev/sev-guest otherwise); a guest with neither answers every
 // challenge with the error "guest has no SEV-SNP report device".
 //
+// It also asks snpd, on the same channel, for the guest's own launch record (expected
+// measurement, policy, host-data, ...) and the certificate chain snpd holds for it:
+// `snp-agent record` prints the record (JSON) and `snp-agent chain` the chain (PEM),
+// asking the running agent through its control socket (<state-dir>/control.sock, root
+// only), which relays over the serial port, or over vsock to the host (CID 2) when
+// -host-vsock-port is set. At start the agent asks for its record once and logs the
+// expected measurement (on the console when it is init).
+//
 // Run as PID 1 (the init of a minimal initramfs), it first mounts /proc, /sys, /dev and
 // configfs, loads the kernel modules listed one path per line in /etc/snp-agent/modules
 // (with finit_module, in order), and powers the machine off if it ever has to stop.
@@ -50,11 +58,12 @@ var ErrNoDevice = errors.New("guest has no SEV-SNP report device")
 func main() {
 	vsockPort := flag.Uint("vsock-port", 5000, "vsock port to listen on when the guest has a vsock device (0: none)")
 	portPath := flag.String("port", "", "virtio-serial port device (default: the port named "+PortName+")")
-	stateDir := flag.String("state-dir", "/run/snp-agent", "where the launch record and chain snpd provisions are kept")
+	stateDir := flag.String("state-dir", "/run/snp-agent", "where the provisioned record and chain and the control socket are kept")
+	hostVsock := flag.Uint("host-vsock-port", 0, "ask snpd over vsock on this host port when the serial port is not connected (0: serial only)")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: snp-agent [flags]          serve attestation challenges\n"+
-			"       snp-agent [flags] record   print this guest's launch record as snpd provisioned it\n"+
-			"       snp-agent [flags] chain    print the VCEK/ASK/ARK chain snpd provisioned (PEM)\n")
+			"       snp-agent [flags] record   ask snpd for this guest's launch record (JSON)\n"+
+			"       snp-agent [flags] chain    ask snpd for the VCEK/ASK/ARK chain it holds for this guest (PEM)\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -63,15 +72,19 @@ func main() {
 	// As PID 1 the positional arguments are kernel command line leftovers (the EFI shell
 	// passes the image path, "\vmlinuz"), never a subcommand.
 	if flag.NArg() > 0 && os.Getpid() != 1 {
-		os.Exit(show(*stateDir, flag.Arg(0), flag.NArg()))
+		os.Exit(ask(os.Stdout, os.Stderr, *stateDir, uint32(*hostVsock), flag.Args()))
 	}
-	src := &quoteSource{stateDir: *stateDir}
+	a := &agent{src: &quoteSource{stateDir: *stateDir}, hostVsockPort: uint32(*hostVsock)}
 	init1 := os.Getpid() == 1
 	if init1 {
 		setupInit()
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	err := run(ctx, src, *portPath, uint32(*vsockPort))
+	if err := a.serveControl(ctx, filepath.Join(*stateDir, controlName)); err != nil {
+		log.Printf("control socket: %v", err)
+	}
+	go a.announceRecord(ctx)
+	err := a.run(ctx, *portPath, uint32(*vsockPort))
 	stop()
 	if err != nil {
 		log.Print(err)
@@ -107,22 +120,6 @@ func (q *quoteSource) Provision(p *agentproto.Provision) error {
 	return nil
 }
 
-// show prints a provisioned file for the record/chain subcommands.
-func show(dir, what string, nargs int) int {
-	file := map[string]string{"record": "record.json", "chain": "chain.pem"}[what]
-	if file == "" || nargs != 1 {
-		flag.Usage()
-		return 2
-	}
-	b, err := os.ReadFile(filepath.Join(dir, file))
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "snp-agent: no %s provisioned yet (snpd sends it with each attestation): %v\n", what, err)
-		return 1
-	}
-	os.Stdout.Write(b)
-	return 0
-}
-
 func (*quoteSource) GetReport(reportData [64]byte) ([]byte, []byte, error) {
 	if !hasReportDevice() {
 		return nil, nil, ErrNoDevice
@@ -152,7 +149,8 @@ func hasReportDevice() bool {
 	return false
 }
 
-func run(ctx context.Context, src agentproto.ReportSource, portPath string, vsockPort uint32) error {
+func (a *agent) run(ctx context.Context, portPath string, vsockPort uint32) error {
+	src := a.src
 	errc := make(chan error, 2)
 	n := 0
 	if vsockPort != 0 {
@@ -166,7 +164,7 @@ func run(ctx context.Context, src agentproto.ReportSource, portPath string, vsoc
 		}
 	}
 	n++
-	go func() { errc <- serveSerial(ctx, portPath, src) }()
+	go func() { errc <- a.serveSerial(ctx, portPath) }()
 	var first error
 	for i := 0; i < n; i++ {
 		if err := <-errc; err != nil && first == nil && ctx.Err() == nil {
@@ -204,7 +202,7 @@ func (c *timeoutConn) Read(p []byte) (int, error) {
 // serveSerial serves the virtio-serial port. The port stays open across host
 // disconnects: a read then returns EOF until snpd connects again, and closing the port
 // instead would make the guest kernel discard a request that arrived meanwhile.
-func serveSerial(ctx context.Context, portPath string, src agentproto.ReportSource) error {
+func (a *agent) serveSerial(ctx context.Context, portPath string) error {
 	logged := false
 	for ctx.Err() == nil {
 		p := portPath
@@ -226,7 +224,12 @@ func serveSerial(ctx context.Context, portPath string, src agentproto.ReportSour
 		log.Printf("serving on %s", p)
 		stop := context.AfterFunc(ctx, func() { f.Close() })
 		for ctx.Err() == nil {
-			err = agentproto.Serve(ctx, f, src)
+			// One Conn per host connection: it answers snpd's challenges and carries
+			// this guest's own requests (a.askHost) on the same stream.
+			conn := agentproto.NewConn(f, agentproto.AgentHandler(a.src))
+			a.host.Store(conn)
+			err = conn.Run(ctx)
+			a.host.CompareAndSwap(conn, nil)
 			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 				sleep(ctx, 100*time.Millisecond) // no host connected: poll again
 				continue
