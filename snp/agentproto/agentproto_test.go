@@ -194,6 +194,15 @@ func FuzzReadFrame(f *testing.F) {
 	buf.Reset()
 	_ = WriteFrame(&buf, TypeError, 3, &Error{Message: "x"})
 	f.Add(buf.Bytes())
+	buf.Reset()
+	_ = WriteFrame(&buf, TypeRecordRequest, 4, &RecordRequest{VM: "vm1"})
+	f.Add(buf.Bytes())
+	buf.Reset()
+	_ = WriteFrame(&buf, TypeRecordResponse, 5, &RecordResponse{VM: "vm1", Record: []byte(`{"a":1}`)})
+	f.Add(buf.Bytes())
+	buf.Reset()
+	_ = WriteFrame(&buf, TypeChainResponse, 6, &ChainResponse{VM: "vm1", ChainPEM: "x"})
+	f.Add(buf.Bytes())
 	f.Add([]byte("SNPA"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fr, err := ReadFrame(bytes.NewReader(data))
@@ -213,6 +222,24 @@ func FuzzReadFrame(f *testing.F) {
 		var p Provision
 		if fr.Decode(&p) == nil && p.Validate() != nil {
 			t.Fatal("Decode accepted an invalid provision")
+		}
+		var rr RecordRequest
+		if fr.Decode(&rr) == nil && rr.Validate() != nil {
+			t.Fatal("Decode accepted an invalid record request")
+		}
+		var rec RecordResponse
+		if DecodeAnswer(fr, TypeRecordResponse, &rec) == nil && rec.Validate() != nil {
+			t.Fatal("DecodeAnswer accepted an invalid record response")
+		}
+		var ch ChainResponse
+		if DecodeAnswer(fr, TypeChainResponse, &ch) == nil && ch.Validate() != nil {
+			t.Fatal("DecodeAnswer accepted an invalid chain response")
+		}
+		// The host's handler path: whatever the guest sends gets one bounded answer.
+		if typ, msg := agentAnswer(fr, &fakeSource{}); typ == TypeError {
+			if e := msg.(*Error); len(e.Message) > MaxMessage+64 {
+				t.Fatalf("error answer of %d bytes", len(e.Message))
+			}
 		}
 		_, _ = Resync(bufio.NewReader(bytes.NewReader(data)), 1<<16)
 	})
