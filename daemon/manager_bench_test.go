@@ -40,10 +40,11 @@ func BenchmarkStart20WhileListing(b *testing.B) {
 	for it := 0; it < b.N; it++ {
 		var res []start20Result
 		for _, v := range variants {
+			fmt.Printf("== %s\n", v.name)
 			r := start20WhileListing(b, v.config, v.tag, snpctl)
 			res = append(res, r)
 			load, _ := os.ReadFile("/proc/loadavg")
-			fmt.Printf("== %s; host load average (1/5/15 min, ...): %s", v.name, load)
+			fmt.Printf("host load average (1/5/15 min, ...): %s", load)
 			r.print()
 		}
 		base, def := res[0], res[len(res)-1]

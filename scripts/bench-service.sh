@@ -16,4 +16,4 @@ chmod 755 "$bin"
 CGO_ENABLED=0 go build -trimpath -o "$bin/snpctl" ./cmd/snpctl
 CGO_ENABLED=1 go build -o "$bin/snpctl-cgo" ./cmd/snpctl
 SNPCTL="$bin/snpctl" SNPCTL_CGO="$bin/snpctl-cgo" go test -count=1 -run '^$' -bench '^BenchmarkStart20WhileListing$' -benchtime 1x ./daemon/ \
-  | grep -E '^(BENCH |== |ratios|20 concurrent|API list|snpctl vm list)'
+  | grep -E '^(BENCH |== |host load|ratios|20 concurrent|API list|snpctl vm list)'
