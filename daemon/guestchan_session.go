@@ -260,7 +260,12 @@ func (s *GuestSession) Call(ctx context.Context, t agentproto.Type, msg any) (*a
 		if conn != nil {
 			f, err := conn.Call(ctx, t, msg)
 			if errors.Is(err, agentproto.ErrClosed) && ctx.Err() == nil {
-				continue // reconnecting: wait for the next connection
+				// Reconnecting: wait for this connection to wind down, then for the next.
+				select {
+				case <-conn.Done():
+					continue
+				case <-ctx.Done():
+				}
 			}
 			return f, err
 		}

@@ -171,7 +171,8 @@ func (c *Conn) readLoop(ctx context.Context, reqs chan<- *Frame) error {
 }
 
 // Call sends request t with msg and returns the peer's answer (any type: use
-// DecodeAnswer). ctx must carry a deadline; it bounds the whole call.
+// DecodeAnswer). ctx must carry a deadline; it bounds the whole call. An error wrapping
+// ErrClosed means the connection is gone (the request may not have been sent).
 func (c *Conn) Call(ctx context.Context, t Type, msg any) (*Frame, error) {
 	if _, ok := ctx.Deadline(); !ok {
 		return nil, errors.New("agent exchange needs a deadline")
@@ -200,7 +201,9 @@ func (c *Conn) Call(ctx context.Context, t Type, msg any) (*Frame, error) {
 	}
 	if err := c.write(t, id, msg); err != nil {
 		forget()
-		return nil, err
+		// A failed write leaves the stream unusable (Run ends soon): say it is closed
+		// so a caller with another connection to come can retry there.
+		return nil, fmt.Errorf("%w: %w", ErrClosed, err)
 	}
 	select {
 	case f, ok := <-ch:
