@@ -62,7 +62,9 @@ func buildAgentDisk(t *testing.T) string {
 // launches Debian's OVMF, which boots Debian's cloud kernel with an initramfs whose init
 // is snp-agent (platform none, virtio-serial guest channel), and `snpctl attest` reaches the agent through snpd
 // and fails cleanly with the agent's "guest has no SEV-SNP report device": exit 1, one
-// line, promptly — neither hanging nor passing.
+// line, promptly — neither hanging nor passing. The agent also asks snpd for its own
+// launch record over the same serial session and logs the recorded expected
+// measurement on the console.
 func TestAttestRealGuestThroughSnpd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots a guest; skipped with -short")
@@ -116,6 +118,7 @@ func TestAttestRealGuestThroughSnpd(t *testing.T) {
 					t.Fatalf("the agent's refusal took %v", took)
 				}
 			}
+			checkGuestAskedRecord(t, d.Client, console, "att1")
 			return
 		}
 		if time.Now().After(deadline) {
@@ -123,6 +126,34 @@ func TestAttestRealGuestThroughSnpd(t *testing.T) {
 			t.Fatalf("agent never answered; last: exit %d %q\nconsole:\n%s", code, msg, b)
 		}
 		time.Sleep(2 * time.Second)
+	}
+}
+
+// checkGuestAskedRecord waits for the line the agent logs on the console once snpd
+// answered its own launch-record request over the virtio-serial session, and checks it
+// carries the expected measurement snpd recorded for that VM.
+func checkGuestAskedRecord(t *testing.T, c *api.Client, console, vm string) {
+	t.Helper()
+	info, err := c.Get(ctxT(t, 10*time.Second), vm)
+	if err != nil || info.Last == nil {
+		t.Fatalf("get %s: %v", vm, err)
+	}
+	var rec api.LaunchRecord
+	if err := json.Unmarshal(info.Last.Record, &rec); err != nil || len(rec.ExpectedDigest) != 96 {
+		t.Fatalf("record of %s: %v (digest %q)", vm, err, rec.ExpectedDigest)
+	}
+	want := fmt.Sprintf("launch record from snpd: vm %s, expected measurement %s", vm, rec.ExpectedDigest)
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		b, _ := os.ReadFile(console)
+		if strings.Contains(string(b), want) {
+			t.Logf("guest console: %s", want)
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the guest never logged %q\nconsole:\n%s", want, b)
+		}
+		time.Sleep(time.Second)
 	}
 }
 

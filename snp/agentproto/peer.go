@@ -130,7 +130,7 @@ func truncate(s string) string {
 
 // Exchange sends one request on conn and returns the answer frame with the same id,
 // skipping stale frames with other ids (left over from an earlier, timed-out exchange on
-// a virtio-serial port). The whole exchange is bounded by ctx's deadline, which it sets
+// a virtio-serial port) and the peer's own requests. The whole exchange is bounded by ctx's deadline, which it sets
 // on conn; a zero deadline is refused so a silent guest cannot hang the caller.
 func Exchange(ctx context.Context, conn net.Conn, t Type, id uint32, msg any) (*Frame, error) {
 	deadline, ok := ctx.Deadline()
@@ -162,9 +162,11 @@ func Exchange(ctx context.Context, conn net.Conn, t Type, id uint32, msg any) (*
 			}
 			return nil, fmt.Errorf("reading agent answer: %w", err)
 		}
-		if f.ID == id {
+		if f.ID == id && !f.Type.IsRequest() {
 			return f, nil
 		}
+		// A request from the peer (a guest asking snpd on the same stream) is not the
+		// answer; whoever serves the peer's requests answers it.
 		if skipped > 16 {
 			return nil, errors.New("reading agent answer: too many stray frames")
 		}
