@@ -45,7 +45,11 @@ type GuestChannel struct {
 // is one, else on a fresh connection.
 func (g GuestChannel) exchange(ctx context.Context, t agentproto.Type, msg any) (*agentproto.Frame, error) {
 	if g.Session != nil {
-		return g.Session.Call(ctx, t, msg)
+		f, err := g.Session.Call(ctx, t, msg)
+		if err != nil && ctx.Err() != nil {
+			return nil, fmt.Errorf("waiting for the guest agent: %w", ctx.Err())
+		}
+		return f, err
 	}
 	conn, err := g.dial(ctx)
 	if err != nil {
