@@ -119,6 +119,20 @@ func TestAttestRealGuestThroughSnpd(t *testing.T) {
 				}
 			}
 			checkGuestAskedRecord(t, d.Client, console, "att1")
+			if !strings.Contains(d.out.String(), `msg="guest channel connected" vm=att1`) {
+				t.Fatalf("snpd did not log its session to att1:\n%s", d.out.String())
+			}
+			// snpd restarts (SIGKILL): the new one reattaches, opens the session again
+			// and challenges go through it at once.
+			d.kill9()
+			d2 := startDaemon(t, e)
+			out, err := exec.Command(snpctl, "--socket", e.Socket, "attest", "att1", "--timeout", "30s").CombinedOutput()
+			if err == nil || !strings.Contains(string(out), "guest has no SEV-SNP report device") {
+				t.Fatalf("attest after reattach: %v %s\nsnpd:\n%s", err, out, d2.out.String())
+			}
+			if !strings.Contains(d2.out.String(), `msg="guest channel connected" vm=att1`) {
+				t.Fatalf("the reattached snpd has no session to att1:\n%s", d2.out.String())
+			}
 			return
 		}
 		if time.Now().After(deadline) {

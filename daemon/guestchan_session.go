@@ -219,7 +219,7 @@ func (s *GuestSession) run(ctx context.Context) {
 			s.conn = conn
 			close(s.up)
 			s.mu.Unlock()
-			s.g.log().Debug("guest channel connected", "vm", s.VM)
+			s.g.log().Info("guest channel connected", "vm", s.VM)
 			began := time.Now()
 			err = conn.Run(ctx)
 			c.Close()
