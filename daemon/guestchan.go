@@ -118,7 +118,8 @@ func (g GuestChannel) Challenge(ctx context.Context, nonce, userData []byte) (*a
 }
 
 // Provision gives the agent the VM's launch record (JSON) and certificate chain (PEM),
-// which guest software reads with `snp-agent record|chain`.
+// which the agent keeps in its state directory (record.json, chain.pem). Guests can also
+// ask for both at any time (`snp-agent record|chain`, answered by GuestSessions).
 func (g GuestChannel) Provision(ctx context.Context, record []byte, chainPEM string) error {
 	p := &agentproto.Provision{Record: record, ChainPEM: chainPEM}
 	if err := p.Validate(); err != nil {

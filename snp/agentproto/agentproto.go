@@ -164,10 +164,10 @@ type Error struct {
 	Message string `json:"message"`
 }
 
-// Provision gives the guest what snpd knows about it, so software in the guest can read
-// its own launch record and certificate chain from the agent (snp-agent record|chain)
-// and compare them with its reports. snpd sends it after each attestation; the agent
-// answers Ack.
+// Provision gives the guest what snpd knows about it (its launch record and certificate
+// chain), which the agent keeps as files for software in the guest. snpd sends it after
+// each attestation; the agent answers Ack. A guest that wants them at another time asks
+// with RecordRequest and ChainRequest.
 type Provision struct {
 	// Record is the launch record (api.LaunchRecord JSON), at most MaxRecord bytes.
 	Record json.RawMessage `json:"record"`
