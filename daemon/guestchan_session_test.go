@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snpd/snpd/config"
+	"github.com/snpd/snpd/daemon/api"
 	"github.com/snpd/snpd/daemon/guestchantest"
 	"github.com/snpd/snpd/snp/agentproto"
 )
@@ -329,5 +331,67 @@ func TestRecordedChannel(t *testing.T) {
 	}
 	if recordedCID(argv[:1]) != 0 || hasSerialAgent(argv[:3]) {
 		t.Fatal("found a channel that is not there")
+	}
+}
+
+// TestGuestSessionsFollowManager: Watch opens a session when a VM with the agent's
+// serial port starts (a real child process stands in for QEMU, the fake chardev server
+// for its agent.sock), maps the CID its argv carries, and drops both when it exits.
+func TestGuestSessionsFollowManager(t *testing.T) {
+	s, err := OpenStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	q := newFakeQEMU(t)
+	vmDir := filepath.Dir(q.sock)
+	argv := []string{"/bin/sleep", "-device", mustJSON(virtioDevice("vhost-vsock-pci", device{"id": "vsock0", "guest-cid": uint32(41)})),
+		"-device", mustJSON(device{"driver": "virtserialport", "bus": "virtio-serial0.0", "chardev": "agent0", "name": AgentPortName, "id": "agent0"})}
+	start := func(ctx context.Context, vm *config.VM, beforeCont func(*api.LaunchRecord) error) (vmProcess, error) {
+		inst, _, err := startProcess("/bin/sleep", []string{"60"}, nil, filepath.Join(vmDir, "stderr"))
+		if err != nil {
+			return nil, err
+		}
+		rec := &api.LaunchRecord{Name: vm.Name, PID: inst.PID, StartTicks: inst.StartTicks, Argv: argv, RuntimeDir: vmDir, ExpectedDigest: "ab"}
+		if err := beforeCont(rec); err != nil {
+			inst.Kill()
+			return nil, err
+		}
+		return instanceProc{inst}, nil
+	}
+	m := NewManager(ManagerOptions{Store: s, Start: start, Validate: validateDefinition, RuntimeDir: t.TempDir()})
+	defer m.Close()
+	if _, err := m.Define(api.DefineRequest{File: "w1.toml", TOML: vmTOML("w1", "")}); err != nil {
+		t.Fatal(err)
+	}
+	g := &GuestSessions{Record: managerRecord(m)}
+	defer g.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	watched := make(chan struct{})
+	go func() { g.Watch(ctx, m); close(watched) }()
+	defer func() { cancel(); <-watched }()
+	if _, err := m.Start(context.Background(), "w1"); err != nil {
+		t.Fatal(err)
+	}
+	guest, raw := q.guest(t)
+	r, err := askRecord(t, guest, "")
+	if err != nil || r.VM != "w1" || !strings.Contains(string(r.Record), `"expected_digest":"ab"`) {
+		t.Fatalf("record of w1: %+v %v", r, err)
+	}
+	if name, ok := g.VMForCID(41); !ok || name != "w1" {
+		t.Fatalf("CID 41 -> %q %v", name, ok)
+	}
+	if _, err := m.Kill(context.Background(), "w1"); err != nil {
+		t.Fatal(err)
+	}
+	_ = raw.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := raw.Read(make([]byte, 1)); err == nil {
+		t.Fatal("session still open after the VM exited")
+	}
+	if _, ok := g.VMForCID(41); ok {
+		t.Fatal("CID still mapped after the VM exited")
+	}
+	if g.Session("w1") != nil {
+		t.Fatal("session still registered after the VM exited")
 	}
 }
