@@ -93,6 +93,10 @@ type GuestSession struct {
 	mu   sync.Mutex
 	conn *agentproto.Conn
 	up   chan struct{} // closed when conn is set; replaced when it goes
+	// turn admits one host request at a time: the agent queues only
+	// agentproto.MaxQueued, so concurrent verifiers wait here (within their deadline)
+	// rather than being answered "busy".
+	turn chan struct{}
 }
 
 // StartSerial starts (or keeps) the session of VM name on socket. Starting a session
@@ -111,7 +115,7 @@ func (g *GuestSessions) StartSerial(name, socket string) *GuestSession {
 		s.stop()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &GuestSession{VM: name, Socket: socket, g: g, cancel: cancel, done: make(chan struct{}), up: make(chan struct{})}
+	s := &GuestSession{VM: name, Socket: socket, g: g, cancel: cancel, done: make(chan struct{}), up: make(chan struct{}), turn: make(chan struct{}, 1)}
 	g.sessions[name] = s
 	go s.run(ctx)
 	return s
@@ -253,6 +257,12 @@ func (s *GuestSession) run(ctx context.Context) {
 // Call sends a host request to the VM's agent on the session, waiting (within ctx) for
 // the connection if it is being re-established.
 func (s *GuestSession) Call(ctx context.Context, t agentproto.Type, msg any) (*agentproto.Frame, error) {
+	select {
+	case s.turn <- struct{}{}:
+		defer func() { <-s.turn }()
+	case <-ctx.Done():
+		return nil, fmt.Errorf("waiting for the guest channel of %s: %w", s.VM, ctx.Err())
+	}
 	for {
 		s.mu.Lock()
 		conn, up := s.conn, s.up

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -152,6 +153,16 @@ func TestGuestSessionOwnRecordOnly(t *testing.T) {
 	}
 	if err := gc.Ping(context.Background()); err != nil {
 		t.Fatalf("ping through the session: %v", err)
+	}
+	// Many verifiers at once: each waits its turn on the session, none is "busy".
+	errc := make(chan error, 3*agentproto.MaxQueued)
+	for range cap(errc) {
+		go func() { errc <- gc.Ping(context.Background()) }()
+	}
+	for range cap(errc) {
+		if err := <-errc; err != nil {
+			t.Fatalf("concurrent ping: %v", err)
+		}
 	}
 	if n := q.accepts.Load(); n != 1 {
 		t.Fatalf("snpd opened %d connections to agent.sock, want 1", n)
@@ -394,4 +405,52 @@ func TestGuestSessionsFollowManager(t *testing.T) {
 	if g.Session("w1") != nil {
 		t.Fatal("session still registered after the VM exited")
 	}
+}
+
+// FuzzGuestRequest feeds arbitrary bytes from a guest to snpd's answer path: no panic,
+// every answer encodes within the frame limit, and a record or chain answer is always
+// about the VM that owns the channel.
+func FuzzGuestRequest(f *testing.F) {
+	for _, seed := range []struct {
+		t   agentproto.Type
+		msg any
+	}{
+		{agentproto.TypeRecordRequest, &agentproto.RecordRequest{VM: "vm2"}},
+		{agentproto.TypeChainRequest, &agentproto.ChainRequest{}},
+		{agentproto.TypeReportRequest, &agentproto.ReportRequest{Nonce: []byte{1}}},
+		{agentproto.TypeRecordResponse, &agentproto.RecordResponse{VM: "vm2", Record: []byte(`{}`)}},
+	} {
+		var buf bytes.Buffer
+		_ = agentproto.WriteFrame(&buf, seed.t, 1, seed.msg)
+		f.Add(buf.Bytes())
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fr, err := agentproto.ReadFrame(bytes.NewReader(data))
+		if err != nil {
+			return
+		}
+		g := &GuestSessions{Record: sessionRecords}
+		g.RememberChain("vm1", "-----BEGIN CERTIFICATE-----\nvm1\n-----END CERTIFICATE-----\n")
+		typ, msg := g.handler("vm1")(context.Background(), fr)
+		var out bytes.Buffer
+		if err := agentproto.WriteFrame(&out, typ, fr.ID, msg); err != nil {
+			t.Fatalf("answer does not encode: %v", err)
+		}
+		switch m := msg.(type) {
+		case *agentproto.RecordResponse:
+			if m.VM != "vm1" || !strings.Contains(string(m.Record), `"name":"vm1"`) {
+				t.Fatalf("answered for %q: %s", m.VM, m.Record)
+			}
+		case *agentproto.ChainResponse:
+			if m.VM != "vm1" || !strings.Contains(m.ChainPEM, "vm1") {
+				t.Fatalf("chain for %q", m.VM)
+			}
+		case *agentproto.Error:
+			if len(m.Message) > agentproto.MaxMessage {
+				t.Fatalf("error of %d bytes", len(m.Message))
+			}
+		default:
+			t.Fatalf("unexpected answer %T", msg)
+		}
+	})
 }
