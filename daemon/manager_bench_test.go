@@ -52,7 +52,7 @@ func BenchmarkStart20WhileListing(b *testing.B) {
 		b.ReportMetric(def.wall.Seconds(), "start20-s")
 		fmt.Printf("ratios qemu_nice=0 / default: API list p99 %.1fx, snpctl vm list p99 %.1fx, start wall %.2fx\n",
 			base.apiP99/def.apiP99, base.cliP99/max(def.cliP99, 1e-3), base.wall.Seconds()/def.wall.Seconds())
-		fmt.Printf("BENCH service_start20_ok %d count ==20\n", def.ok)
+		fmt.Printf("BENCH service_start20_ok %d count >=20\n", def.ok)
 		fmt.Printf("BENCH service_start20_wall %.2f s -\n", def.wall.Seconds())
 		fmt.Printf("BENCH service_api_list_p99_during_start20 %.2f ms <=20\n", def.apiP99)
 		if snpctl != "" {
