@@ -26,54 +26,16 @@ type Provisioner interface {
 // AgentName is sent in Pong.
 const AgentName = "snp-agent"
 
-// maxResync bounds how many stray bytes Serve discards looking for a frame boundary.
+// maxResync bounds how many stray bytes a reader discards looking for a frame boundary.
 const maxResync = 1 << 20
 
 // Serve answers requests read from rw until rw returns an error (io.EOF on a clean
 // close) or ctx ends. Every request gets exactly one answer; a report the source cannot
 // produce is answered with TypeError carrying the source's error text. A framing error
 // is answered with TypeError (id 0) and Serve resynchronizes on the next frame magic.
+// It is Conn.Run with AgentHandler: one read loop serves both.
 func Serve(ctx context.Context, rw io.ReadWriter, src ReportSource) error {
-	br := bufio.NewReaderSize(rw, HeaderSize+MaxPayload)
-	resync := false
-	for {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		var f *Frame
-		var err error
-		if resync {
-			f, err = Resync(br, maxResync)
-		} else {
-			f, err = ReadFrame(br)
-		}
-		resync = false
-		var ve ErrVersion
-		switch {
-		case err == nil:
-		case errors.As(err, &ve):
-			if werr := WriteFrame(rw, TypeError, f.ID, &Error{Message: ve.Error()}); werr != nil {
-				return werr
-			}
-			continue
-		case errors.Is(err, ErrBadMagic) || errors.Is(err, ErrTooLarge):
-			if werr := WriteFrame(rw, TypeError, 0, &Error{Message: "framing error: " + err.Error()}); werr != nil {
-				return werr
-			}
-			resync = true
-			continue
-		default:
-			return err
-		}
-		if err := answer(rw, f, src); err != nil {
-			return err
-		}
-	}
-}
-
-func answer(w io.Writer, f *Frame, src ReportSource) error {
-	t, msg := agentAnswer(f, src)
-	return WriteFrame(w, t, f.ID, msg)
+	return NewConn(rw, AgentHandler(src)).Run(ctx)
 }
 
 // AgentHandler answers the host's requests (report, provision, ping) from src, as Serve
