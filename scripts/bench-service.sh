@@ -2,10 +2,15 @@
 # bench-service.sh: start 20 small VMs (64 MiB, platform "none", real QEMU) concurrently
 # through snpd while listing VMs in a loop; print the list latency percentiles over the
 # API and through `snpctl vm list` (a process per call), and BENCH lines for bench.sh.
-# Runs the scenario twice side by side, QEMU at snpd's priority (qemu_nice = 0) and at the
-# default qemu_nice, and prints the ratios; also snpctl's idle start-up, static vs cgo.
-# SNPD_BENCH_NICE=5,19 adds variants. The figures depend on the host's load: the script
-# prints the load average with them.
+# Runs the scenario three times side by side and prints the ratios: the flat layout (snpd
+# and its QEMUs in the bench's own cgroup, each QEMU in its own autogroup) with QEMU at
+# snpd's priority (qemu_nice = 0) and at the default qemu_nice, and the deployed layout
+# (default qemu_nice; snpd and its QEMUs in a fresh CPU cgroup standing in for
+# snpd.service, snpctl outside it, as under systemd; cgroup v1 or v2, needs root). It
+# prints where each process ran (/proc/PID/cgroup); if no cgroup can be made it says why
+# and prints no *_deployed figure. Also snpctl's idle start-up, static vs cgo.
+# SNPD_BENCH_NICE=5,19 adds flat variants. The figures depend on the host's load: the
+# script prints the load average with them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$(mktemp -d)
@@ -16,4 +21,4 @@ chmod 755 "$bin"
 CGO_ENABLED=0 go build -trimpath -o "$bin/snpctl" ./cmd/snpctl
 CGO_ENABLED=1 go build -o "$bin/snpctl-cgo" ./cmd/snpctl
 SNPCTL="$bin/snpctl" SNPCTL_CGO="$bin/snpctl-cgo" go test -count=1 -run '^$' -bench '^BenchmarkStart20WhileListing$' -benchtime 1x ./daemon/ \
-  | grep -E '^(BENCH |== |host load|ratios|20 concurrent|API list|snpctl vm list)'
+  | grep -E '^(BENCH |== |not measured|cgroups|host load|ratios|20 concurrent|API list|snpctl vm list|--- FAIL|FAIL|[[:space:]]+[A-Za-z0-9_]+_test\.go:[0-9]+:)'
