@@ -79,8 +79,11 @@ run "$BIN/snpctl" vm list
 
 if "$BIN/snpctl" reference --help >/dev/null 2>&1; then
   step "Reference values for verifiers"
-  run "$BIN/snpctl" reference example --format json
-  run "$BIN/snpctl" reference example --format trustee
+  printf '$ %s\n' "snpctl reference example --format json   (AMD CA certificates elided here)"
+  "$BIN/snpctl" reference example --format json | sed 's/"-----BEGIN CERTIFICATE-----.*/"<PEM: AMD intermediate + ARK>",/'
+  printf '$ %s\n' "snpctl reference example --format trustee   (payload decoded)"
+  "$BIN/snpctl" reference example --format trustee | sed -n 's/.*"payload": "\(.*\)".*/\1/p' | base64 -d
+  echo
 fi
 
 step "Stop the VM (ACPI power-off, then quit) and snpd"
