@@ -32,7 +32,7 @@ type benchCgroup struct {
 	version int    // 1 or 2: the hierarchy holding the cpu controller
 	mount   string // that hierarchy's mount point, e.g. /sys/fs/cgroup/cpu
 	origin  string // the bench's own cgroup in it, as /proc/PID/cgroup names it
-	path    string // this cgroup, as /proc/PID/cgroup names it (origin + "/snpd-bench-PID-N")
+	path    string // this cgroup, as /proc/PID/cgroup names it (origin + "/snpd-bench-PID-NAME")
 	// enabledCPU: cgroup v2 only, "+cpu" was written to origin's subtree_control by us,
 	// so remove writes "-cpu" back.
 	enabledCPU bool
@@ -74,16 +74,16 @@ func cpuHierarchy() (version int, mount, origin string, err error) {
 }
 
 // newBenchCgroup creates an empty child of the bench's own CPU cgroup named for this
-// process and run n. On cgroup v2 the cpu controller must be enabled in the bench's
+// process and name (unique within the process). On cgroup v2 the cpu controller must be enabled in the bench's
 // cgroup's subtree_control, which the kernel refuses (EBUSY) unless that cgroup is the
 // root or holds no processes: the error then says so and nothing is left behind.
-func newBenchCgroup(n int) (*benchCgroup, error) {
+func newBenchCgroup(name string) (*benchCgroup, error) {
 	v, mount, origin, err := cpuHierarchy()
 	if err != nil {
 		return nil, err
 	}
 	c := &benchCgroup{version: v, mount: mount, origin: origin,
-		path: strings.TrimSuffix(origin, "/") + fmt.Sprintf("/snpd-bench-%d-%d", os.Getpid(), n)}
+		path: strings.TrimSuffix(origin, "/") + fmt.Sprintf("/snpd-bench-%d-%s", os.Getpid(), name)}
 	if v == 2 {
 		sc := filepath.Join(c.dir(origin), "cgroup.subtree_control")
 		cur, err := os.ReadFile(sc)
@@ -350,7 +350,7 @@ func TestBenchCgroup(t *testing.T) {
 		t.Fatalf("finding this process's CPU cgroup: %v", err)
 	}
 	for _, leave := range []bool{false, true} {
-		c, err := newBenchCgroup(1000)
+		c, err := newBenchCgroup("test")
 		if err != nil {
 			t.Fatal(err)
 		}

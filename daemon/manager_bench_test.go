@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -61,6 +62,12 @@ func BenchmarkStart20WhileListing(b *testing.B) {
 				"flat, qemu_nice=" + v, "nice" + v, "qemu_nice = " + v + "\n", false}, variants[len(variants)-1])
 		}
 	}
+	// SNPD_BENCH_DEPLOYED_NICE="0,19" adds deployed variants with those qemu_nice values.
+	if extra := os.Getenv("SNPD_BENCH_DEPLOYED_NICE"); extra != "" {
+		for _, v := range strings.Split(extra, ",") {
+			variants = append(variants, variant{"deployed, qemu_nice=" + v, "deployed-nice" + v, "qemu_nice = " + v + "\n", true})
+		}
+	}
 	variants = append(variants, variant{"deployed (snpd and its QEMUs in a CPU cgroup standing in for snpd.service, snpctl outside), qemu_nice default (10)", "deployed", "", true})
 	for it := 0; it < b.N; it++ {
 		res := map[string]start20Result{}
@@ -68,7 +75,7 @@ func BenchmarkStart20WhileListing(b *testing.B) {
 			var cg *benchCgroup
 			if v.deployed {
 				var err error
-				if cg, err = newBenchCgroup(it); err != nil {
+				if cg, err = newBenchCgroup(fmt.Sprintf("%d-%s", it, v.tag)); err != nil {
 					fmt.Printf("== %s\nnot measured: no CPU cgroup for snpd: %v\n", v.name, err)
 					continue
 				}
@@ -121,6 +128,9 @@ type start20Result struct {
 	apiN, cliN             int
 	apiP50, apiP99, apiMax float64 // ms
 	cliP50, cliP99, cliMax float64 // ms; cliN 0: snpctl not measured
+	// snpd's threads while the starts ran, from /proc/PID/task/*/schedstat (threads
+	// alive at both reads): time on a CPU and time runnable but waiting for one.
+	snpdRun, snpdWait time.Duration
 }
 
 func (r start20Result) print() {
@@ -129,6 +139,39 @@ func (r start20Result) print() {
 	if r.cliN > 0 {
 		fmt.Printf("snpctl vm list while starting: %d calls, p50 %.2f ms, p99 %.2f ms, max %.2f ms\n", r.cliN, r.cliP50, r.cliP99, r.cliMax)
 	}
+	fmt.Printf("snpd while starting (schedstat): %d ms on a CPU, %d ms runnable waiting for a CPU\n", r.snpdRun.Milliseconds(), r.snpdWait.Milliseconds())
+}
+
+// schedstat sums /proc/PID/task/*/schedstat of pid: nanoseconds on a CPU and runnable
+// waiting for one, per thread id (a thread that is gone is missing).
+func schedstat(pid int) map[string][2]time.Duration {
+	out := map[string][2]time.Duration{}
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		b, err := os.ReadFile(dir + "/" + e.Name() + "/schedstat")
+		f := strings.Fields(string(b))
+		if err != nil || len(f) < 2 {
+			continue
+		}
+		run, err1 := strconv.ParseInt(f[0], 10, 64)
+		wait, err2 := strconv.ParseInt(f[1], 10, 64)
+		if err1 == nil && err2 == nil {
+			out[e.Name()] = [2]time.Duration{time.Duration(run), time.Duration(wait)}
+		}
+	}
+	return out
+}
+
+// schedDelta is the summed on-CPU and waiting time of the threads in both reads.
+func schedDelta(before, after map[string][2]time.Duration) (run, wait time.Duration) {
+	for tid, a := range after {
+		if b, ok := before[tid]; ok {
+			run += a[0] - b[0]
+			wait += a[1] - b[1]
+		}
+	}
+	return run, wait
 }
 
 // start20WhileListing runs the scenario once against a fresh snpd whose config gets
@@ -220,6 +263,7 @@ func start20WhileListing(b *testing.B, extra, tag, snpctl string, cg *benchCgrou
 				}
 			}()
 		}
+		sched0 := schedstat(d.cmd.Process.Pid)
 		t0 := time.Now()
 		for i := range n {
 			wg.Add(1)
@@ -239,6 +283,7 @@ func start20WhileListing(b *testing.B, extra, tag, snpctl string, cg *benchCgrou
 		}
 		wg.Wait()
 		wall := time.Since(t0)
+		snpdRun, snpdWait := schedDelta(sched0, schedstat(d.cmd.Process.Pid))
 		close(done)
 		listers.Wait()
 		for _, p := range pids {
@@ -274,7 +319,8 @@ func start20WhileListing(b *testing.B, extra, tag, snpctl string, cg *benchCgrou
 		}
 		return start20Result{ok: len(pids), wall: wall, apiN: len(apiLat), cliN: len(cliLat),
 			apiP50: p(apiLat, 0.5), apiP99: p(apiLat, 0.99), apiMax: p(apiLat, 1),
-			cliP50: p(cliLat, 0.5), cliP99: p(cliLat, 0.99), cliMax: p(cliLat, 1)}
+			cliP50: p(cliLat, 0.5), cliP99: p(cliLat, 0.99), cliMax: p(cliLat, 1),
+			snpdRun: snpdRun, snpdWait: snpdWait}
 	}
 }
 
