@@ -32,16 +32,17 @@ type benchCgroup struct {
 	version int    // 1 or 2: the hierarchy holding the cpu controller
 	mount   string // that hierarchy's mount point, e.g. /sys/fs/cgroup/cpu
 	origin  string // the bench's own cgroup in it, as /proc/PID/cgroup names it
-	path    string // this cgroup, as /proc/PID/cgroup names it (origin + "/snpd-bench-PID-NAME")
-	// enabledCPU: cgroup v2 only, "+cpu" was written to origin's subtree_control by us,
+	parent  string // the cgroup this one was made in: origin, or "/" (see newBenchCgroup)
+	path    string // this cgroup, as /proc/PID/cgroup names it (parent + "/snpd-bench-PID-NAME")
+	// enabledCPU: cgroup v2 only, "+cpu" was written to parent's subtree_control by us,
 	// so remove writes "-cpu" back.
 	enabledCPU bool
 }
 
 // cpuHierarchy finds the cgroup hierarchy that holds the cpu controller for this
-// process: cgroup v2 when its controllers include cpu at the bench's own cgroup, else a
-// cgroup v1 hierarchy mounted with the cpu controller. It returns the version, mount
-// point and the bench's cgroup path in that hierarchy.
+// process: cgroup v2 when its root lists cpu in cgroup.controllers, else a cgroup v1
+// hierarchy mounted with the cpu controller. It returns the version, mount point and
+// the bench's cgroup path in that hierarchy.
 func cpuHierarchy() (version int, mount, origin string, err error) {
 	mi, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
@@ -52,15 +53,11 @@ func cpuHierarchy() (version int, mount, origin string, err error) {
 		return 0, "", "", fmt.Errorf("reading /proc/self/cgroup: %w", err)
 	}
 	mounts := parseCgroupMounts(mi)
-	v2path, v2ok := procCgroupPath(pc, 2)
-	for _, m := range mounts {
-		if m.version != 2 || !v2ok {
-			continue
-		}
-		dir := filepath.Join(m.point, strings.TrimPrefix(v2path, m.root))
-		ctl, err := os.ReadFile(filepath.Join(dir, "cgroup.controllers"))
-		if err == nil && slices.Contains(strings.Fields(string(ctl)), "cpu") {
-			return 2, m.point, v2path, nil
+	if v2path, ok := procCgroupPath(pc, 2); ok {
+		for _, m := range mounts {
+			if m.version == 2 && m.root == "/" && hasController(filepath.Join(m.point, "cgroup.controllers"), "cpu") {
+				return 2, m.point, v2path, nil
+			}
 		}
 	}
 	if v1path, ok := procCgroupPath(pc, 1); ok {
@@ -70,36 +67,50 @@ func cpuHierarchy() (version int, mount, origin string, err error) {
 			}
 		}
 	}
-	return 0, "", "", errors.New("no cgroup hierarchy with the cpu controller is available to this process (cgroup v2 without cpu in cgroup.controllers, no cgroup v1 cpu mount)")
+	return 0, "", "", errors.New("no cgroup hierarchy with the cpu controller is available to this process (no cgroup v2 with cpu in its root's cgroup.controllers, no cgroup v1 cpu mount)")
 }
 
-// newBenchCgroup creates an empty child of the bench's own CPU cgroup named for this
-// process and name (unique within the process). On cgroup v2 the cpu controller must be enabled in the bench's
-// cgroup's subtree_control, which the kernel refuses (EBUSY) unless that cgroup is the
-// root or holds no processes: the error then says so and nothing is left behind.
+// hasController reports whether the controller list file f (cgroup.controllers or
+// cgroup.subtree_control) names ctl; an unreadable file names none.
+func hasController(f, ctl string) bool {
+	b, err := os.ReadFile(f)
+	return err == nil && slices.Contains(strings.Fields(string(b)), ctl)
+}
+
+// newBenchCgroup creates an empty CPU cgroup named for this process and name (unique
+// within the process), whose parent has the cpu controller in its subtree.
+//
+// On cgroup v1 it is a child of the bench's own cgroup. On cgroup v2 it is a child of
+// the bench's own cgroup when the cpu controller is or can be enabled in that cgroup's
+// subtree_control; the kernel refuses that (EBUSY) for a cgroup that holds processes,
+// unless it is the root, and the bench runs in its cgroup with its parents (go test, a
+// shell). It is then a child of the root instead: a top-level cgroup next to system.slice
+// and user.slice, the level at which snpd.service's slice competes with an operator's
+// session on a systemd host. No existing cgroup is changed except by that "+cpu" in a
+// parent's subtree_control where it was missing, which remove undoes.
 func newBenchCgroup(name string) (*benchCgroup, error) {
 	v, mount, origin, err := cpuHierarchy()
 	if err != nil {
 		return nil, err
 	}
-	c := &benchCgroup{version: v, mount: mount, origin: origin,
-		path: strings.TrimSuffix(origin, "/") + fmt.Sprintf("/snpd-bench-%d-%s", os.Getpid(), name)}
+	c := &benchCgroup{version: v, mount: mount, origin: origin, parent: origin}
 	if v == 2 {
-		sc := filepath.Join(c.dir(origin), "cgroup.subtree_control")
-		cur, err := os.ReadFile(sc)
-		if err != nil {
-			return nil, fmt.Errorf("reading %s: %w", sc, err)
-		}
-		if !slices.Contains(strings.Fields(string(cur)), "cpu") {
-			if err := os.WriteFile(sc, []byte("+cpu"), 0); err != nil {
-				if errors.Is(err, syscall.EBUSY) {
-					return nil, fmt.Errorf("enabling the cpu controller in %s: %w (cgroup v2 allows it only in a cgroup without processes, and the bench and its snpctl clients live in %s; run the bench from the root or a delegated cgroup)", sc, err, origin)
-				}
-				return nil, fmt.Errorf("enabling the cpu controller in %s: %w", sc, err)
+		var errs []string
+		c.parent = ""
+		for _, parent := range slices.Compact([]string{origin, "/"}) {
+			enabled, err := c.enableCPU(parent)
+			if err != nil {
+				errs = append(errs, err.Error())
+				continue
 			}
-			c.enabledCPU = true
+			c.parent, c.enabledCPU = parent, enabled
+			break
+		}
+		if c.parent == "" {
+			return nil, errors.New(strings.Join(errs, "; "))
 		}
 	}
+	c.path = strings.TrimSuffix(c.parent, "/") + fmt.Sprintf("/snpd-bench-%d-%s", os.Getpid(), name)
 	if err := os.Mkdir(c.dir(c.path), 0o755); err != nil {
 		c.restoreController()
 		return nil, fmt.Errorf("creating cgroup %s: %w", c.dir(c.path), err)
@@ -107,10 +118,28 @@ func newBenchCgroup(name string) (*benchCgroup, error) {
 	return c, nil
 }
 
+// enableCPU makes sure the cpu controller is in cgroup v2 parent's subtree_control;
+// enabled says it was written by this call.
+func (c *benchCgroup) enableCPU(parent string) (enabled bool, err error) {
+	dir := c.dir(parent)
+	if !hasController(filepath.Join(dir, "cgroup.controllers"), "cpu") {
+		return false, fmt.Errorf("enabling the cpu controller in %s: its parent does not pass it down (cgroup.controllers has no cpu)", dir)
+	}
+	sc := filepath.Join(dir, "cgroup.subtree_control")
+	if hasController(sc, "cpu") {
+		return false, nil
+	}
+	if err := os.WriteFile(sc, []byte("+cpu"), 0); err != nil {
+		if errors.Is(err, syscall.EBUSY) {
+			return false, fmt.Errorf("enabling the cpu controller in %s: %w (cgroup v2 allows it only in the root or a cgroup without processes)", sc, err)
+		}
+		return false, fmt.Errorf("enabling the cpu controller in %s: %w", sc, err)
+	}
+	return true, nil
+}
+
 // dir is the directory of cgroup path p in c's hierarchy.
 func (c *benchCgroup) dir(p string) string { return filepath.Join(c.mount, p) }
-
-func (c *benchCgroup) String() string { return fmt.Sprintf("cgroup v%d cpu %s", c.version, c.path) }
 
 // add moves process pid with all its threads into c (cgroup.procs moves the whole
 // thread group on v1 and v2); processes and threads it creates afterwards start in c.
@@ -166,11 +195,11 @@ func (c *benchCgroup) remove(wait time.Duration) error {
 	return nil
 }
 
-// restoreController undoes newBenchCgroup's "+cpu" in the bench's cgroup (v2 only). It
+// restoreController undoes newBenchCgroup's "+cpu" in the parent cgroup (v2 only). It
 // fails harmlessly (EBUSY) while another child still uses the controller.
 func (c *benchCgroup) restoreController() {
 	if c.enabledCPU {
-		_ = os.WriteFile(filepath.Join(c.dir(c.origin), "cgroup.subtree_control"), []byte("-cpu"), 0)
+		_ = os.WriteFile(filepath.Join(c.dir(c.parent), "cgroup.subtree_control"), []byte("-cpu"), 0)
 		c.enabledCPU = false
 	}
 }

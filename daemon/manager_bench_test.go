@@ -28,19 +28,21 @@ import (
 //     in its own session and so, outside any cgroup CPU controller, in its own
 //     autogroup: 20 guests get 20 CPU shares against the one of snpctl's session.
 //   - deployed, qemu_nice default: the layout of a host running systemd/snpd.service.
-//     A fresh CPU cgroup (a child of the bench's own cgroup, default weight: cgroup v1
-//     cpu.shares 1024 or v2 cpu.weight 100, systemd's default CPUWeight) stands in for
-//     snpd.service: the snpd process is moved into it (cgroup.procs) after its API
+//     A fresh CPU cgroup stands in for snpd.service: a child of the bench's own cgroup
+//     (on cgroup v2, when that cgroup holds processes and so cannot pass the cpu
+//     controller down, a top-level cgroup beside system.slice and user.slice instead),
+//     at the default weight (v1 cpu.shares 1024, v2 cpu.weight 100: systemd's default
+//     CPUWeight). The snpd process is moved into it (cgroup.procs) after its API
 //     answers and before any VM is defined, so snpd and every QEMU it forks run in it
 //     (KillMode=process keeps them there in production too). The bench driver is never
 //     moved, so the API client and every snpctl process it spawns run in the cgroup the
 //     bench started in, outside snpd's from their first instruction, as an operator's
 //     session is. Inside a CPU cgroup the kernel ignores autogroups, so all guests share
-//     one weight against snpctl's. The bench reads /proc/PID/cgroup of snpd, every QEMU
-//     and every snpctl, prints where they ran, and fails rather than print a deployed
-//     figure if any is in the wrong cgroup. If no cgroup can be made (no cpu controller,
-//     cgroup v2 "no internal processes" rule, not root) it prints why and measures only
-//     the flat layout. The cgroup is removed afterwards.
+//     one weight against snpctl's session, and snpd shares that same weight with its
+//     guests. The bench reads /proc/PID/cgroup of snpd, every QEMU and every snpctl,
+//     prints where they ran, and fails rather than print a deployed figure if any is in
+//     the wrong cgroup. If no cgroup can be made (no cpu controller, not root) it prints
+//     why and measures only the flat layout. The cgroup is removed afterwards.
 func BenchmarkStart20WhileListing(b *testing.B) {
 	needQEMU(b)
 	var snpctl string
