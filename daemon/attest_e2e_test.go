@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -78,10 +79,15 @@ func TestAttestRealGuestThroughSnpd(t *testing.T) {
 	if _, err := d.Client.Define(ctxT(t, 10*time.Second), api.DefineRequest{File: "att1.toml", TOML: def}); err != nil {
 		t.Fatalf("defining: %v", err)
 	}
-	if _, err := d.Client.Start(ctxT(t, 120*time.Second), "att1"); err != nil {
+	started, err := d.Client.Start(ctxT(t, 120*time.Second), "att1")
+	if err != nil {
 		t.Fatalf("starting: %v", err)
 	}
 	t.Cleanup(func() { _, _ = d.Client.Kill(context.Background(), "att1") })
+	// The test SIGKILLs snpd below and the restarted snpd is stopped by its own cleanup
+	// before the API kill above runs, so also kill this QEMU directly: a guest must not
+	// outlive its test. (Cleanups run last-registered first: this one runs after both.)
+	killQEMUOf(t, started.PID, e.RuntimeDir)
 	snpctl := buildSnpctl(t)
 	console := filepath.Join(e.RuntimeDir, "vms", "att1", "console.log")
 
@@ -303,4 +309,20 @@ func buildCheckTool(t *testing.T) string {
 		t.Fatalf("building go-sev-guest's check tool: %v\n%s", err, b)
 	}
 	return bin
+}
+
+// killQEMUOf registers a cleanup that SIGKILLs pid if it is still a QEMU whose command
+// line names runtimeDir (so a reused pid is never hit).
+func killQEMUOf(t *testing.T, pid int, runtimeDir string) {
+	t.Helper()
+	if pid <= 0 {
+		t.Fatalf("start returned no QEMU pid")
+	}
+	t.Cleanup(func() {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil || !strings.Contains(string(b), runtimeDir) {
+			return
+		}
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	})
 }
