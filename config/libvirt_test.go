@@ -6,6 +6,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/snpd/snpd/snp/snptest"
 )
 
 const libvirtSNPDomain = "testdata/libvirt/launch-security-sev-snp.xml"
@@ -22,7 +24,7 @@ func replaceOnce(t testing.TB, s, old, new string) string {
 // conformingSNPDomain derives from libvirt's SEV-SNP test domain one that the example
 // policy accepts: firmware loaded as a ROM (-bios), an allowed CPU model, no USB.
 func conformingSNPDomain(t testing.TB) string {
-	s := string(sharedFile(t, libvirtSNPDomain))
+	s := string(snptest.ReadShared(t, libvirtSNPDomain))
 	s = replaceOnce(t, s, "<loader stateless='yes'/>", "<loader type='rom'>/usr/share/ovmf/OVMF.amdsev.fd</loader>")
 	s = replaceOnce(t, s, "<model fallback='forbid'>qemu64</model>", "<model fallback='forbid'>EPYC-Milan</model>")
 	s = replaceOnce(t, s, "<controller type='usb' index='0' model='qemu-xhci'>", "<controller type='usb' index='0' model='none'>")
@@ -30,7 +32,7 @@ func conformingSNPDomain(t testing.TB) string {
 }
 
 func TestFromLibvirtXMLMapsSNPDomain(t *testing.T) {
-	vm, err := FromLibvirtXML(sharedFile(t, libvirtSNPDomain))
+	vm, err := FromLibvirtXML(snptest.ReadShared(t, libvirtSNPDomain))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +63,7 @@ func TestFromLibvirtXMLMapsSNPDomain(t *testing.T) {
 // variants of it against config/examples/policy.toml: each gives exactly its violations.
 func TestLibvirtVariantsAgainstExamplePolicy(t *testing.T) {
 	p := examplePolicy(t)
-	base := string(sharedFile(t, libvirtSNPDomain))
+	base := string(snptest.ReadShared(t, libvirtSNPDomain))
 	ok := conformingSNPDomain(t)
 	amdsev := bookwormOVMF(true) // facts of an allowlisted firmware with a kernel-hashes section
 	plainFW := bookwormOVMF(false)
@@ -144,10 +146,10 @@ func TestFromLibvirtXMLErrors(t *testing.T) {
 }
 
 func TestFromLibvirtXMLAllSharedDomains(t *testing.T) {
-	dir := filepath.Join(repoRoot(t), "..", "shared", "testdata", "libvirt")
+	dir := filepath.Join(snptest.SharedDir(t, "testdata/libvirt"), "testdata", "libvirt")
 	files, _ := filepath.Glob(filepath.Join(dir, "*.xml"))
 	if len(files) == 0 {
-		t.Skipf("shared test data %s is absent (clone shared/ beside the repository)", dir)
+		t.Fatalf("no libvirt domains in %s", dir)
 	}
 	for _, f := range files {
 		data, err := os.ReadFile(f)
@@ -167,7 +169,7 @@ func TestFromLibvirtXMLAllSharedDomains(t *testing.T) {
 
 func FuzzFromLibvirtXML(f *testing.F) {
 	for _, rel := range []string{"launch-security-sev-snp.xml", "launch-security-sev-direct.xml"} {
-		if data, err := os.ReadFile(filepath.Join(repoRoot(f), "..", "shared", "testdata", "libvirt", rel)); err == nil {
+		if data, err := os.ReadFile(filepath.Join(snptest.RepoRoot(f), "..", "shared", "testdata", "libvirt", rel)); err == nil {
 			f.Add(data)
 		}
 	}
@@ -177,7 +179,7 @@ func FuzzFromLibvirtXML(f *testing.F) {
 		`<serial type='pty'/><channel type='unix'><target type='virtio' name='org.snpd.agent.0'/></channel>` +
 		`<vsock><cid auto='yes'/></vsock><input type='tablet' bus='usb'/><video><model type='vga'/></video></devices>` +
 		`<launchSecurity type='sev-snp' kernelHashes='yes'><policy>0x30000</policy><cbitpos>99</cbitpos></launchSecurity></domain>`))
-	p, err := LoadPolicy(filepath.Join(repoRoot(f), "config", "examples", "policy.toml"))
+	p, err := LoadPolicy(filepath.Join(snptest.RepoRoot(f), "config", "examples", "policy.toml"))
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -8,44 +8,13 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/snpd/snpd/snp/snptest"
 )
-
-// repoRoot is the directory holding go.mod, found upward from the test's directory.
-func repoRoot(t testing.TB) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the test directory")
-		}
-		dir = parent
-	}
-}
-
-// sharedFile returns <repo root>/../shared/<rel>, skipping the test when it is absent.
-func sharedFile(t testing.TB, rel string) []byte {
-	t.Helper()
-	p := filepath.Join(repoRoot(t), "..", "shared", rel)
-	b, err := os.ReadFile(p)
-	if os.IsNotExist(err) {
-		t.Skipf("shared test data %s is absent (clone shared/ beside the repository)", p)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
 
 func examplePolicy(t testing.TB) *Policy {
 	t.Helper()
-	p, err := LoadPolicy(filepath.Join(repoRoot(t), "config", "examples", "policy.toml"))
+	p, err := LoadPolicy(filepath.Join(snptest.RepoRoot(t), "config", "examples", "policy.toml"))
 	if err != nil {
 		t.Fatalf("example policy: %v", err)
 	}
@@ -82,7 +51,7 @@ func rules(vs []Violation) []string {
 }
 
 func TestExampleVMConformsToExamplePolicy(t *testing.T) {
-	root := repoRoot(t)
+	root := snptest.RepoRoot(t)
 	vm, err := LoadVM(filepath.Join(root, "config", "examples", "vm.toml"))
 	if err != nil {
 		t.Fatal(err)
@@ -260,7 +229,7 @@ func TestPolicyEmptyListAllowsNothing(t *testing.T) {
 }
 
 func FuzzDecodePolicy(f *testing.F) {
-	if data, err := os.ReadFile(filepath.Join(repoRoot(f), "config", "examples", "policy.toml")); err == nil {
+	if data, err := os.ReadFile(filepath.Join(snptest.RepoRoot(f), "config", "examples", "policy.toml")); err == nil {
 		f.Add(data)
 	}
 	f.Add([]byte("[snp]\nforbid = [\"debug\"]\n[firmware]\nallow_any = true\n[vcpu]\nmodels=[\"a\"]\n"))

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/snpd/snpd/snp/snptest"
 )
 
 func hexDecode(s string) ([]byte, error) { return hex.DecodeString(s) }
@@ -139,7 +141,7 @@ func TestLoadVMResolvesRelativePaths(t *testing.T) {
 }
 
 func FuzzDecodeVM(f *testing.F) {
-	if data, err := os.ReadFile(filepath.Join(repoRoot(f), "config", "examples", "vm.toml")); err == nil {
+	if data, err := os.ReadFile(filepath.Join(snptest.RepoRoot(f), "config", "examples", "vm.toml")); err == nil {
 		f.Add(data)
 	}
 	f.Add([]byte("name = \"a\"\nfirmware = \"/fw\"\nkernel = \"/k\"\n[snp]\nhost_data = \"derived\"\n[[disk]]\npath = \"/d\"\n[channel]\nvsock_cid = 3\n"))

@@ -13,6 +13,7 @@ import (
 
 	"github.com/google/go-sev-guest/abi"
 	"github.com/snpd/snpd/config"
+	"github.com/snpd/snpd/snp/snptest"
 )
 
 var updateGolden = flag.Bool("update", false, "rewrite daemon/testdata/*.golden from the current argv builder")
@@ -385,13 +386,5 @@ func TestSNPObjectMatchesLibvirt(t *testing.T) {
 // sharedDirForLaunch locates <repo root>/../shared or skips.
 func sharedDirForLaunch(t testing.TB) string {
 	t.Helper()
-	wd, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := filepath.Join(wd, "..", "..", "shared") // package dir is <repo>/daemon
-	if _, err := os.Stat(filepath.Join(dir, "testdata")); err != nil {
-		t.Skipf("shared test data not found at %s (<repo root>/../shared): %v", dir, err)
-	}
-	return dir
+	return snptest.SharedDir(t, "testdata/libvirt")
 }

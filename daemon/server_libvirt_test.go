@@ -3,28 +3,14 @@ package daemon
 import (
 	"errors"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/snpd/snpd/daemon/api"
+	"github.com/snpd/snpd/snp/snptest"
 )
-
-// sharedTestFile reads <repo root>/../shared/<rel>, skipping when shared/ is absent.
-func sharedTestFile(t *testing.T, rel string) []byte {
-	t.Helper()
-	p := filepath.Join("..", "..", "shared", rel)
-	b, err := os.ReadFile(p)
-	if os.IsNotExist(err) {
-		t.Skipf("shared test data %s is absent (clone shared/ beside the repository)", p)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
 
 const plainDomain = `<domain type='kvm'><name>lv1</name><memory unit='MiB'>128</memory><vcpu>1</vcpu>
 <os><type arch='x86_64' machine='q35'>hvm</type><loader type='rom'>/usr/share/ovmf/OVMF.fd</loader></os>
@@ -66,7 +52,7 @@ func TestLibvirtHookEndpoints(t *testing.T) {
 
 func TestLibvirtHookPolicyViolations(t *testing.T) {
 	needQEMU(t)
-	xml := sharedTestFile(t, "testdata/libvirt/launch-security-sev-snp.xml")
+	xml := snptest.ReadShared(t, "testdata/libvirt/launch-security-sev-snp.xml")
 	pol, err := filepath.Abs("../config/examples/policy.toml")
 	if err != nil {
 		t.Fatal(err)

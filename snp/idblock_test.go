@@ -16,30 +16,13 @@ import (
 	"testing"
 
 	"github.com/google/go-sev-guest/abi"
+	"github.com/snpd/snpd/snp/snptest"
 )
 
 // idbSharedDir returns <repo root>/../shared, or skips the test when it is absent.
 func idbSharedDir(t testing.TB) string {
 	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("repository root (go.mod) not found above the test directory")
-		}
-		dir = parent
-	}
-	shared := filepath.Join(filepath.Dir(dir), "shared")
-	if _, err := os.Stat(filepath.Join(shared, "testdata", "snp", "vectors.tsv")); err != nil {
-		t.Skipf("shared test data absent (%s): %v", shared, err)
-	}
-	return shared
+	return snptest.SharedDir(t, "testdata/snp/vectors.tsv")
 }
 
 // idbRefCase is the reference tool's snp-create-id-block output for its own test keys.

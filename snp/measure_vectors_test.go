@@ -11,36 +11,15 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-)
 
-// repoRoot returns the module root (the directory holding go.mod).
-func repoRoot(t testing.TB) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("go.mod not found above the test directory")
-		}
-		dir = parent
-	}
-}
+	"github.com/snpd/snpd/snp/snptest"
+)
 
 // sharedSNP returns <repo root>/../shared/testdata/snp, skipping the test when it is
 // absent (CI clones the repository with shared/ beside it).
 func sharedSNP(t testing.TB) string {
 	t.Helper()
-	d := filepath.Join(repoRoot(t), "..", "shared", "testdata", "snp")
-	if _, err := os.Stat(filepath.Join(d, "upstream")); err != nil {
-		t.Skipf("shared test data absent (%s): the upstream fixtures are not committed to this repository", d)
-	}
-	return d
+	return filepath.Join(snptest.SharedDir(t, "testdata/snp/upstream"), "testdata", "snp")
 }
 
 // vectorRow is one measurement vector: a reference command line and its result.

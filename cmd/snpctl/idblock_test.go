@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/snpd/snpd/snp"
+	"github.com/snpd/snpd/snp/snptest"
 	"libvirt.org/go/libvirtxml"
 )
 
@@ -61,24 +62,7 @@ func idbRun(t *testing.T, bin string, args ...string) (string, string, int) {
 // idbShared returns <repo root>/../shared/testdata/snp, or skips when it is absent.
 func idbShared(t *testing.T) string {
 	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		if filepath.Dir(dir) == dir {
-			t.Fatal("repository root (go.mod) not found")
-		}
-		dir = filepath.Dir(dir)
-	}
-	p := filepath.Join(filepath.Dir(dir), "shared", "testdata", "snp")
-	if _, err := os.Stat(filepath.Join(p, "vectors.tsv")); err != nil {
-		t.Skipf("shared test data absent (%s): %v", p, err)
-	}
-	return p
+	return filepath.Join(snptest.SharedDir(t, "testdata/snp/vectors.tsv"), "testdata", "snp")
 }
 
 func idbWriteKey(t *testing.T, k *ecdsa.PrivateKey) string {

@@ -16,24 +16,6 @@ import (
 	"github.com/snpd/snpd/snp/snptest"
 )
 
-// measureRepoRoot returns the module root.
-func measureRepoRoot(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		if filepath.Dir(dir) == dir {
-			t.Fatal("go.mod not found")
-		}
-		dir = filepath.Dir(dir)
-	}
-}
-
 // measureBuild builds snpctl into a temporary directory and returns its path.
 func measureBuild(t *testing.T) string {
 	t.Helper()
@@ -160,7 +142,7 @@ func measureCheck(t *testing.T, bin, dir string, v measureVector) {
 // sev-snp-measure: every vector row, flag spellings, extra outputs and errors.
 func TestMeasureBinary(t *testing.T) {
 	bin := measureBuild(t)
-	root := measureRepoRoot(t)
+	root := snptest.RepoRoot(t)
 	committed := filepath.Join(root, "snp", "testdata")
 	shared := filepath.Join(root, "..", "shared", "testdata", "snp")
 	haveShared := true
