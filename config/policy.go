@@ -340,6 +340,44 @@ func checkHexDigest(s string, size int) error {
 	return nil
 }
 
+// GuestPolicyCeiling is the most permissive SNP guest policy this host policy allows,
+// in go-sev-guest's ceiling semantics (validate.Options.GuestPolicy): the bits whose set
+// value grants something (smt, migrate_ma, debug, cxl_allowed) are set unless forbidden;
+// the restricting bits (single_socket, mem_aes_256_xts, rapl_dis, ciphertext_hiding,
+// page_swap_disable) are set only when required; reserved bit 17 is set; ABI_MAJOR.
+// ABI_MINOR come from min_abi. A bit name the policy does not know is an error.
+func (p *Policy) GuestPolicyCeiling() (uint64, error) {
+	bit := map[string]uint{}
+	for _, b := range guestPolicyBits {
+		bit[b.name] = b.bit
+	}
+	c := uint64(1)<<17 | 1<<bit["smt"] | 1<<bit["migrate_ma"] | 1<<bit["debug"] | 1<<bit["cxl_allowed"]
+	for _, list := range []struct {
+		names []string
+		set   bool
+	}{{p.SNP.Forbid, false}, {p.SNP.Require, true}} {
+		for _, name := range list.names {
+			b, ok := bit[name]
+			if !ok {
+				return 0, fmt.Errorf("host policy names unknown guest-policy bit %q", name)
+			}
+			if list.set {
+				c |= 1 << b
+			} else {
+				c &^= 1 << b
+			}
+		}
+	}
+	if p.SNP.MinABI != "" {
+		maj, mnr, err := parseABI(p.SNP.MinABI)
+		if err != nil {
+			return 0, fmt.Errorf("host policy min_abi: %w", err)
+		}
+		c |= uint64(maj)<<8 | uint64(mnr)
+	}
+	return c, nil
+}
+
 // parseABI parses "major.minor" (each 0..255).
 func parseABI(s string) (major, minor uint8, err error) {
 	a, b, ok := strings.Cut(s, ".")

@@ -251,3 +251,20 @@ func FuzzDecodePolicy(f *testing.F) {
 		}
 	})
 }
+
+// TestGuestPolicyCeiling: forbidden bits clear, required bits set, ABI from min_abi,
+// reserved bit 17 set, unknown names refused.
+func TestGuestPolicyCeiling(t *testing.T) {
+	c, err := (&Policy{SNP: SNPPolicy{Forbid: []string{"debug", "migrate_ma"}, Require: []string{"single_socket"}, MinABI: "1.51"}}).GuestPolicyCeiling()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// ABI 1.51, SMT(16), reserved(17), single_socket(20), cxl(21); no debug(19), no migrate(18).
+	want := uint64(51) | 1<<8 | 1<<16 | 1<<17 | 1<<20 | 1<<21
+	if c != want {
+		t.Fatalf("ceiling %#x, want %#x", c, want)
+	}
+	if _, err := (&Policy{SNP: SNPPolicy{Forbid: []string{"nope"}}}).GuestPolicyCeiling(); err == nil {
+		t.Fatal("unknown bit accepted")
+	}
+}

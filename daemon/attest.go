@@ -14,7 +14,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/google/go-sev-guest/abi"
 	"github.com/google/go-sev-guest/verify/trust"
 
 	"github.com/snpd/snpd/config"
@@ -230,7 +229,7 @@ func (a *Attestor) expected(rec *api.LaunchRecord) (snp.Expected, json.RawMessag
 		IDKeyDigest: ref.IDKeyDigest, AuthorKeyDigest: ref.AuthorKeyDigest, MinimumTCB: a.MinTCB,
 	}
 	if a.Policy != nil {
-		c, err := PolicyCeiling(a.Policy)
+		c, err := a.Policy.GuestPolicyCeiling()
 		if err != nil {
 			return snp.Expected{}, nil, err
 		}
@@ -405,55 +404,4 @@ func recordKeyDigests(block, auth []byte, authorKey bool) (idKey, author string)
 		author = hex.EncodeToString(info.AuthorKeyDigest[:])
 	}
 	return idKey, author
-}
-
-// PolicyCeiling is the most permissive SNP guest policy the host policy allows, in
-// go-sev-guest's ceiling semantics: SMT, migrate_ma, debug and cxl_allowed set unless
-// forbidden; single_socket, mem_aes_256_xts, rapl_dis, ciphertext_hiding and
-// page_swap_disable set only when required; ABI at the policy's min_abi.
-func PolicyCeiling(p *config.Policy) (uint64, error) {
-	c := abi.SnpPolicy{SMT: true, MigrateMA: true, Debug: true, CXLAllowed: true}
-	set := func(name string, v bool) error {
-		switch name {
-		case "smt":
-			c.SMT = v
-		case "migrate_ma":
-			c.MigrateMA = v
-		case "debug":
-			c.Debug = v
-		case "cxl_allowed":
-			c.CXLAllowed = v
-		case "single_socket":
-			c.SingleSocket = v
-		case "mem_aes_256_xts":
-			c.MemAES256XTS = v
-		case "rapl_dis":
-			c.RAPLDis = v
-		case "ciphertext_hiding":
-			c.CipherTextHidingDRAM = v
-		case "page_swap_disable":
-			c.PageSwapDisable = v
-		default:
-			return fmt.Errorf("host policy names unknown guest-policy bit %q", name)
-		}
-		return nil
-	}
-	for _, f := range p.SNP.Forbid {
-		if err := set(f, false); err != nil {
-			return 0, err
-		}
-	}
-	for _, r := range p.SNP.Require {
-		if err := set(r, true); err != nil {
-			return 0, err
-		}
-	}
-	if p.SNP.MinABI != "" {
-		var maj, mnr uint8
-		if _, err := fmt.Sscanf(p.SNP.MinABI, "%d.%d", &maj, &mnr); err != nil {
-			return 0, fmt.Errorf("host policy min_abi %q: %w", p.SNP.MinABI, err)
-		}
-		c.ABIMajor, c.ABIMinor = maj, mnr
-	}
-	return abi.SnpPolicyToBytes(c), nil
 }

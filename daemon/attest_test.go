@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/snpd/snpd/config"
 	"github.com/snpd/snpd/daemon/api"
 	"github.com/snpd/snpd/snp"
 	"github.com/snpd/snpd/snp/agentproto"
@@ -194,21 +193,6 @@ func TestAttestErrors(t *testing.T) {
 		if b, err := fx.att.Reference("vm1", f); err != nil || len(b) == 0 {
 			t.Fatalf("reference %s: %v", f, err)
 		}
-	}
-}
-
-func TestPolicyCeiling(t *testing.T) {
-	c, err := PolicyCeiling(&config.Policy{SNP: config.SNPPolicy{Forbid: []string{"debug", "migrate_ma"}, Require: []string{"single_socket"}, MinABI: "1.51"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// ABI 1.51, SMT(16), reserved(17), single_socket(20), cxl(21); no debug(19), no migrate(18).
-	want := uint64(51) | 1<<8 | 1<<16 | 1<<17 | 1<<20 | 1<<21
-	if c != want {
-		t.Fatalf("ceiling %#x, want %#x", c, want)
-	}
-	if _, err := PolicyCeiling(&config.Policy{SNP: config.SNPPolicy{Forbid: []string{"nope"}}}); err == nil {
-		t.Fatal("unknown bit accepted")
 	}
 }
 
