@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -71,7 +70,7 @@ func printCerts(cmd *cobra.Command, l *api.CertList) error {
 	if jsonOutput(cmd) {
 		return printJSON(cmd.OutOrStdout(), l)
 	}
-	tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+	tw := newTable(cmd.OutOrStdout(), 2)
 	fmt.Fprintln(tw, "KIND\tPRODUCT\tCHIP\tTCB\tNOT AFTER\tSHA256")
 	for _, c := range l.Certs {
 		chip := c.ChipID

@@ -6,10 +6,13 @@
 package main
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
+	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 )
@@ -85,4 +88,26 @@ func run(args []string) int {
 // spec's or a definition's every problem) are separated by "; " instead of newlines.
 func errorLine(err error) string {
 	return strings.ReplaceAll(strings.TrimSpace(err.Error()), "\n", "; ")
+}
+
+// table aligns columns like tabwriter and writes the result to w in one write at Flush:
+// tabwriter alone writes cell by cell, a system call each, and each write to a pipe can
+// wake the reader (a script reading `snpctl vm list`) once per cell.
+type table struct {
+	*tabwriter.Writer
+	bw *bufio.Writer
+}
+
+// newTable returns a table on w with padding spaces between columns.
+func newTable(w io.Writer, padding int) table {
+	bw := bufio.NewWriterSize(w, 16<<10)
+	return table{tabwriter.NewWriter(bw, 0, 4, padding, ' ', 0), bw}
+}
+
+// Flush aligns the buffered rows and writes them to the underlying writer.
+func (t table) Flush() error {
+	if err := t.Writer.Flush(); err != nil {
+		return err
+	}
+	return t.bw.Flush()
 }

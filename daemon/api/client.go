@@ -17,11 +17,17 @@ import (
 	"syscall"
 )
 
-// Client talks to snpd over its unix socket. The zero value is not usable; use NewClient.
+// Client talks to snpd over its unix socket, one connection per request. The zero value
+// is not usable; use NewClient.
+//
+// It writes the request and reads the response on the calling goroutine with net/http's
+// Request.Write and ReadResponse instead of an http.Transport: a Transport keeps a pool
+// and runs a reader and a writer goroutine per connection, which a CLI making one request
+// pays for in thread hand-offs (each a wake-up the kernel must schedule). On a loaded host
+// those wake-ups are where `snpctl vm list` spent its time (BenchmarkStart20WhileListing).
 type Client struct {
 	// Socket is the API socket path.
 	Socket string
-	hc     *http.Client
 }
 
 // SocketFromEnv returns flagValue if set, else $SNPD_SOCKET, else DefaultSocket.
@@ -37,14 +43,7 @@ func SocketFromEnv(flagValue string) string {
 
 // NewClient returns a client for the snpd API socket at socket.
 func NewClient(socket string) *Client {
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", socket)
-		},
-		DisableCompression: true,
-	}
-	return &Client{Socket: socket, hc: &http.Client{Transport: tr}}
+	return &Client{Socket: socket}
 }
 
 // Do sends a request with in (if non-nil) as JSON body and decodes a 2xx JSON response
@@ -89,7 +88,8 @@ func (c *Client) send(ctx context.Context, method, path string, in any) (*http.R
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := c.hc.Do(req)
+	req.Close = true // one request per connection: the server closes after replying
+	resp, err := c.roundTrip(ctx, req)
 	if err != nil {
 		return nil, c.transportError(err)
 	}
@@ -98,6 +98,54 @@ func (c *Client) send(ctx context.Context, method, path string, in any) (*http.R
 		return nil, decodeError(resp)
 	}
 	return resp, nil
+}
+
+// roundTrip dials the socket, writes req and reads the response head. The returned body
+// closes the connection; until then ctx's end closes it too, failing a blocked read.
+func (c *Client) roundTrip(ctx context.Context, req *http.Request) (*http.Response, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", c.Socket)
+	if err != nil {
+		return nil, err
+	}
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	fail := func(err error) (*http.Response, error) {
+		stop()
+		conn.Close()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, err
+	}
+	bw := bufio.NewWriter(conn)
+	if err := req.Write(bw); err != nil {
+		return fail(fmt.Errorf("writing request: %w", err))
+	}
+	if err := bw.Flush(); err != nil {
+		return fail(fmt.Errorf("writing request: %w", err))
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), req)
+	if err != nil {
+		return fail(fmt.Errorf("reading response: %w", err))
+	}
+	resp.Body = &connBody{ReadCloser: resp.Body, conn: conn, stop: stop}
+	return resp, nil
+}
+
+// connBody is a response body that owns its connection.
+type connBody struct {
+	io.ReadCloser
+	conn net.Conn
+	stop func() bool
+}
+
+func (b *connBody) Close() error {
+	b.stop()
+	err := b.ReadCloser.Close()
+	if cerr := b.conn.Close(); err == nil && !errors.Is(cerr, net.ErrClosed) {
+		err = cerr
+	}
+	return err
 }
 
 func (c *Client) transportError(err error) error {
