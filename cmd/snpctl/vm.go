@@ -9,7 +9,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -146,7 +145,7 @@ func vmListCmd() *cobra.Command {
 			if jsonOutput(cmd) {
 				return printJSON(cmd.OutOrStdout(), api.ListResponse{VMs: vms})
 			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			tw := newTable(cmd.OutOrStdout(), 2)
 			fmt.Fprintln(tw, "NAME\tSTATE\tPID\tSINCE\tVCPUS\tMEMORY\tSTARTS\tRESTART")
 			for _, v := range vms {
 				pid := "-"
@@ -194,7 +193,7 @@ confidential". --json prints everything as the API returns it (api.VMInfo).`,
 }
 
 func printVMInfo(w io.Writer, info *api.VMInfo) {
-	tw := tabwriter.NewWriter(w, 0, 4, 1, ' ', 0)
+	tw := newTable(w, 1)
 	kv := func(k string, v any) { fmt.Fprintf(tw, "%s:\t%v\n", k, v) }
 	kv("Name", info.Name)
 	kv("State", fmt.Sprintf("%s (since %s)", info.State, info.Since.Format(time.RFC3339)))
