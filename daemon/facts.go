@@ -96,13 +96,23 @@ func FirmwareFacts(r io.ReaderAt, size int64, f *config.Facts) error {
 	if n != size {
 		return fmt.Errorf("hashing firmware: read %d of %d bytes", n, size)
 	}
-	hasKH := false
-	if fw, err := snp.ParseFirmware(r, size); err == nil {
-		hasKH = fw.HasKernelHashes()
-	}
 	f.FirmwareSHA256, f.FirmwareSHA384 = h256.Sum(nil), h384.Sum(nil)
-	f.FirmwareHasKernelHashes = hasKH
+	f.FirmwareHasKernelHashes = firmwareHasKernelHashes(r, size)
 	return nil
+}
+
+// SealedFirmwareFacts is FirmwareFacts for a sealed memfd: its digests were taken when
+// it was sealed and its bytes cannot have changed since, so it is not hashed again.
+func SealedFirmwareFacts(s *SealedFile, f *config.Facts) {
+	f.FirmwareSHA256, f.FirmwareSHA384 = bytes.Clone(s.SHA256[:]), bytes.Clone(s.SHA384[:])
+	f.FirmwareHasKernelHashes = firmwareHasKernelHashes(s, s.Size)
+}
+
+// firmwareHasKernelHashes tells whether the firmware image has an SNP kernel-hashes
+// metadata section; an image without SEV metadata has none.
+func firmwareHasKernelHashes(r io.ReaderAt, size int64) bool {
+	fw, err := snp.ParseFirmware(r, size)
+	return err == nil && fw.HasKernelHashes()
 }
 
 // IDAuthFacts verifies vm's given ID block and ID auth (snp.VerifyIDAuth) and fills the

@@ -48,6 +48,11 @@ type Launcher struct {
 	busyMu sync.Mutex
 	busy   map[string]bool // names with a launch in progress
 
+	// seals and measured spare repeated launches from the same boot files the copying
+	// and hashing (launch_cache.go).
+	seals    sealCache
+	measured measureCache
+
 	// perturb, when set (tests only), changes the verification expectation after it was
 	// derived from the spec, to exercise the mismatch path against a real QEMU.
 	perturb func(*expectation)
@@ -107,23 +112,23 @@ func (s *sealed) Close() {
 	s.initrd.Close()
 }
 
-func sealBootFiles(vm *config.VM) (*sealed, error) {
+func (l *Launcher) sealBootFiles(vm *config.VM) (*sealed, error) {
 	s := &sealed{}
 	var err error
 	if vm.Firmware == "" {
 		return nil, errors.New("no firmware in the definition")
 	}
-	if s.fw, err = SealFile("firmware", vm.Firmware, MaxFirmwareSize); err != nil {
+	if s.fw, err = l.seals.Seal("firmware", vm.Firmware, MaxFirmwareSize); err != nil {
 		return nil, err
 	}
 	if vm.Kernel != "" {
-		if s.kernel, err = SealFile("kernel", vm.Kernel, MaxKernelSize); err != nil {
+		if s.kernel, err = l.seals.Seal("kernel", vm.Kernel, MaxKernelSize); err != nil {
 			s.Close()
 			return nil, err
 		}
 	}
 	if vm.Initrd != "" {
-		if s.initrd, err = SealFile("initrd", vm.Initrd, MaxInitrdSize); err != nil {
+		if s.initrd, err = l.seals.Seal("initrd", vm.Initrd, MaxInitrdSize); err != nil {
 			s.Close()
 			return nil, err
 		}
@@ -143,7 +148,7 @@ func (l *Launcher) Prepare(ctx context.Context, vm *config.VM) (*Spec, *api.Laun
 	if err != nil {
 		return nil, nil, err
 	}
-	files, err := sealBootFiles(vm)
+	files, err := l.sealBootFiles(vm)
 	if err != nil {
 		return nil, nil, fmt.Errorf("sealing boot files: %w", err)
 	}
@@ -152,7 +157,7 @@ func (l *Launcher) Prepare(ctx context.Context, vm *config.VM) (*Spec, *api.Laun
 		files.Close()
 		return nil, nil, err
 	}
-	m, err := measureSpec(spec)
+	m, err := l.measured.Measure(spec)
 	if err != nil {
 		spec.Close()
 		return nil, nil, fmt.Errorf("computing launch digest: %w", err)

@@ -70,7 +70,7 @@ func admission(p *config.Policy) admitFunc {
 			f.QEMUVersion = v
 		}
 		if spec != nil && spec.Firmware != nil {
-			_ = FirmwareFacts(spec.Firmware, spec.Firmware.Size, &f) // unknown facts fail the check
+			SealedFirmwareFacts(spec.Firmware, &f)
 		}
 		_ = IDAuthFacts(vm, &f)
 		if v := p.Check(vm, f); len(v) > 0 {

@@ -61,30 +61,41 @@ func (s *SealedFile) Close() error {
 // named name, and hashes the sealed copy. The source must be a regular file of 1..maxSize
 // bytes. On error nothing is left open.
 func SealFile(name, path string, maxSize int64) (*SealedFile, error) {
-	src, err := os.Open(path)
+	src, err := openSource(name, path, maxSize)
 	if err != nil {
-		return nil, fmt.Errorf("opening %s: %w", name, err)
+		return nil, err
 	}
 	defer src.Close()
-	st, err := src.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("reading %s: %w", name, err)
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s %s: not a regular file", name, path)
-	}
-	if st.Size() == 0 {
-		return nil, fmt.Errorf("%s %s: file is empty", name, path)
-	}
-	if st.Size() > maxSize {
-		return nil, fmt.Errorf("%s %s: %d bytes, more than the %d allowed", name, path, st.Size(), maxSize)
-	}
 	s, err := sealReader(name, src, maxSize)
 	if err != nil {
 		return nil, err
 	}
 	s.Path = path
 	return s, nil
+}
+
+// openSource opens the file to seal and checks it is a regular file of 1..maxSize bytes.
+func openSource(name, path string, maxSize int64) (*os.File, error) {
+	src, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("opening %s: %w", name, err)
+	}
+	st, err := src.Stat()
+	switch {
+	case err != nil:
+		err = fmt.Errorf("reading %s: %w", name, err)
+	case !st.Mode().IsRegular():
+		err = fmt.Errorf("%s %s: not a regular file", name, path)
+	case st.Size() == 0:
+		err = fmt.Errorf("%s %s: file is empty", name, path)
+	case st.Size() > maxSize:
+		err = fmt.Errorf("%s %s: %d bytes, more than the %d allowed", name, path, st.Size(), maxSize)
+	}
+	if err != nil {
+		src.Close()
+		return nil, err
+	}
+	return src, nil
 }
 
 // SealBytes is SealFile for bytes already in memory (tests, generated images).
