@@ -2,7 +2,8 @@
 # bench-service.sh: start 20 small VMs (64 MiB, platform "none", real QEMU) concurrently
 # through snpd while listing VMs in a loop; print the list latency percentiles over the
 # API and through `snpctl vm list` (a process per call), and BENCH lines for bench.sh.
-# Runs the scenario three times side by side and prints the ratios: the flat layout (snpd
+# Runs the scenario in three layouts side by side (each 3 rounds, samples pooled;
+# SNPD_BENCH_ROUNDS changes that) and prints the ratios: the flat layout (snpd
 # and its QEMUs in the bench's own cgroup, each QEMU in its own autogroup) with QEMU at
 # snpd's priority (qemu_nice = 0) and at the default qemu_nice, and the deployed layout
 # (default qemu_nice; snpd and its QEMUs in a fresh CPU cgroup standing in for
@@ -22,4 +23,4 @@ chmod 755 "$bin"
 CGO_ENABLED=0 go build -trimpath -o "$bin/snpctl" ./cmd/snpctl
 CGO_ENABLED=1 go build -o "$bin/snpctl-cgo" ./cmd/snpctl
 SNPCTL="$bin/snpctl" SNPCTL_CGO="$bin/snpctl-cgo" go test -count=1 -run '^$' -bench '^BenchmarkStart20WhileListing$' -benchtime 1x ./daemon/ \
-  | grep -E '^(BENCH |== |not measured|cgroups|host load|ratios|20 concurrent|API list|snpctl vm list|snpd while|--- FAIL|FAIL|[[:space:]]+[A-Za-z0-9_]+_test\.go:[0-9]+:)'
+  | grep -E '^(BENCH |== |not measured|cgroups|host load|ratios|[0-9]+ rounds of 20|API list|snpctl vm list|snpd while|--- FAIL|FAIL|[[:space:]]+[A-Za-z0-9_]+_test\.go:[0-9]+:)'
