@@ -217,19 +217,11 @@ func (m *Manager) Undefine(name string) error {
 	return m.store.DeleteVM(name)
 }
 
-// summary is a VM's list row from its definition (name, when defined, the config.VM
-// JSON) and its newest run (nil: never started).
-func summary(name string, definedAt time.Time, def json.RawMessage, run *api.Run, starts int) api.VMSummary {
-	s := api.VMSummary{Name: name, State: api.StateStopped, Since: definedAt, Starts: starts}
-	// Only the three fields shown: the stored definition is config.VM's JSON encoding.
-	var vm struct {
-		VCPUs     int    `json:"vcpus"`
-		MemoryMiB uint64 `json:"memory_mib"`
-		Restart   string `json:"restart"`
-	}
-	if json.Unmarshal(def, &vm) == nil {
-		s.VCPUs, s.MemoryMiB, s.Restart = vm.VCPUs, vm.MemoryMiB, vm.Restart
-	}
+// summary is a VM's list row from its definition (name, when defined, the fields shown)
+// and its newest run (nil: never started).
+func summary(name string, definedAt time.Time, def defFields, run *api.Run, starts int) api.VMSummary {
+	s := api.VMSummary{Name: name, State: api.StateStopped, Since: definedAt, Starts: starts,
+		VCPUs: def.VCPUs, MemoryMiB: def.MemoryMiB, Restart: def.Restart}
 	if run != nil && run.State != "" {
 		s.State = run.State
 		if n := len(run.Transitions); n > 0 {
@@ -240,6 +232,14 @@ func summary(name string, definedAt time.Time, def json.RawMessage, run *api.Run
 		}
 	}
 	return s
+}
+
+// decodeDefFields reads the summary fields of a stored definition (config.VM's JSON
+// encoding); a definition that does not decode shows zeros.
+func decodeDefFields(def json.RawMessage) defFields {
+	var f defFields
+	_ = json.Unmarshal(def, &f)
+	return f
 }
 
 // List returns every VM with its state, sorted by name.
@@ -265,10 +265,10 @@ func (m *Manager) List() ([]api.VMSummary, error) {
 	out := make([]api.VMSummary, 0, len(rows))
 	for _, row := range rows {
 		if r, ok := live[row.Name]; ok {
-			out = append(out, summary(row.Name, row.DefinedAt, row.Definition, &r, r.Seq))
+			out = append(out, summary(row.Name, row.DefinedAt, row.defFields, &r, r.Seq))
 			continue
 		}
-		out = append(out, summary(row.Name, row.DefinedAt, row.Definition, row.Last, row.Starts))
+		out = append(out, summary(row.Name, row.DefinedAt, row.defFields, row.Last, row.Starts))
 	}
 	return out, nil
 }
@@ -300,7 +300,7 @@ func (m *Manager) info(name string, live *api.Run) (*api.VMInfo, error) {
 	if live != nil {
 		last, starts = live, max(starts, live.Seq)
 	}
-	return &api.VMInfo{VMSummary: summary(sv.Name, sv.DefinedAt, sv.Definition, last, starts), DefinedAt: sv.DefinedAt, TOML: sv.TOML, Definition: sv.Definition, Last: last}, nil
+	return &api.VMInfo{VMSummary: summary(sv.Name, sv.DefinedAt, decodeDefFields(sv.Definition), last, starts), DefinedAt: sv.DefinedAt, TOML: sv.TOML, Definition: sv.Definition, Last: last}, nil
 }
 
 // Runs returns up to limit of a VM's newest runs (0: all), oldest first.

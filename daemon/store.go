@@ -33,7 +33,8 @@ const storeSchema = "1"
 // bbolt file. Every method is one transaction: a crash at any point leaves either the old
 // or the new state, never a mix (bbolt's copy-on-write pages plus an fsync'd meta page).
 type Store struct {
-	db *bolt.DB
+	db   *bolt.DB
+	list listMemo // listRows' decoded rows (store_list.go)
 }
 
 // StoredVM is a VM definition as stored.

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"reflect"
 	"testing"
@@ -98,5 +99,86 @@ func TestListMatchesGet(t *testing.T) {
 	}
 	if list[3].Restart != "on-crash" {
 		t.Errorf("stopped: restart %q", list[3].Restart)
+	}
+}
+
+// TestListMemoNeverStale lists after every kind of change (define, redefine with other
+// values, start, kill, undefine): each list row still equals Get's summary, so the
+// decoded rows listRows remembers are never served after the stored bytes changed, and
+// an undefined VM is forgotten.
+func TestListMemoNeverStale(t *testing.T) {
+	s, err := OpenStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	dir := t.TempDir()
+	start := func(ctx context.Context, vm *config.VM, beforeCont func(*api.LaunchRecord) error) (vmProcess, error) {
+		inst, _, err := startProcess("/bin/sleep", []string{"60"}, nil, filepath.Join(dir, vm.Name+".stderr"))
+		if err != nil {
+			return nil, err
+		}
+		if err := beforeCont(&api.LaunchRecord{PID: inst.PID, StartTicks: inst.StartTicks}); err != nil {
+			inst.Kill()
+			return nil, err
+		}
+		return instanceProc{inst}, nil
+	}
+	m := NewManager(ManagerOptions{Store: s, Start: start, Validate: validateDefinition, RuntimeDir: dir})
+	defer m.Close()
+	ctx := context.Background()
+	check := func(step string, want int) {
+		t.Helper()
+		list, err := m.List()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(list) != want {
+			t.Fatalf("%s: %d vms listed, want %d", step, len(list), want)
+		}
+		for _, v := range list {
+			info, err := m.Get(v.Name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(v, info.VMSummary) {
+				t.Errorf("%s: list row %+v\n     get %+v", step, v, info.VMSummary)
+			}
+		}
+	}
+	define := func(name string) {
+		t.Helper()
+		if _, err := m.Define(api.DefineRequest{File: name + ".toml", TOML: vmTOML(name, "")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	define("a")
+	define("b")
+	check("defined", 2)
+	redef := fmt.Sprintf("name = \"a\"\nvcpus = 3\nmemory_mib = 128\nfirmware = %q\nrestart = \"on-crash\"\n", testFirmware)
+	if _, err := m.Define(api.DefineRequest{File: "a.toml", TOML: redef, Replace: true}); err != nil {
+		t.Fatal(err)
+	}
+	check("redefined", 2)
+	if l, _ := m.List(); l[0].VCPUs != 3 || l[0].MemoryMiB != 128 || l[0].Restart != "on-crash" {
+		t.Errorf("redefined a listed as %+v", l[0])
+	}
+	if _, err := m.Start(ctx, "b"); err != nil {
+		t.Fatal(err)
+	}
+	check("started", 2)
+	if _, err := m.Kill(ctx, "b"); err != nil {
+		t.Fatal(err)
+	}
+	check("killed", 2)
+	if l, _ := m.List(); l[1].State != api.StateStopped || l[1].Starts != 1 {
+		t.Errorf("killed b listed as %+v", l[1])
+	}
+	if err := m.Undefine("a"); err != nil {
+		t.Fatal(err)
+	}
+	check("undefined", 1)
+	if n := len(s.list.vms); n != 1 {
+		t.Errorf("%d VMs remembered after undefine, want 1", n)
 	}
 }
