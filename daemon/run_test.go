@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"testing"
@@ -119,4 +120,21 @@ func mkdirMount(dir string) error {
 		return err
 	}
 	return syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=512k,mode=0700")
+}
+
+// TestTuneGC: snpd collects at gcPercent unless the operator set GOGC.
+func TestTuneGC(t *testing.T) {
+	orig := debug.SetGCPercent(100)
+	defer debug.SetGCPercent(orig)
+	t.Setenv("GOGC", "") // restored at cleanup
+	os.Unsetenv("GOGC")
+	tuneGC()
+	if got := debug.SetGCPercent(100); got != gcPercent {
+		t.Errorf("GOGC unset: gc percent %d, want %d", got, gcPercent)
+	}
+	t.Setenv("GOGC", "100")
+	tuneGC()
+	if got := debug.SetGCPercent(100); got != 100 {
+		t.Errorf("GOGC=100 set: gc percent %d, want it left alone", got)
+	}
 }
