@@ -80,7 +80,7 @@ func BenchmarkStart20WhileListing(b *testing.B) {
 	}
 	// Each variant runs the scenario `rounds` times and pools the samples, so that a
 	// p99 rests on several hundred calls, not on the two or three slowest of one round.
-	rounds := 3
+	rounds := 5
 	if n, err := strconv.Atoi(os.Getenv("SNPD_BENCH_ROUNDS")); err == nil && n > 0 {
 		rounds = n
 	}

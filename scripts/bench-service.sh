@@ -2,7 +2,7 @@
 # bench-service.sh: start 20 small VMs (64 MiB, platform "none", real QEMU) concurrently
 # through snpd while listing VMs in a loop; print the list latency percentiles over the
 # API and through `snpctl vm list` (a process per call), and BENCH lines for bench.sh.
-# Runs the scenario in three layouts side by side (each 3 rounds, samples pooled;
+# Runs the scenario in three layouts side by side (each 5 rounds, samples pooled;
 # SNPD_BENCH_ROUNDS changes that) and prints the ratios: the flat layout (snpd
 # and its QEMUs in the bench's own cgroup, each QEMU in its own autogroup) with QEMU at
 # snpd's priority (qemu_nice = 0) and at the default qemu_nice, and the deployed layout
