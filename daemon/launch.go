@@ -48,8 +48,8 @@ type Launcher struct {
 	busyMu sync.Mutex
 	busy   map[string]bool // names with a launch in progress
 
-	// seals and measured spare repeated launches from the same boot files the copying
-	// and hashing (launch_cache.go).
+	// seals (sealed memfds, at most 256 MiB) and measured (launch digests) let launches
+	// from unchanged boot files skip copying and hashing them again (launch_cache.go).
 	seals    sealCache
 	measured measureCache
 
