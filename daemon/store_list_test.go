@@ -12,16 +12,16 @@ import (
 	"github.com/snpd/snpd/daemon/api"
 )
 
-// TestListMatchesGet checks that the list path (one read transaction, partial decoding)
-// gives every VM exactly the summary Get gives it, for a VM never started, one whose
-// start failed, one stopped after runs, and one running (a real child process stands in
-// for QEMU: the Manager only needs a pid to watch).
-func TestListMatchesGet(t *testing.T) {
+// sleepManager returns a Manager on a fresh store whose starts run /bin/sleep in place
+// of QEMU (the Manager only needs a pid to watch); the start of a VM named "fails" is
+// refused. Both are closed at cleanup.
+func sleepManager(t *testing.T) (*Manager, *Store) {
+	t.Helper()
 	s, err := OpenStore(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	t.Cleanup(func() { s.Close() })
 	dir := t.TempDir()
 	start := func(ctx context.Context, vm *config.VM, beforeCont func(*api.LaunchRecord) error) (vmProcess, error) {
 		if vm.Name == "fails" {
@@ -38,7 +38,35 @@ func TestListMatchesGet(t *testing.T) {
 		return instanceProc{inst}, nil
 	}
 	m := NewManager(ManagerOptions{Store: s, Start: start, Validate: validateDefinition, RuntimeDir: dir})
-	defer m.Close()
+	t.Cleanup(m.Close)
+	return m, s
+}
+
+// listMatchingGet lists the VMs and reports every row that differs from the summary Get
+// gives the same VM; step names the moment in the errors.
+func listMatchingGet(t *testing.T, m *Manager, step string) []api.VMSummary {
+	t.Helper()
+	list, err := m.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range list {
+		info, err := m.Get(v.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(v, info.VMSummary) {
+			t.Errorf("%s: list row %+v\n     get %+v", step, v, info.VMSummary)
+		}
+	}
+	return list
+}
+
+// TestListMatchesGet checks that the list path (one read transaction, partial decoding)
+// gives every VM exactly the summary Get gives it, for a VM never started, one whose
+// start failed, one stopped after runs, and one running.
+func TestListMatchesGet(t *testing.T) {
+	m, _ := sleepManager(t)
 	for _, d := range []struct{ name, extra string }{
 		{"never", "restart = \"never\"\n"}, {"fails", ""}, {"stopped", "restart = \"on-crash\"\n"}, {"running", "[snp]\nguest_features = 1\n"},
 	} {
@@ -63,20 +91,10 @@ func TestListMatchesGet(t *testing.T) {
 	}
 	defer m.Kill(ctx, "running")
 
-	list, err := m.List()
-	if err != nil {
-		t.Fatal(err)
-	}
+	list := listMatchingGet(t, m, "mixed")
 	var names []string
 	for _, v := range list {
 		names = append(names, v.Name)
-		info, err := m.Get(v.Name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !reflect.DeepEqual(v, info.VMSummary) {
-			t.Errorf("list row %+v\n     get %+v", v, info.VMSummary)
-		}
 	}
 	if want := []string{"fails", "never", "running", "stopped"}; !reflect.DeepEqual(names, want) {
 		t.Fatalf("listed %q, want %q", names, want)
@@ -107,43 +125,12 @@ func TestListMatchesGet(t *testing.T) {
 // decoded rows listRows remembers are never served after the stored bytes changed, and
 // an undefined VM is forgotten.
 func TestListMemoNeverStale(t *testing.T) {
-	s, err := OpenStore(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	dir := t.TempDir()
-	start := func(ctx context.Context, vm *config.VM, beforeCont func(*api.LaunchRecord) error) (vmProcess, error) {
-		inst, _, err := startProcess("/bin/sleep", []string{"60"}, nil, filepath.Join(dir, vm.Name+".stderr"))
-		if err != nil {
-			return nil, err
-		}
-		if err := beforeCont(&api.LaunchRecord{PID: inst.PID, StartTicks: inst.StartTicks}); err != nil {
-			inst.Kill()
-			return nil, err
-		}
-		return instanceProc{inst}, nil
-	}
-	m := NewManager(ManagerOptions{Store: s, Start: start, Validate: validateDefinition, RuntimeDir: dir})
-	defer m.Close()
+	m, s := sleepManager(t)
 	ctx := context.Background()
 	check := func(step string, want int) {
 		t.Helper()
-		list, err := m.List()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(list) != want {
+		if list := listMatchingGet(t, m, step); len(list) != want {
 			t.Fatalf("%s: %d vms listed, want %d", step, len(list), want)
-		}
-		for _, v := range list {
-			info, err := m.Get(v.Name)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !reflect.DeepEqual(v, info.VMSummary) {
-				t.Errorf("%s: list row %+v\n     get %+v", step, v, info.VMSummary)
-			}
 		}
 	}
 	define := func(name string) {
