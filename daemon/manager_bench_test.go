@@ -280,40 +280,34 @@ func start20WhileListing(b *testing.B, extra, tag, snpctl string, cg *benchCgrou
 		)
 		done := make(chan struct{})
 		listers := sync.WaitGroup{}
-		listers.Add(1)
-		go func() {
-			defer listers.Done()
-			for {
-				select {
-				case <-done:
-					return
-				default:
+		if !noAPI {
+			listers.Go(func() {
+				for {
+					select {
+					case <-done:
+						return
+					default:
+					}
+					t0 := time.Now()
+					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+					_, err := d.Client.List(ctx)
+					cancel()
+					if el := time.Since(t0); el > 20*time.Millisecond && os.Getenv("SNPD_BENCH_DEBUG") != "" {
+						t1 := time.Now()
+						_, _ = d.Client.Status(context.Background())
+						fmt.Printf("slow list %s at %s; status right after %s\n", el, t0.Format("15:04:05.000"), time.Since(t1))
+					}
+					if err == nil {
+						mu.Lock()
+						apiLat = append(apiLat, time.Since(t0))
+						mu.Unlock()
+					}
+					time.Sleep(2 * time.Millisecond)
 				}
-				if noAPI {
-					<-done
-					return
-				}
-				t0 := time.Now()
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				_, err := d.Client.List(ctx)
-				cancel()
-				if el := time.Since(t0); el > 20*time.Millisecond && os.Getenv("SNPD_BENCH_DEBUG") != "" {
-					t1 := time.Now()
-					_, _ = d.Client.Status(context.Background())
-					fmt.Printf("slow list %s at %s; status right after %s\n", el, t0.Format("15:04:05.000"), time.Since(t1))
-				}
-				if err == nil {
-					mu.Lock()
-					apiLat = append(apiLat, time.Since(t0))
-					mu.Unlock()
-				}
-				time.Sleep(2 * time.Millisecond)
-			}
-		}()
+			})
+		}
 		if snpctl != "" {
-			listers.Add(1)
-			go func() {
-				defer listers.Done()
+			listers.Go(func() {
 				for {
 					select {
 					case <-done:
@@ -336,7 +330,7 @@ func start20WhileListing(b *testing.B, extra, tag, snpctl string, cg *benchCgrou
 						time.Sleep(think)
 					}
 				}
-			}()
+			})
 		}
 		sched0 := schedstat(d.cmd.Process.Pid)
 		t0 := time.Now()
