@@ -8,7 +8,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/snpd/snpd/daemon/api"
-	"github.com/snpd/snpd/snp"
 )
 
 func init() { addCommand(newCertsCmd) }
@@ -35,7 +34,7 @@ attest and verify then use the cache. Prints the certificates as "certs list" do
   snpctl certs import certs.bin`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			b, err := readBounded(args[0], snp.MaxCertTableSize)
+			b, err := readBounded(args[0], api.MaxCertTableSize)
 			if err != nil {
 				return fmt.Errorf("reading certificates: %w", err)
 			}

@@ -9,7 +9,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/snpd/snpd/daemon/api"
-	"github.com/snpd/snpd/snp"
 )
 
 func init() { addCommand(newReferenceCmd) }
@@ -18,7 +17,7 @@ func newReferenceCmd() *cobra.Command {
 	var format string
 	c := &cobra.Command{
 		Use:   "reference NAME",
-		Short: "Print a VM's reference values for verifiers (" + strings.Join(snp.ReferenceFormats, "|") + ")",
+		Short: "Print a VM's reference values for verifiers (" + strings.Join(api.ReferenceFormats, "|") + ")",
 		Long: "reference prints what a verifier needs to appraise VM NAME's reports, from its\n" +
 			"launch record: json (snpd's own), trustee (a Confidential Containers RVPS sample\n" +
 			"message), sev-guest-check (the check.Config textproto go-sev-guest's check tool\n" +
@@ -29,17 +28,17 @@ func newReferenceCmd() *cobra.Command {
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ok := false
-			for _, f := range snp.ReferenceFormats {
+			for _, f := range api.ReferenceFormats {
 				ok = ok || f == format
 			}
 			if !ok {
-				return fmt.Errorf("--format %q: want one of %s", format, strings.Join(snp.ReferenceFormats, ", "))
+				return fmt.Errorf("--format %q: want one of %s", format, strings.Join(api.ReferenceFormats, ", "))
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), 60*time.Second)
 			defer cancel()
 			return apiClient(cmd).Do(ctx, "GET", api.ReferencePath(args[0], format), nil, cmd.OutOrStdout())
 		},
 	}
-	c.Flags().StringVar(&format, "format", snp.FormatJSON, "output format: "+strings.Join(snp.ReferenceFormats, ", "))
+	c.Flags().StringVar(&format, "format", api.ReferenceFormatJSON, "output format: "+strings.Join(api.ReferenceFormats, ", "))
 	return c
 }

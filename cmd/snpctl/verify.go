@@ -12,7 +12,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/snpd/snpd/daemon/api"
-	"github.com/snpd/snpd/snp"
 )
 
 func init() { addCommand(newVerifyCmd) }
@@ -20,7 +19,7 @@ func init() { addCommand(newVerifyCmd) }
 func randRead(b []byte) (int, error) { return rand.Read(b) }
 
 // maxReportFile bounds what verify reads from --report (a report plus certificate table).
-const maxReportFile = snp.ReportSize + snp.MaxCertTableSize
+const maxReportFile = api.ReportSize + api.MaxCertTableSize
 
 func readBounded(path string, max int64) ([]byte, error) {
 	f, err := os.Open(path)
@@ -66,8 +65,8 @@ func newVerifyCmd() *cobra.Command {
 				return fmt.Errorf("reading report: %w", err)
 			}
 			req := &api.VerifyRequest{VM: vm, Report: raw, Nonce: nonce, UserData: userData, ReportData: reportData}
-			if len(raw) > snp.ReportSize {
-				req.Report, req.CertTable = raw[:snp.ReportSize], raw[snp.ReportSize:]
+			if len(raw) > api.ReportSize {
+				req.Report, req.CertTable = raw[:api.ReportSize], raw[api.ReportSize:]
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
 			defer cancel()
@@ -114,7 +113,7 @@ func importDir(ctx context.Context, cl *api.Client, dir string) error {
 		if !e.Type().IsRegular() {
 			continue
 		}
-		b, err := readBounded(filepath.Join(dir, e.Name()), snp.MaxCertTableSize)
+		b, err := readBounded(filepath.Join(dir, e.Name()), api.MaxCertTableSize)
 		if err != nil {
 			return fmt.Errorf("reading certificate: %w", err)
 		}

@@ -13,7 +13,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/snpd/snpd/config"
 	"github.com/snpd/snpd/daemon/api"
 )
 
@@ -77,12 +76,12 @@ the VM is stopped.`,
 				return fmt.Errorf("reading definition: %w", err)
 			}
 			defer f.Close()
-			b, err := io.ReadAll(io.LimitReader(f, config.MaxFileSize+1))
+			b, err := io.ReadAll(io.LimitReader(f, api.MaxDefinitionSize+1))
 			if err != nil {
 				return fmt.Errorf("reading definition: %w", err)
 			}
-			if len(b) > config.MaxFileSize {
-				return fmt.Errorf("%s: larger than %d bytes", args[0], config.MaxFileSize)
+			if len(b) > api.MaxDefinitionSize {
+				return fmt.Errorf("%s: larger than %d bytes", args[0], api.MaxDefinitionSize)
 			}
 			abs, err := filepath.Abs(args[0])
 			if err != nil {
