@@ -1,3 +1,5 @@
+//go:build !snpctl_lean
+
 package main
 
 import (
@@ -10,7 +12,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -23,24 +24,14 @@ import (
 // hook must answer within 10 s.
 var hookTimeout = 9 * time.Second
 
-// hookArgv0 is the name the hook is installed under (/etc/libvirt/hooks/qemu.d/snpd):
-// invoked by that name, snpctl acts as `snpctl libvirt-hook -- ARGS...`.
-const hookArgv0 = "snpd"
-
-func init() {
-	addCommand(newLibvirtHookCmd)
-	if filepath.Base(os.Args[0]) == hookArgv0 && len(os.Args) > 1 {
-		// "--" keeps a domain name starting with "-" from being read as a flag.
-		os.Args = append([]string{os.Args[0], "libvirt-hook", "--"}, os.Args[1:]...)
-	}
-}
+func init() { addCommand(newLibvirtHookCmd) }
 
 func newLibvirtHookCmd() *cobra.Command {
 	var failOpen bool
 	var policyPath string
 	cmd := &cobra.Command{
-		Use:   "libvirt-hook DOMAIN OPERATION SUB-OPERATION [EXTRA]",
-		Short: "libvirt qemu hook: refuse domains that break the host policy (install as /etc/libvirt/hooks/qemu.d/snpd)",
+		Use:   libvirtHookUse,
+		Short: libvirtHookShort,
 		Long: `Follows libvirt's qemu hook protocol (domain XML on stdin). On "prepare begin" it sends
 the domain to snpd (POST /v1/libvirt/domains), which checks it against the host policy and
 registers it, with its expected launch digest when it has <launchSecurity type='sev-snp'>
@@ -52,10 +43,11 @@ closed unless --fail-open, SNPD_HOOK_FAIL_OPEN=1 or hook_fail_open = true in the
 policy file is the setting that reaches an installed hook). It never calls back into
 libvirt.
 
-Installed as /etc/libvirt/hooks/qemu.d/snpd (make install-hook), snpctl acts as this
-command by its name alone; restart libvirtd afterwards, it reads its hooks at start.`,
+Installed as /etc/libvirt/hooks/qemu.d/snpd (make install-hook installs snpctl-full,
+the build with every command), snpctl acts as this command by its name alone; restart
+libvirtd afterwards, it reads its hooks at start.`,
 		Example: `  # Install, then restart libvirtd (or virtqemud)
-  install -D -m 0755 /usr/bin/snpctl /etc/libvirt/hooks/qemu.d/snpd
+  install -D -m 0755 /usr/local/bin/snpctl-full /etc/libvirt/hooks/qemu.d/snpd
 
   # What libvirt runs when domain web is about to start; exit 1 lists the violations
   /etc/libvirt/hooks/qemu.d/snpd web prepare begin - < web.xml

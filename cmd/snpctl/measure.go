@@ -1,3 +1,5 @@
+//go:build !snpctl_lean
+
 package main
 
 import (
@@ -35,8 +37,8 @@ type measureFlags struct {
 func newMeasureCmd() *cobra.Command {
 	var f measureFlags
 	cmd := &cobra.Command{
-		Use:   "measure --mode MODE --ovmf PATH [flags]",
-		Short: "Compute the SEV/SEV-ES/SEV-SNP launch digest (drop-in for sev-snp-measure)",
+		Use:   measureUse,
+		Short: measureShort,
 		Long: `Compute the launch measurement the AMD Secure Processor will produce for a guest.
 
 Takes the flags of virtee/sev-snp-measure ` + measureCompatVersion + ` with the same meaning and prints

@@ -1,3 +1,5 @@
+//go:build !snpctl_lean
+
 package main
 
 import (

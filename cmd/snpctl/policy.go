@@ -1,3 +1,5 @@
+//go:build !snpctl_lean
+
 package main
 
 import (
@@ -18,8 +20,8 @@ func init() { addCommand(newPolicyCmd) }
 
 func newPolicyCmd() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:     "policy",
-		Short:   "Check VM definitions and libvirt domains against the host policy",
+		Use:     policyUse,
+		Short:   policyShort,
 		Example: `  snpctl policy check --config /etc/snpd/snpd.toml /etc/snpd/vms/web.toml`,
 	}
 	cmd.AddCommand(newPolicyCheckCmd())

@@ -1,0 +1,70 @@
+//go:build snpctl_lean
+
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+// The lean build (see commands.go) stands in for the full-only commands with commands of
+// the same name and summary that exec snpctl-full, so `snpctl measure ...`, `snpctl
+// measure --help` and `snpctl help measure` behave as in the full build.
+func init() {
+	for _, c := range []struct{ use, short string }{
+		{measureUse, measureShort},
+		{idBlockUse, idBlockShort},
+		{policyUse, policyShort},
+		{libvirtHookUse, libvirtHookShort},
+	} {
+		addCommand(func() *cobra.Command { return fullOnlyCmd(c.use, c.short) })
+	}
+}
+
+// fullOnlyCmd is the lean build's stand-in for a full-only command: it parses nothing
+// and hands the whole command line to snpctl-full.
+func fullOnlyCmd(use, short string) *cobra.Command {
+	c := &cobra.Command{
+		Use:                use,
+		Short:              short,
+		DisableFlagParsing: true,
+		RunE:               func(c *cobra.Command, _ []string) error { return execFull(c.Name()) },
+	}
+	c.SetHelpFunc(func(c *cobra.Command, _ []string) {
+		if err := execFull(c.Name()); err != nil {
+			fmt.Fprintf(os.Stderr, "Error: %s\n", errorLine(err))
+			os.Exit(1)
+		}
+	})
+	return c
+}
+
+// execFull replaces this process with snpctl-full from this executable's directory,
+// with the same arguments and environment; it returns only if that fails. The path is
+// never looked up in $PATH.
+func execFull(name string) error {
+	self, err := os.Executable()
+	if err == nil {
+		self, err = filepath.EvalSymlinks(self)
+	}
+	if err != nil {
+		return fmt.Errorf("snpctl %s is run by %s, but this executable's path is unknown: %w", name, fullBinary, err)
+	}
+	full := filepath.Join(filepath.Dir(self), fullBinary)
+	argv := append([]string{full}, os.Args[1:]...)
+	err = syscall.Exec(full, argv, os.Environ())
+	if errors.Is(err, syscall.ENOENT) {
+		how := "install it with snpctl (make install), or build a complete snpctl with go build ./cmd/snpctl"
+		if filepath.Base(os.Args[0]) == hookArgv0 || strings.HasSuffix(filepath.Dir(self), "qemu.d") {
+			how = "the libvirt hook must be snpctl-full itself (make install-hook)"
+		}
+		return fmt.Errorf("snpctl %s is run by %s, which is not beside this snpctl (%s): %s", name, fullBinary, full, how)
+	}
+	return fmt.Errorf("snpctl %s: running %s: %w", name, full, err)
+}
