@@ -179,3 +179,39 @@ func TestServiceQEMUNice(t *testing.T) {
 		}
 	}
 }
+
+// TestSpawnsOneAtATime checks that startProcessNiced spawns under spawnMu, at QEMU's
+// priority and at snpd's: while another spawn holds it, no process is started.
+func TestSpawnsOneAtATime(t *testing.T) {
+	for _, nice := range []int{0, 7} {
+		spawnMu.Lock()
+		started := make(chan *Instance, 1)
+		go func() {
+			inst, _, err := startProcessNiced(nice, "/bin/sleep", []string{"60"}, nil, t.TempDir()+"/stderr")
+			if err != nil {
+				t.Error(err)
+			}
+			started <- inst
+		}()
+		select {
+		case inst := <-started:
+			t.Errorf("nice %d: a process was spawned while spawnMu was held", nice)
+			if inst != nil {
+				inst.Kill()
+			}
+			spawnMu.Unlock()
+			continue
+		case <-time.After(300 * time.Millisecond):
+		}
+		spawnMu.Unlock()
+		select {
+		case inst := <-started:
+			if inst != nil {
+				inst.Kill()
+				<-inst.Done()
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("nice %d: no process 30 s after spawnMu was released", nice)
+		}
+	}
+}
