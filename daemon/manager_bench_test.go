@@ -299,6 +299,7 @@ func start20WhileListing(b *testing.B, extra, tag, snpctl string, cg *benchCgrou
 			cliLat   []time.Duration
 		)
 		done := make(chan struct{})
+		roundStart := time.Now()
 		listers := sync.WaitGroup{}
 		if !noAPI {
 			listers.Go(func() {
@@ -315,7 +316,7 @@ func start20WhileListing(b *testing.B, extra, tag, snpctl string, cg *benchCgrou
 					if el := time.Since(t0); el > 20*time.Millisecond && os.Getenv("SNPD_BENCH_DEBUG") != "" {
 						t1 := time.Now()
 						_, _ = d.Client.Status(context.Background())
-						fmt.Printf("slow list %s at %s; status right after %s\n", el, t0.Format("15:04:05.000"), time.Since(t1))
+						fmt.Printf("slow list %s at %s into the round; status right after %s\n", el.Round(time.Millisecond), t0.Sub(roundStart).Round(time.Millisecond), time.Since(t1).Round(time.Millisecond))
 					}
 					if err == nil {
 						mu.Lock()
@@ -341,10 +342,13 @@ func start20WhileListing(b *testing.B, extra, tag, snpctl string, cg *benchCgrou
 						cgv.client(cmd.Process.Pid)
 						err = cmd.Wait()
 					}
-					if err == nil {
+					if el := time.Since(t0); err == nil {
 						mu.Lock()
-						cliLat = append(cliLat, time.Since(t0))
+						cliLat = append(cliLat, el)
 						mu.Unlock()
+						if el > 20*time.Millisecond && os.Getenv("SNPD_BENCH_DEBUG") != "" {
+							fmt.Printf("slow snpctl %s, started %s into the round\n", el.Round(time.Millisecond), t0.Sub(roundStart).Round(time.Millisecond))
+						}
 					}
 					if think > 0 {
 						time.Sleep(think)

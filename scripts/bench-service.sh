@@ -13,7 +13,8 @@
 # and prints no *_deployed figure. Also snpd's CPU and run-queue wait during the starts
 # (schedstat) and snpctl's idle start-up: lean, full and lean with cgo. SNPD_BENCH_THINK=20ms pauses
 # after each snpctl call and SNPD_BENCH_NOAPI=1 drops the API sampler (spaced-out calls;
-# see the benchmark's doc comment). SNPD_BENCH_NICE=5,19 adds flat
+# see the benchmark's doc comment); SNPD_BENCH_DEBUG=1 prints every call over 20 ms with
+# how far into the round it started. SNPD_BENCH_NICE=5,19 adds flat
 # variants, SNPD_BENCH_DEPLOYED_NICE=0,19 deployed ones. The figures depend on the host's
 # load: the script prints the load average with them.
 set -euo pipefail
