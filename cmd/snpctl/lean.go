@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -15,7 +14,8 @@ import (
 
 // The lean build (see commands.go) stands in for the full-only commands with commands of
 // the same name and summary that exec snpctl-full, so `snpctl measure ...`, `snpctl
-// measure --help` and `snpctl help measure` behave as in the full build.
+// measure --help`, `snpctl help measure` and shell completion of their flags behave as
+// in the full build.
 func init() {
 	for _, c := range []struct{ use, short string }{
 		{measureUse, measureShort},
@@ -24,6 +24,17 @@ func init() {
 		{libvirtHookUse, libvirtHookShort},
 	} {
 		addCommand(func() *cobra.Command { return fullOnlyCmd(c.use, c.short) })
+	}
+	// Cobra's hidden completion requests (`snpctl __complete measure --mo`, what the
+	// completion scripts run) for a full-only command go to snpctl-full, which knows its
+	// flags. The stand-ins parse no flags, so they could not answer.
+	if len(os.Args) > 2 && (os.Args[1] == cobra.ShellCompRequestCmd || os.Args[1] == cobra.ShellCompNoDescRequestCmd) {
+		switch os.Args[2] {
+		case "measure", "id-block", "policy", "libvirt-hook":
+			err := execFull(os.Args[2])
+			fmt.Fprintf(os.Stderr, "Error: %s\n", errorLine(err))
+			os.Exit(1)
+		}
 	}
 }
 
@@ -61,7 +72,7 @@ func execFull(name string) error {
 	err = syscall.Exec(full, argv, os.Environ())
 	if errors.Is(err, syscall.ENOENT) {
 		how := "install it with snpctl (make install), or build a complete snpctl with go build ./cmd/snpctl"
-		if filepath.Base(os.Args[0]) == hookArgv0 || strings.HasSuffix(filepath.Dir(self), "qemu.d") {
+		if filepath.Base(os.Args[0]) == hookArgv0 {
 			how = "the libvirt hook must be snpctl-full itself (make install-hook)"
 		}
 		return fmt.Errorf("snpctl %s is run by %s, which is not beside this snpctl (%s): %s", name, fullBinary, full, how)

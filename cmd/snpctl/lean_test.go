@@ -83,6 +83,8 @@ func TestLeanStandsInForFull(t *testing.T) {
 		{"id-block", "verify", "--id-block", "AAAA", "--id-auth", "AAAA"},
 		{"policy", "check", "--policy", "../../config/examples/policy.toml", bad},
 		{"--socket", filepath.Join(work, "none.sock"), "vm", "list"},
+		{"__complete", "measure", "--mo"}, {"__complete", "policy", "check", "--"},
+		{"__complete", "vm", "st"},
 	} {
 		lo, le, lrc := idbRun(t, lean, args...)
 		fo, fe, frc := idbRun(t, full, args...)
