@@ -141,10 +141,10 @@ if [ -s "$results" ]; then
       if (op == ">")  return v >  n ? "ok" : "MISSED"
       return "?"
     }
-    BEGIN { printf "  %-34s %12s %-7s %-9s %-7s %s\n", "figure", "value", "unit", "target", "result", "script"
-            printf "  %-34s %12s %-7s %-9s %-7s %s\n", "------", "-----", "----", "------", "------", "------" }
+    BEGIN { printf "  %-40s %12s %-7s %-9s %-7s %s\n", "figure", "value", "unit", "target", "result", "script"
+            printf "  %-40s %12s %-7s %-9s %-7s %s\n", "------", "-----", "----", "------", "------", "------" }
     { r = meets($3, $5); if (r == "MISSED") missed++
-      printf "  %-34s %12s %-7s %-9s %-7s %s\n", $2, $3, $4, $5, r, $1 }
+      printf "  %-40s %12s %-7s %-9s %-7s %s\n", $2, $3, $4, $5, r, $1 }
     END { exit missed > 0 }' "$results" || missed=1
 else
   echo "  (no figures)"
