@@ -20,6 +20,7 @@ import (
 	"github.com/snpd/snpd/daemon/api"
 	"github.com/snpd/snpd/snp"
 	"github.com/snpd/snpd/snp/agentproto"
+	"github.com/snpd/snpd/snp/launch"
 )
 
 // AttestTarget is what the Attestor needs to know about one VM.
@@ -344,12 +345,12 @@ func (a *Attestor) Reference(name, format string) ([]byte, error) {
 
 // remeasure recomputes the launch digest of vm from its files with page logging and
 // checks it against the recorded digest.
-func remeasure(vm *config.VM, want []byte) ([]snp.PageUpdate, error) {
-	sig, err := snp.CPUSignature(vm.CPUModel)
+func remeasure(vm *config.VM, want []byte) ([]launch.PageUpdate, error) {
+	sig, err := launch.CPUSignature(vm.CPUModel)
 	if err != nil {
 		return nil, fmt.Errorf("cpu model: %w", err)
 	}
-	vmm, err := snp.ParseVMMType(vm.SNP.VMMType)
+	vmm, err := launch.ParseVMMType(vm.SNP.VMMType)
 	if err != nil {
 		return nil, fmt.Errorf("vmm type: %w", err)
 	}
@@ -362,7 +363,7 @@ func remeasure(vm *config.VM, want []byte) ([]snp.PageUpdate, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading firmware: %w", err)
 	}
-	in := snp.MeasureInput{Mode: snp.ModeSNP, Firmware: fw, FirmwareSize: st.Size(), Cmdline: vm.Cmdline,
+	in := launch.MeasureInput{Mode: launch.ModeSNP, Firmware: fw, FirmwareSize: st.Size(), Cmdline: vm.Cmdline,
 		VCPUs: vm.VCPUs, VCPUSig: sig, VMM: vmm, GuestFeatures: vm.SNP.GuestFeatures, Log: true}
 	for _, f := range []struct {
 		path string
@@ -378,7 +379,7 @@ func remeasure(vm *config.VM, want []byte) ([]snp.PageUpdate, error) {
 		defer h.Close()
 		*f.dst = h
 	}
-	m, err := snp.Measure(in)
+	m, err := launch.Measure(in)
 	if err != nil {
 		return nil, fmt.Errorf("measuring for the launch log: %w", err)
 	}

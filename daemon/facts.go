@@ -16,6 +16,7 @@ import (
 	"github.com/snpd/snpd/config"
 	"github.com/snpd/snpd/daemon/api"
 	"github.com/snpd/snpd/snp"
+	"github.com/snpd/snpd/snp/launch"
 )
 
 // qemuVersionTimeout bounds `qemu --version`.
@@ -111,7 +112,7 @@ func SealedFirmwareFacts(s *SealedFile, f *config.Facts) {
 // firmwareHasKernelHashes tells whether the firmware image has an SNP kernel-hashes
 // metadata section; an image without SEV metadata has none.
 func firmwareHasKernelHashes(r io.ReaderAt, size int64) bool {
-	fw, err := snp.ParseFirmware(r, size)
+	fw, err := launch.ParseFirmware(r, size)
 	return err == nil && fw.HasKernelHashes()
 }
 

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/snpd/snpd/config"
-	"github.com/snpd/snpd/snp"
+	"github.com/snpd/snpd/snp/launch"
 	"github.com/snpd/snpd/snp/snptest"
 )
 
@@ -172,8 +172,8 @@ func TestSealCacheBounds(t *testing.T) {
 // computed from, and every input the digest depends on changes the key, so a variant
 // never gets its neighbour's digest.
 func TestMeasureCache(t *testing.T) {
-	if n := reflect.TypeOf(snp.MeasureInput{}).NumField(); n != 19 {
-		t.Fatalf("snp.MeasureInput has %d fields, measureKey was written for 19: check that measureKeyOf covers every input Spec.MeasureInput sets", n)
+	if n := reflect.TypeOf(launch.MeasureInput{}).NumField(); n != 19 {
+		t.Fatalf("launch.MeasureInput has %d fields, measureKey was written for 19: check that measureKeyOf covers every input Spec.MeasureInput sets", n)
 	}
 	seal := func(name string, b []byte) *SealedFile {
 		s, err := SealBytes(name, b)

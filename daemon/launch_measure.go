@@ -7,6 +7,7 @@ import (
 	"os"
 
 	"github.com/snpd/snpd/snp"
+	"github.com/snpd/snpd/snp/launch"
 )
 
 // measurement is what the launch needs from the expected-digest computation.
@@ -23,17 +24,17 @@ type measurement struct {
 // MeasureInput derives the measurement input from the spec: the same vCPU count, CPU
 // model, firmware bytes, kernel, initrd and command line BuildArgv gives QEMU, so the
 // expected digest and the launched machine cannot drift. Readers read the sealed memfds.
-func (s *Spec) MeasureInput() (snp.MeasureInput, error) {
-	sig, err := snp.CPUSignature(s.CPUModel)
+func (s *Spec) MeasureInput() (launch.MeasureInput, error) {
+	sig, err := launch.CPUSignature(s.CPUModel)
 	if err != nil {
-		return snp.MeasureInput{}, fmt.Errorf("cpu model: %w", err)
+		return launch.MeasureInput{}, fmt.Errorf("cpu model: %w", err)
 	}
-	vmm, err := snp.ParseVMMType(s.SNP.VMMType)
+	vmm, err := launch.ParseVMMType(s.SNP.VMMType)
 	if err != nil {
-		return snp.MeasureInput{}, fmt.Errorf("vmm type: %w", err)
+		return launch.MeasureInput{}, fmt.Errorf("vmm type: %w", err)
 	}
-	in := snp.MeasureInput{
-		Mode:          snp.ModeSNP,
+	in := launch.MeasureInput{
+		Mode:          launch.ModeSNP,
 		Firmware:      s.Firmware,
 		FirmwareSize:  s.Firmware.Size,
 		Cmdline:       s.Cmdline,
@@ -57,7 +58,7 @@ func measureSpec(s *Spec) (*measurement, error) {
 	if err != nil {
 		return nil, err
 	}
-	m, err := snp.Measure(in)
+	m, err := launch.Measure(in)
 	if err != nil {
 		return nil, err
 	}
@@ -67,7 +68,7 @@ func measureSpec(s *Spec) (*measurement, error) {
 	out := &measurement{VCPUSig: in.VCPUSig}
 	copy(out.Digest[:], m.Digest)
 	for _, sec := range m.Sections {
-		if sec.Type == snp.SectionSNPKernelHashes {
+		if sec.Type == launch.SectionSNPKernelHashes {
 			out.FirmwareHasKernelHashes = true
 		}
 	}

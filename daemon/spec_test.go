@@ -16,6 +16,7 @@ import (
 
 	"github.com/snpd/snpd/config"
 	"github.com/snpd/snpd/snp"
+	"github.com/snpd/snpd/snp/launch"
 	"github.com/snpd/snpd/snp/snptest"
 )
 
@@ -49,7 +50,7 @@ func TestArgvAndMeasurementFromOneSpec(t *testing.T) {
 		t.Errorf("-smp %s, measurement vCPUs %d", smp, in.VCPUs)
 	}
 	cpu, _ := argValue(args, "-cpu", 0)
-	sig, err := snp.CPUSignature(strings.TrimSuffix(cpu, ",enforce"))
+	sig, err := launch.CPUSignature(strings.TrimSuffix(cpu, ",enforce"))
 	if err != nil || sig != in.VCPUSig || sig != 0xa00f11 {
 		t.Errorf("-cpu %s has signature %#x (%v), measurement uses %#x", cpu, sig, err, in.VCPUSig)
 	}

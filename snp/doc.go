@@ -1,4 +1,4 @@
-// Package snp is everything SEV-SNP and nothing about QEMU: the launch digest (firmware
-// parsing, VMSA, kernel hashes, SEV and SEV-ES too), ID block and ID auth, policy types,
-// report verification (wrapping go-sev-guest) and reference-value exports.
+// Package snp is everything SEV-SNP and nothing about QEMU: ID block and ID auth, policy
+// types, report verification (wrapping go-sev-guest) and reference-value exports. The
+// launch digest itself lives in package snp/launch.
 package snp

@@ -15,6 +15,8 @@ import (
 	checkpb "github.com/google/go-sev-guest/proto/check"
 	"google.golang.org/protobuf/encoding/prototext"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/snpd/snpd/snp/launch"
 )
 
 // Reference formats accepted by ExportReference.
@@ -58,9 +60,9 @@ type Reference struct {
 	// CABundles are the trusted chains in KDS cert_chain form (ASK or ASVK, then ARK, PEM;
 	// see Roots.CABundles). Nil: omitted, and verifiers use AMD's embedded roots.
 	CABundles []string
-	// Updates are the launch's page updates (Measurement.Updates with MeasureInput.Log);
-	// needed only for FormatLaunchLog.
-	Updates []PageUpdate
+	// Updates are the launch's page updates (launch.Measurement.Updates with
+	// launch.MeasureInput.Log); needed only for FormatLaunchLog.
+	Updates []launch.PageUpdate
 }
 
 // ReferenceJSON is the FormatJSON document.

@@ -16,6 +16,7 @@ import (
 	checkpb "github.com/google/go-sev-guest/proto/check"
 
 	"github.com/snpd/snpd/snp"
+	"github.com/snpd/snpd/snp/launch"
 )
 
 func fixtureReference(t testing.TB, fx *fixture) snp.Reference {
@@ -99,16 +100,16 @@ func TestLaunchLogReplays(t *testing.T) {
 	}
 	defer fw.Close()
 	st, _ := fw.Stat()
-	sig, err := snp.CPUSignature("EPYC-v4")
+	sig, err := launch.CPUSignature("EPYC-v4")
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := snp.Measure(snp.MeasureInput{Mode: snp.ModeSNP, Firmware: fw, FirmwareSize: st.Size(), VCPUs: 2, VCPUSig: sig, GuestFeatures: 1, Log: true})
+	m, err := launch.Measure(launch.MeasureInput{Mode: launch.ModeSNP, Firmware: fw, FirmwareSize: st.Size(), VCPUs: 2, VCPUSig: sig, GuestFeatures: 1, Log: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(m.Updates) == 0 {
-		t.Fatal("snp.Measure with Log: true recorded no page updates")
+		t.Fatal("launch.Measure with Log: true recorded no page updates")
 	}
 	ref := snp.Reference{Name: "vm1", Measurement: m.Digest, Policy: 0x30000, Updates: m.Updates}
 	b, err := snp.ExportReference(ref, snp.FormatLaunchLog)

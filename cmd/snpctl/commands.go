@@ -8,20 +8,17 @@ import (
 // snpctl is built twice from this package (make build):
 //
 //   - snpctl-full (the default build, what `go build ./cmd/snpctl` makes): every command.
-//   - snpctl (-tags snpctl_lean): the commands that only talk to snpd's API (vm, status,
-//     attest, verify, reference, certs). The others — measure, id-block, policy and
-//     libvirt-hook — need package snp (go-sev-guest, protobuf), config (go-toml,
-//     libvirtxml) or daemon, whose package initialisation runs on every call whatever
-//     the command: about a millisecond of CPU and a dozen more context switches per
-//     `snpctl vm list`. The lean build runs them by exec'ing snpctl-full from its own
-//     directory (lean.go).
+//   - snpctl (-tags snpctl_lean): the commands that talk to snpd's API (vm, status,
+//     attest, verify, reference, certs) and measure (package snp/launch, standard
+//     library only). The others — id-block, policy and libvirt-hook — need package snp
+//     (go-sev-guest, protobuf), config (go-toml, libvirtxml) or daemon, whose package
+//     initialisation runs on every call whatever the command: about a millisecond of CPU
+//     and a dozen more context switches per `snpctl vm list`. The lean build runs them by
+//     exec'ing snpctl-full from its own directory (lean.go).
 //
 // The full-only commands' names and summaries are declared here, for both builds, so
 // that the lean root help lists exactly what the full one does.
 const (
-	measureUse   = "measure --mode MODE --ovmf PATH [flags]"
-	measureShort = "Compute the SEV/SEV-ES/SEV-SNP launch digest (drop-in for sev-snp-measure)"
-
 	idBlockUse   = "id-block --measurement B64 (--idkey PEM [--authorkey PEM] | --keyless [--authorkey PEM])"
 	idBlockShort = "Build an SEV-SNP ID block and ID auth so the AMD-SP refuses any launch whose digest differs"
 

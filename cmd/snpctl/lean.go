@@ -13,24 +13,23 @@ import (
 )
 
 // The lean build (see commands.go) stands in for the full-only commands with commands of
-// the same name and summary that exec snpctl-full, so `snpctl measure ...`, `snpctl
-// measure --help`, `snpctl help measure` and shell completion of their flags behave as
+// the same name and summary that exec snpctl-full, so `snpctl policy check ...`, `snpctl
+// id-block --help`, `snpctl help policy` and shell completion of their flags behave as
 // in the full build.
 func init() {
 	for _, c := range []struct{ use, short string }{
-		{measureUse, measureShort},
 		{idBlockUse, idBlockShort},
 		{policyUse, policyShort},
 		{libvirtHookUse, libvirtHookShort},
 	} {
 		addCommand(func() *cobra.Command { return fullOnlyCmd(c.use, c.short) })
 	}
-	// Cobra's hidden completion requests (`snpctl __complete measure --mo`, what the
+	// Cobra's hidden completion requests (`snpctl __complete id-block --id`, what the
 	// completion scripts run) for a full-only command go to snpctl-full, which knows its
 	// flags. The stand-ins parse no flags, so they could not answer.
 	if len(os.Args) > 2 && (os.Args[1] == cobra.ShellCompRequestCmd || os.Args[1] == cobra.ShellCompNoDescRequestCmd) {
 		switch os.Args[2] {
-		case "measure", "id-block", "policy", "libvirt-hook":
+		case "id-block", "policy", "libvirt-hook":
 			err := execFull(os.Args[2])
 			fmt.Fprintf(os.Stderr, "Error: %s\n", errorLine(err))
 			os.Exit(1)

@@ -43,6 +43,7 @@ func TestLeanLinksOnlyTheAPI(t *testing.T) {
 		"github.com/snpd/snpd/cmd/snpctl":     true,
 		"github.com/snpd/snpd/daemon/api":     true,
 		"github.com/snpd/snpd/snp/agentproto": true,
+		"github.com/snpd/snpd/snp/launch":     true,
 		"github.com/spf13/cobra":              true,
 		"github.com/spf13/pflag":              true,
 	}
@@ -83,7 +84,8 @@ func TestLeanStandsInForFull(t *testing.T) {
 		{"id-block", "verify", "--id-block", "AAAA", "--id-auth", "AAAA"},
 		{"policy", "check", "--policy", "../../config/examples/policy.toml", bad},
 		{"--socket", filepath.Join(work, "none.sock"), "vm", "list"},
-		{"__complete", "measure", "--mo"}, {"__complete", "policy", "check", "--"},
+		{"__complete", "measure", "--mo"}, {"__complete", "id-block", "--id"},
+		{"__complete", "policy", "check", "--"},
 		{"__complete", "vm", "st"},
 	} {
 		lo, le, lrc := idbRun(t, lean, args...)
@@ -107,10 +109,19 @@ func TestLeanWithoutFull(t *testing.T) {
 	if err := os.Remove(full); err != nil {
 		t.Fatal(err)
 	}
-	out, errOut, rc := idbRun(t, lean, "measure", "--mode", "snp")
+	out, errOut, rc := idbRun(t, lean, "policy", "check", "vm.toml")
 	if rc != 1 || out != "" || strings.Count(errOut, "\n") != 1 ||
-		!strings.Contains(errOut, "snpctl measure is run by snpctl-full, which is not beside this snpctl ("+full+")") {
-		t.Errorf("measure without snpctl-full: exit %d, stdout %q, stderr %q", rc, out, errOut)
+		!strings.Contains(errOut, "snpctl policy is run by snpctl-full, which is not beside this snpctl ("+full+")") {
+		t.Errorf("policy check without snpctl-full: exit %d, stdout %q, stderr %q", rc, out, errOut)
+	}
+	// measure is in the lean build itself.
+	fw, err := filepath.Abs("../../snp/testdata/firmware/ovmf-trixie-2025.02.fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, errOut, rc := idbRun(t, lean, "measure", "--mode", "snp", "--vcpus", "1", "--vcpu-type", "EPYC-v4", "--ovmf", fw); rc != 0 ||
+		len(strings.TrimSpace(out)) != 96 {
+		t.Errorf("measure without snpctl-full: exit %d, %q %q", rc, out, errOut)
 	}
 	hook := filepath.Join(dir, hookArgv0)
 	if err := os.Symlink(lean, hook); err != nil {

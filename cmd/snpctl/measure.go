@@ -1,5 +1,3 @@
-//go:build !snpctl_lean
-
 package main
 
 import (
@@ -16,7 +14,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/snpd/snpd/snp"
+	"github.com/snpd/snpd/snp/launch"
 )
 
 func init() { addCommand(newMeasureCmd) }
@@ -37,8 +35,8 @@ type measureFlags struct {
 func newMeasureCmd() *cobra.Command {
 	var f measureFlags
 	cmd := &cobra.Command{
-		Use:   measureUse,
-		Short: measureShort,
+		Use:   "measure --mode MODE --ovmf PATH [flags]",
+		Short: "Compute the SEV/SEV-ES/SEV-SNP launch digest (drop-in for sev-snp-measure)",
 		Long: `Compute the launch measurement the AMD Secure Processor will produce for a guest.
 
 Takes the flags of virtee/sev-snp-measure ` + measureCompatVersion + ` with the same meaning and prints
@@ -83,7 +81,7 @@ Beyond the reference:
 	fl.SortFlags = false
 	fl.StringVar(&f.mode, "mode", "", "guest mode: sev, seves, snp, snp:ovmf-hash, snp:svsm (required)")
 	fl.IntVar(&f.vcpus, "vcpus", 0, "number of guest vCPUs (required except in sev and snp:ovmf-hash)")
-	fl.StringVar(&f.vcpuType, "vcpu-type", "", "guest vCPU model ("+strings.Join(snp.CPUTypes(), ", ")+")")
+	fl.StringVar(&f.vcpuType, "vcpu-type", "", "guest vCPU model ("+strings.Join(launch.CPUTypes(), ", ")+")")
 	fl.StringVar(&f.vcpuSig, "vcpu-sig", "", "guest vCPU signature value (decimal, 0x hex, 0o octal)")
 	fl.IntVar(&f.family, "vcpu-family", 0, "guest vCPU family (with --vcpu-model and --vcpu-stepping)")
 	fl.IntVar(&f.model, "vcpu-model", 0, "guest vCPU model")
@@ -173,7 +171,7 @@ func runMeasure(cmd *cobra.Command, f *measureFlags) error {
 	if !set("mode") {
 		return errors.New("the following arguments are required: --mode")
 	}
-	mode, err := snp.ParseMode(f.mode)
+	mode, err := launch.ParseMode(f.mode)
 	if err != nil {
 		return err
 	}
@@ -183,11 +181,11 @@ func runMeasure(cmd *cobra.Command, f *measureFlags) error {
 	if f.outputFormat != "hex" && f.outputFormat != "base64" {
 		return fmt.Errorf("--output-format: invalid choice %q (choose from hex, base64)", f.outputFormat)
 	}
-	var in snp.MeasureInput
+	var in launch.MeasureInput
 	in.Mode = mode
 	if set("vcpu-type") {
 		// The reference validates the choice whatever the mode.
-		if _, err := snp.CPUSignature(f.vcpuType); err != nil {
+		if _, err := launch.CPUSignature(f.vcpuType); err != nil {
 			return err
 		}
 	}
@@ -198,10 +196,10 @@ func runMeasure(cmd *cobra.Command, f *measureFlags) error {
 	defer fw.f.Close()
 	in.Firmware, in.FirmwareSize = fw.f, fw.size
 
-	if mode == snp.ModeSNPOVMFHash {
+	if mode == launch.ModeSNPOVMFHash {
 		in.SkipFileDigests = !f.jsonOut
 		in.Log = f.explain
-		m, err := snp.Measure(in)
+		m, err := launch.Measure(in)
 		if err != nil {
 			return err
 		}
@@ -215,14 +213,14 @@ func runMeasure(cmd *cobra.Command, f *measureFlags) error {
 	if f.appendLine != "" && !hasKernel {
 		return errors.New("--kernel required when using --append")
 	}
-	if mode != snp.ModeSEV && !set("vcpus") {
+	if mode != launch.ModeSEV && !set("vcpus") {
 		return fmt.Errorf("missing --vcpus N in guest mode '%s'", mode)
 	}
 	if set("vcpus") && f.vcpus < 1 {
 		return fmt.Errorf("--vcpus must be at least 1 (got %d)", f.vcpus)
 	}
 	in.VCPUs = f.vcpus
-	if in.VMM, err = snp.ParseVMMType(f.vmmType); err != nil {
+	if in.VMM, err = launch.ParseVMMType(f.vmmType); err != nil {
 		return err
 	}
 	if in.VCPUSig, err = measureVCPUSig(f, set, mode, in.VMM); err != nil {
@@ -235,11 +233,11 @@ func runMeasure(cmd *cobra.Command, f *measureFlags) error {
 	if err != nil {
 		return err
 	}
-	if gpa%snp.PageSize != 0 || gpa == 0 {
+	if gpa%launch.PageSize != 0 || gpa == 0 {
 		return fmt.Errorf("--vmsa-gpa %#x is not a non-zero page-aligned address", gpa)
 	}
 	in.VMSAGPA = gpa
-	if in.VMSAVariant, err = snp.ParseVMSAVariant(f.vmsaVariant); err != nil {
+	if in.VMSAVariant, err = launch.ParseVMSAVariant(f.vmsaVariant); err != nil {
 		return err
 	}
 	if set("snp-ovmf-hash") {
@@ -247,7 +245,7 @@ func runMeasure(cmd *cobra.Command, f *measureFlags) error {
 			return fmt.Errorf("--snp-ovmf-hash: not a hex string: %w", err)
 		}
 	}
-	if mode == snp.ModeSNPSVSM {
+	if mode == launch.ModeSNPSVSM {
 		if !set("svsm") || f.svsm == "" {
 			return errors.New("snp:svsm mode requires --svsm")
 		}
@@ -270,7 +268,7 @@ func runMeasure(cmd *cobra.Command, f *measureFlags) error {
 		defer sv.f.Close()
 		in.SVSM, in.SVSMSize = sv.f, sv.size
 	}
-	if f.dumpVMSA && mode != snp.ModeSEVES && mode != snp.ModeSNP && mode != snp.ModeSNPSVSM {
+	if f.dumpVMSA && mode != launch.ModeSEVES && mode != launch.ModeSNP && mode != launch.ModeSNPSVSM {
 		return errors.New("--dump-vmsa is not available in the selected mode")
 	}
 	var kernel, initrd *measureFile
@@ -291,7 +289,7 @@ func runMeasure(cmd *cobra.Command, f *measureFlags) error {
 	}
 	in.SkipFileDigests = !f.jsonOut
 	in.Log = f.explain
-	m, err := snp.Measure(in)
+	m, err := launch.Measure(in)
 	if err != nil {
 		return err
 	}
@@ -311,9 +309,9 @@ func runMeasure(cmd *cobra.Command, f *measureFlags) error {
 
 // measureVCPUSig resolves the vCPU signature the way the reference's get_vcpu_sig
 // does: family/model/stepping, then --vcpu-sig, then --vcpu-type; required for QEMU.
-func measureVCPUSig(f *measureFlags, set func(string) bool, mode snp.Mode, vmm snp.VMMType) (uint32, error) {
+func measureVCPUSig(f *measureFlags, set func(string) bool, mode launch.Mode, vmm launch.VMMType) (uint32, error) {
 	switch {
-	case mode == snp.ModeSEV:
+	case mode == launch.ModeSEV:
 		return 0, nil
 	case set("vcpu-family"):
 		if !set("vcpu-model") || !set("vcpu-stepping") {
@@ -324,26 +322,26 @@ func measureVCPUSig(f *measureFlags, set func(string) bool, mode snp.Mode, vmm s
 				return 0, fmt.Errorf("vCPU family/model/stepping %d out of range", v)
 			}
 		}
-		return snp.CPUSig(uint32(f.family), uint32(f.model), uint32(f.stepping)), nil
+		return launch.CPUSig(uint32(f.family), uint32(f.model), uint32(f.stepping)), nil
 	case set("vcpu-sig"):
 		v, err := measureParseUint("vcpu-sig", f.vcpuSig, 32)
 		return uint32(v), err
 	case set("vcpu-type"):
-		return snp.CPUSignature(f.vcpuType)
-	case vmm == snp.VMMQEMU:
+		return launch.CPUSignature(f.vcpuType)
+	case vmm == launch.VMMQEMU:
 		return 0, fmt.Errorf("missing --vcpu-type or --vcpu-sig or --vcpu-family in guest mode '%s'", mode)
 	}
 	return 0, nil
 }
 
-func measurePrint(out io.Writer, f *measureFlags, in *snp.MeasureInput, m *snp.Measurement, fw, kernel, initrd *measureFile, digest string) error {
+func measurePrint(out io.Writer, f *measureFlags, in *launch.MeasureInput, m *launch.Measurement, fw, kernel, initrd *measureFile, digest string) error {
 	switch {
 	case f.jsonOut:
 		return measureJSON(out, f, in, m, fw, kernel, initrd)
 	case f.explain:
 		measureExplain(out, in, m)
 	}
-	if f.verbose && in.Mode != snp.ModeSNPOVMFHash { // the reference prints the bare hash there
+	if f.verbose && in.Mode != launch.ModeSNPOVMFHash { // the reference prints the bare hash there
 		_, err := fmt.Fprintf(out, "Calculated %s guest measurement: %s\n", in.Mode.Name(), digest)
 		return err
 	}
@@ -351,7 +349,7 @@ func measurePrint(out io.Writer, f *measureFlags, in *snp.MeasureInput, m *snp.M
 	return err
 }
 
-func measureExplain(out io.Writer, in *snp.MeasureInput, m *snp.Measurement) {
+func measureExplain(out io.Writer, in *launch.MeasureInput, m *launch.Measurement) {
 	fmt.Fprintf(out, "mode %s, %d vCPU(s), vCPU signature %#x, VMM %s, guest features %#x, VMSA variant %s\n",
 		in.Mode, in.VCPUs, in.VCPUSig, in.VMM, in.GuestFeatures, in.VMSAVariant)
 	for _, s := range m.Sections {
@@ -363,20 +361,20 @@ func measureExplain(out io.Writer, in *snp.MeasureInput, m *snp.Measurement) {
 	if len(m.Updates) > 0 {
 		fmt.Fprintln(out, "page updates (in order):")
 		fmt.Fprintf(out, "  %-10s %-33s %7s  %s\n", "TYPE", "GPA RANGE", "PAGES", "DIGEST AFTER")
-		for _, g := range snp.GroupUpdates(m.Updates) {
-			fmt.Fprintf(out, "  %-10s %#-14x - %#-14x %7d  %x\n", g.Type, g.FirstGPA, g.LastGPA+snp.PageSize-1, g.Count, g.DigestAfter)
+		for _, g := range launch.GroupUpdates(m.Updates) {
+			fmt.Fprintf(out, "  %-10s %#-14x - %#-14x %7d  %x\n", g.Type, g.FirstGPA, g.LastGPA+launch.PageSize-1, g.Count, g.DigestAfter)
 		}
-	} else if in.Mode == snp.ModeSEV || in.Mode == snp.ModeSEVES {
+	} else if in.Mode == launch.ModeSEV || in.Mode == launch.ModeSEVES {
 		fmt.Fprintln(out, "SEV/SEV-ES: SHA-256 over firmware, then the hashes table (with a kernel), then each VMSA")
 	}
 	if m.BSPVMSA != nil {
 		fmt.Fprintln(out, "VMSA of vCPU 0 (BSP), non-zero fields:")
-		for _, d := range snp.DescribeVMSA(m.BSPVMSA) {
+		for _, d := range launch.DescribeVMSA(m.BSPVMSA) {
 			fmt.Fprintf(out, "  %-12s %s\n", d.Field, d.B)
 		}
 		if m.APVMSA != nil {
 			fmt.Fprintf(out, "VMSA of vCPUs 1..%d (AP) differs from the BSP in:\n", in.VCPUs-1)
-			for _, d := range snp.DiffVMSA(m.BSPVMSA, m.APVMSA) {
+			for _, d := range launch.DiffVMSA(m.BSPVMSA, m.APVMSA) {
 				fmt.Fprintf(out, "  %-12s BSP %s  AP %s\n", d.Field, d.A, d.B)
 			}
 		}
@@ -390,7 +388,7 @@ type measureJSONFile struct {
 	SHA384 string `json:"sha384,omitempty"`
 }
 
-func measureJSON(out io.Writer, f *measureFlags, in *snp.MeasureInput, m *snp.Measurement, fw, kernel, initrd *measureFile) error {
+func measureJSON(out io.Writer, f *measureFlags, in *launch.MeasureInput, m *launch.Measurement, fw, kernel, initrd *measureFile) error {
 	type result struct {
 		Mode          string            `json:"mode"`
 		VCPUs         int               `json:"vcpus,omitempty"`
@@ -425,12 +423,12 @@ func measureJSON(out io.Writer, f *measureFlags, in *snp.MeasureInput, m *snp.Me
 		OVMFHashGiven: in.OVMFHash != nil,
 		Extra:         map[string]string{"sev-snp-measure": measureCompatVersion},
 	}
-	if in.Mode != snp.ModeSEV && in.Mode != snp.ModeSNPOVMFHash {
+	if in.Mode != launch.ModeSEV && in.Mode != launch.ModeSNPOVMFHash {
 		r.VCPUs = in.VCPUs
 		r.VCPUSig = fmt.Sprintf("%#x", in.VCPUSig)
 		r.VMSAGPA = fmt.Sprintf("%#x", in.VMSAGPA)
 	}
-	if in.Mode == snp.ModeSNP {
+	if in.Mode == launch.ModeSNP {
 		r.GuestFeatures = fmt.Sprintf("%#x", in.GuestFeatures)
 	}
 	if m.OVMFDigest != nil {

@@ -8,7 +8,7 @@ import (
 	"encoding/binary"
 )
 
-// Section is one SEV metadata descriptor (see snp.MetadataSection).
+// Section is one SEV metadata descriptor (see launch.MetadataSection).
 type Section struct {
 	GPA, Size, Type uint32
 }

@@ -1,17 +1,17 @@
-package snp_test
+package launch_test
 
 import (
 	"encoding/hex"
 	"fmt"
 	"os"
 
-	"github.com/snpd/snpd/snp"
+	"github.com/snpd/snpd/snp/launch"
 )
 
 // The launch digest of Debian trixie's OVMF.fd for one EPYC-v4 vCPU under QEMU, as
 // `sev-snp-measure --mode snp --vcpus 1 --vcpu-type EPYC-v4 --ovmf OVMF.fd` prints it.
 func ExampleMeasure() {
-	f, err := os.Open("testdata/firmware/ovmf-trixie-2025.02.fd")
+	f, err := os.Open("../testdata/firmware/ovmf-trixie-2025.02.fd")
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -22,18 +22,18 @@ func ExampleMeasure() {
 		fmt.Println(err)
 		return
 	}
-	sig, err := snp.CPUSignature("EPYC-v4")
+	sig, err := launch.CPUSignature("EPYC-v4")
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
-	m, err := snp.Measure(snp.MeasureInput{
-		Mode:          snp.ModeSNP,
+	m, err := launch.Measure(launch.MeasureInput{
+		Mode:          launch.ModeSNP,
 		Firmware:      f,
 		FirmwareSize:  st.Size(),
 		VCPUs:         1,
 		VCPUSig:       sig,
-		VMM:           snp.VMMQEMU,
+		VMM:           launch.VMMQEMU,
 		GuestFeatures: 0x1,
 	})
 	if err != nil {

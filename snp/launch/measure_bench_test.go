@@ -1,4 +1,4 @@
-package snp
+package launch
 
 import (
 	"crypto/sha512"
@@ -13,7 +13,7 @@ import (
 // bytes, the image of the speed target.
 func bigImage(b *testing.B, size int64) (*os.File, int64) {
 	b.Helper()
-	fw, err := os.ReadFile(filepath.Join("testdata", "firmware", "ovmf-trixie-2025.02.fd"))
+	fw, err := os.ReadFile(filepath.Join("..", "testdata", "firmware", "ovmf-trixie-2025.02.fd"))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package snp
+package launch
 
 import (
 	"bytes"
@@ -28,7 +28,7 @@ func TestParseDebianFirmware(t *testing.T) {
 		{"ovmf-trixie-2025.02.fd", 6, true, false},
 	} {
 		t.Run(tc.file, func(t *testing.T) {
-			b, err := os.ReadFile(filepath.Join("testdata", "firmware", tc.file))
+			b, err := os.ReadFile(filepath.Join("..", "testdata", "firmware", tc.file))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -211,7 +211,7 @@ func (s *sizedReader) ReadAt(p []byte, off int64) (int, error) {
 // the parser and, when they parse, to the measurement: no panic, bounded allocation.
 func FuzzParseFirmware(f *testing.F) {
 	for _, name := range []string{"ovmf-bookworm-2022.11.fd", "ovmf-trixie-2025.02.fd"} {
-		b, err := os.ReadFile(filepath.Join("testdata", "firmware", name))
+		b, err := os.ReadFile(filepath.Join("..", "testdata", "firmware", name))
 		if err != nil {
 			f.Fatal(err)
 		}

@@ -1,4 +1,4 @@
-package snp
+package launch
 
 import (
 	"encoding/binary"

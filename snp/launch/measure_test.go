@@ -1,4 +1,4 @@
-package snp
+package launch
 
 import (
 	"bytes"
@@ -34,7 +34,7 @@ func openTB(t testing.TB, path string) (*os.File, int64) {
 }
 
 func trixie(t testing.TB) (*os.File, int64) {
-	return openTB(t, filepath.Join("testdata", "firmware", "ovmf-trixie-2025.02.fd"))
+	return openTB(t, filepath.Join("..", "testdata", "firmware", "ovmf-trixie-2025.02.fd"))
 }
 
 func mustHex(t testing.TB, s string) []byte {
@@ -452,11 +452,11 @@ func TestMeasureErrors(t *testing.T) {
 
 // TestSEVHashesTable checks the table and page against the reference's bytes.
 func TestSEVHashesTable(t *testing.T) {
-	kernel, err := os.ReadFile(filepath.Join("testdata", "inputs", "kernel-synthetic.bin"))
+	kernel, err := os.ReadFile(filepath.Join("..", "testdata", "inputs", "kernel-synthetic.bin"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	initrd, err := os.ReadFile(filepath.Join("testdata", "inputs", "initrd-synthetic.bin"))
+	initrd, err := os.ReadFile(filepath.Join("..", "testdata", "inputs", "initrd-synthetic.bin"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -464,7 +464,7 @@ func TestSEVHashesTable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want, _ := os.ReadFile(filepath.Join("testdata", "inputs", "sev-hashes-table-synthetic-kernel+initrd+append.bin"))
+	want, _ := os.ReadFile(filepath.Join("..", "testdata", "inputs", "sev-hashes-table-synthetic-kernel+initrd+append.bin"))
 	if !bytes.Equal(h.Table(), want) || len(want) != SEVHashTableSize {
 		t.Fatalf("table differs:\n%x\n%x", h.Table(), want)
 	}
@@ -472,7 +472,7 @@ func TestSEVHashesTable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want, _ = os.ReadFile(filepath.Join("testdata", "inputs", "sev-hashes-page-synthetic-kernel+initrd+append-offset0xc00.bin"))
+	want, _ = os.ReadFile(filepath.Join("..", "testdata", "inputs", "sev-hashes-page-synthetic-kernel+initrd+append-offset0xc00.bin"))
 	if !bytes.Equal(page, want) {
 		t.Fatal("page differs")
 	}
@@ -489,7 +489,7 @@ func TestSEVHashesTable(t *testing.T) {
 // hashes, and the logged updates' grouping.
 func TestMeasureOutputs(t *testing.T) {
 	fw, size := trixie(t)
-	raw, err := os.ReadFile(filepath.Join("testdata", "firmware", "ovmf-trixie-2025.02.fd"))
+	raw, err := os.ReadFile(filepath.Join("..", "testdata", "firmware", "ovmf-trixie-2025.02.fd"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package snp
+package launch
 
 import (
 	"bufio"
@@ -290,7 +290,7 @@ func usesUpstream(args []string) bool {
 // TestVectorsCommitted reproduces every vectors.tsv row that needs only the Debian
 // firmware copies committed in snp/testdata.
 func TestVectorsCommitted(t *testing.T) {
-	dir := "testdata"
+	dir := filepath.Join("..", "testdata")
 	n := 0
 	for _, v := range loadVectors(t, filepath.Join(dir, "vectors.tsv")) {
 		if usesUpstream(v.args) {
