@@ -11,12 +11,12 @@
 # snpd.service, snpctl outside it, as under systemd; cgroup v1 or v2, needs root). It
 # prints where each process ran (/proc/PID/cgroup); if no cgroup can be made it says why
 # and prints no *_deployed figure. Also snpd's CPU and run-queue wait during the starts
-# (schedstat) and snpctl's idle start-up: lean, full and lean with cgo. SNPD_BENCH_THINK=20ms pauses
-# after each snpctl call and SNPD_BENCH_NOAPI=1 drops the API sampler (spaced-out calls;
-# see the benchmark's doc comment); SNPD_BENCH_DEBUG=1 prints every call over 20 ms with
-# how far into the round it started. SNPD_BENCH_NICE=5,19 adds flat
-# variants, SNPD_BENCH_DEPLOYED_NICE=0,19 deployed ones. The figures depend on the host's
-# load: the script prints the load average with them.
+# (schedstat) and snpctl's idle start-up: lean, full and lean with cgo.
+# SNPD_BENCH_THINK=20ms pauses after each snpctl call and SNPD_BENCH_NOAPI=1 drops the API
+# sampler (spaced-out calls; see the benchmark's doc comment); SNPD_BENCH_DEBUG=1 prints
+# every call over 20 ms with how far into the round it started. SNPD_BENCH_NICE=5,19 adds
+# flat variants, SNPD_BENCH_DEPLOYED_NICE=0,19 deployed ones. The figures depend on the
+# host's load: the script prints the load average with them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$(mktemp -d)
