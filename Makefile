@@ -15,8 +15,9 @@ deps:
 	bash scripts/install-deps.sh
 
 # build: snpd, snp-agent, and snpctl twice (cmd/snpctl/commands.go): snpctl-full has every
-# command; snpctl (-tags snpctl_lean) has those that talk to snpd's API, starts in about
-# half the time, and runs measure, id-block, policy and libvirt-hook through snpctl-full.
+# command; snpctl (-tags snpctl_lean) has those that talk to snpd's API and measure,
+# starts in about half the time, and runs id-block, policy and libvirt-hook through
+# snpctl-full.
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ ./cmd/snpd ./cmd/snp-agent
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/snpctl-full ./cmd/snpctl
