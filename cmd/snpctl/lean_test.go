@@ -83,6 +83,7 @@ func TestLeanStandsInForFull(t *testing.T) {
 		{"measure", "--no-such-flag"},
 		{"id-block", "verify", "--id-block", "AAAA", "--id-auth", "AAAA"},
 		{"policy", "check", "--policy", "../../config/examples/policy.toml", bad},
+		{"--json", "policy", "check", "--policy", "../../config/examples/policy.toml", "../../config/examples/vm.toml"},
 		{"--socket", filepath.Join(work, "none.sock"), "vm", "list"},
 		{"__complete", "measure", "--mo"}, {"__complete", "id-block", "--id"},
 		{"__complete", "policy", "check", "--"},
