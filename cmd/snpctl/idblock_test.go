@@ -28,21 +28,6 @@ import (
 	"libvirt.org/go/libvirtxml"
 )
 
-// idbBinary builds snpctl once per test into a temporary directory.
-func idbBinary(t *testing.T) string {
-	t.Helper()
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		t.Skipf("go tool not in PATH, cannot build snpctl: %v", err)
-	}
-	bin := filepath.Join(t.TempDir(), "snpctl")
-	cmd := exec.Command(goTool, "build", "-o", bin, ".")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building snpctl: %v\n%s", err, out)
-	}
-	return bin
-}
-
 // idbRun runs the binary and returns stdout, stderr and the exit status.
 func idbRun(t *testing.T, bin string, args ...string) (string, string, int) {
 	t.Helper()
@@ -115,7 +100,7 @@ func TestIDBlockCmdKnownAnswer(t *testing.T) {
 			args[i] = filepath.Join(shared, a)
 		}
 	}
-	bin := idbBinary(t)
+	bin := snpctlBuild(t)
 	out, stderr, code := idbRun(t, bin, append([]string{"id-block"}, args...)...)
 	t.Logf("snpctl id-block %q", args)
 	if code != 0 {
@@ -215,7 +200,7 @@ func idbQOMGet(t *testing.T, objectJSON, id string, props ...string) (map[string
 }
 
 func TestIDBlockCmdFormats(t *testing.T) {
-	bin := idbBinary(t)
+	bin := snpctlBuild(t)
 	author := idbGenKey(t, elliptic.P384())
 	authorPath := idbWriteKey(t, author)
 	idPath := idbWriteKey(t, idbGenKey(t, elliptic.P384()))
@@ -328,7 +313,7 @@ func TestIDBlockCmdFormats(t *testing.T) {
 }
 
 func TestIDBlockCmdBadInput(t *testing.T) {
-	bin := idbBinary(t)
+	bin := snpctlBuild(t)
 	dir := t.TempDir()
 	good := idbWriteKey(t, idbGenKey(t, elliptic.P384()))
 	p256 := idbWriteKey(t, idbGenKey(t, elliptic.P256()))

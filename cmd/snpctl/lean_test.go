@@ -15,16 +15,8 @@ import (
 func leanBuild(t *testing.T, dir string) (lean, full string) {
 	t.Helper()
 	lean, full = filepath.Join(dir, "snpctl"), filepath.Join(dir, fullBinary)
-	for _, args := range [][]string{
-		{"build", "-tags", "snpctl_lean", "-o", lean, "."},
-		{"build", "-o", full, "."},
-	} {
-		cmd := exec.Command("go", args...)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-	}
+	goBuild(t, lean, ".", "snpctl_lean")
+	goBuild(t, full, ".")
 	return lean, full
 }
 

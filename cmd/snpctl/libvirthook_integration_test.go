@@ -51,11 +51,9 @@ func TestLibvirtHookWithRealLibvirtd(t *testing.T) {
 			t.Skipf("%s is not installed (scripts/install-deps.sh installs libvirt-daemon-system, qemu and ovmf)", p)
 		}
 	}
-	bin := hookBuild(t)
+	bin := snpctlBuild(t)
 	snpdBin := filepath.Join(t.TempDir(), "snpd")
-	if out, err := exec.Command("go", "build", "-o", snpdBin, "../snpd").CombinedOutput(); err != nil {
-		t.Fatalf("building snpd: %v\n%s", err, out)
-	}
+	goBuild(t, snpdBin, "../snpd")
 	root, err := os.MkdirTemp("", "snpd-lv") // short: unix socket paths live under it
 	if err != nil {
 		t.Fatal(err)

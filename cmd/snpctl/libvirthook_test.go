@@ -220,7 +220,7 @@ func TestHookRefusesUnmappableXMLWithoutAsking(t *testing.T) {
 // TestHookArgv0 runs the built binary under the name libvirt gives it
 // (/etc/libvirt/hooks/qemu.d/snpd), including a domain name that looks like a flag.
 func TestHookArgv0(t *testing.T) {
-	bin := hookBuild(t)
+	bin := snpctlBuild(t)
 	hs := newHookServer(t, http.StatusOK, api.LibvirtDomainResponse{})
 	link := filepath.Join(t.TempDir(), "snpd")
 	if err := os.Symlink(bin, link); err != nil {
@@ -236,14 +236,4 @@ func TestHookArgv0(t *testing.T) {
 	if got := hs.requests(); len(got) != 1 || got[0] != "POST /v1/libvirt/domains --fail-open" {
 		t.Fatalf("requests %q", got)
 	}
-}
-
-// hookBuild builds snpctl into a test temporary directory.
-func hookBuild(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "snpctl")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("building snpctl: %v\n%s", err, out)
-	}
-	return bin
 }

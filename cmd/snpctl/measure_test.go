@@ -16,18 +16,6 @@ import (
 	"github.com/snpd/snpd/snp/snptest"
 )
 
-// measureBuild builds snpctl into a temporary directory and returns its path.
-func measureBuild(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "snpctl")
-	cmd := exec.Command("go", "build", "-o", bin, ".")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
 type measureResult struct {
 	stdout, stderr string
 	rc             int
@@ -141,7 +129,7 @@ func measureCheck(t *testing.T, bin, dir string, v measureVector) {
 // TestMeasureBinary runs the built snpctl like a script that used to call
 // sev-snp-measure: every vector row, flag spellings, extra outputs and errors.
 func TestMeasureBinary(t *testing.T) {
-	bin := measureBuild(t)
+	bin := snpctlBuild(t)
 	root := snptest.RepoRoot(t)
 	committed := filepath.Join(root, "snp", "testdata")
 	shared := filepath.Join(root, "..", "shared", "testdata", "snp")

@@ -31,9 +31,7 @@ func TestVMCommandsAgainstExampleConfig(t *testing.T) {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	bin := filepath.Join(dir, "bin")
 	for _, c := range []string{"snpd", "snpctl"} {
-		if out, err := exec.Command("go", "build", "-o", filepath.Join(bin, c), "../"+c).CombinedOutput(); err != nil {
-			t.Fatalf("building %s: %v\n%s", c, err, out)
-		}
+		goBuild(t, filepath.Join(bin, c), "../"+c)
 	}
 	state, run := filepath.Join(dir, "state"), filepath.Join(dir, "run")
 	var dout bytes.Buffer
