@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -17,22 +18,22 @@ import (
 // id-block --help`, `snpctl help policy` and shell completion of their flags behave as
 // in the full build.
 func init() {
-	for _, c := range []struct{ use, short string }{
+	fullOnly := []struct{ use, short string }{
 		{idBlockUse, idBlockShort},
 		{policyUse, policyShort},
 		{libvirtHookUse, libvirtHookShort},
-	} {
+	}
+	for _, c := range fullOnly {
 		addCommand(func() *cobra.Command { return fullOnlyCmd(c.use, c.short) })
 	}
 	// Cobra's hidden completion requests (`snpctl __complete id-block --id`, what the
 	// completion scripts run) for a full-only command go to snpctl-full, which knows its
 	// flags. The stand-ins parse no flags, so they could not answer.
 	if len(os.Args) > 2 && (os.Args[1] == cobra.ShellCompRequestCmd || os.Args[1] == cobra.ShellCompNoDescRequestCmd) {
-		switch os.Args[2] {
-		case "id-block", "policy", "libvirt-hook":
-			err := execFull(os.Args[2])
-			fmt.Fprintf(os.Stderr, "Error: %s\n", errorLine(err))
-			os.Exit(1)
+		for _, c := range fullOnly {
+			if name, _, _ := strings.Cut(c.use, " "); os.Args[2] == name {
+				execFullOrExit(name)
+			}
 		}
 	}
 }
@@ -46,13 +47,16 @@ func fullOnlyCmd(use, short string) *cobra.Command {
 		DisableFlagParsing: true,
 		RunE:               func(c *cobra.Command, _ []string) error { return execFull(c.Name()) },
 	}
-	c.SetHelpFunc(func(c *cobra.Command, _ []string) {
-		if err := execFull(c.Name()); err != nil {
-			fmt.Fprintf(os.Stderr, "Error: %s\n", errorLine(err))
-			os.Exit(1)
-		}
-	})
+	c.SetHelpFunc(func(c *cobra.Command, _ []string) { execFullOrExit(c.Name()) })
 	return c
+}
+
+// execFullOrExit is execFull where no error can be returned: it prints the error as
+// run does and exits 1.
+func execFullOrExit(name string) {
+	err := execFull(name)
+	fmt.Fprintf(os.Stderr, "Error: %s\n", errorLine(err))
+	os.Exit(1)
 }
 
 // execFull replaces this process with snpctl-full from this executable's directory,
