@@ -414,7 +414,7 @@ func ParseVersion(s string) ([3]int, error) {
 
 // Facts are what the caller learned outside the definition: by reading files (the
 // firmware, an ID auth) or asking the host. Zero values mean unknown, and a rule that
-// needs an unknown fact is violated (fail closed). daemon.VMFacts fills them.
+// needs an unknown fact is violated (fail closed). daemon/launch.VMFacts fills them.
 type Facts struct {
 	// Platform is PlatformSEVSNP or PlatformNone ("" means PlatformSEVSNP).
 	Platform string

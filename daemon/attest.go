@@ -18,6 +18,7 @@ import (
 
 	"github.com/snpd/snpd/config"
 	"github.com/snpd/snpd/daemon/api"
+	"github.com/snpd/snpd/daemon/guestchan"
 	"github.com/snpd/snpd/snp"
 	"github.com/snpd/snpd/snp/agentproto"
 	"github.com/snpd/snpd/snp/launch"
@@ -30,7 +31,7 @@ type AttestTarget struct {
 	// Running tells whether the guest is up (challenges need it).
 	Running bool
 	// Channel reaches its agent.
-	Channel GuestChannel
+	Channel guestchan.GuestChannel
 	// Definition is the VM definition (for the launch-log reference); nil: unknown.
 	Definition *config.VM
 }
@@ -54,7 +55,7 @@ type Attestor struct {
 	Now func() time.Time
 	// Sessions, when set, is told the chain that verified each VM's report, which its
 	// guest may then ask for (nil: not kept).
-	Sessions *GuestSessions
+	Sessions *guestchan.GuestSessions
 }
 
 // NewAttestor builds the Attestor from the daemon config: trusted roots (AMD's, or
@@ -128,7 +129,7 @@ func (a *Attestor) Attest(ctx context.Context, name string, nonce []byte) (*api.
 	}
 	resp, err := t.Channel.Challenge(ctx, nonce, nil)
 	if err != nil {
-		if errors.Is(err, ErrNoGuestChannel) {
+		if errors.Is(err, guestchan.ErrNoGuestChannel) {
 			return nil, fmt.Errorf("vm %s: %w: %w", name, err, api.ErrConflict)
 		}
 		return nil, fmt.Errorf("attesting vm %s: %w: %w", name, err, api.ErrUnavailable)
@@ -387,22 +388,4 @@ func remeasure(vm *config.VM, want []byte) ([]launch.PageUpdate, error) {
 		return nil, errors.New("the definition's files no longer measure to the recorded digest (changed since launch)")
 	}
 	return m.Updates, nil
-}
-
-// recordKeyDigests returns the ID and author key digests (hex) the AMD-SP will report for
-// an ID block and ID auth pair, for the launch record; empty strings when there is no ID
-// block, or when the pair does not verify (the record then fails attestation closed).
-func recordKeyDigests(block, auth []byte, authorKey bool) (idKey, author string) {
-	if len(block) == 0 || len(auth) == 0 {
-		return "", ""
-	}
-	info, err := snp.VerifyIDAuth(block, auth)
-	if err != nil {
-		return "", ""
-	}
-	idKey = hex.EncodeToString(info.IDKeyDigest[:])
-	if authorKey && info.HasAuthorKey {
-		author = hex.EncodeToString(info.AuthorKeyDigest[:])
-	}
-	return idKey, author
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/snpd/snpd/daemon/api"
+	"github.com/snpd/snpd/daemon/guestchan/guestchantest"
 	"github.com/snpd/snpd/snp"
 	"github.com/snpd/snpd/snp/agentproto"
 	"github.com/snpd/snpd/snp/snptest"
@@ -32,7 +33,7 @@ func buildAgentDisk(t *testing.T) string {
 			t.Skipf("%s not installed (mtools; run scripts/install-deps.sh)", tool)
 		}
 	}
-	initrd := buildAgentInitrd(t)
+	initrd := guestchantest.AgentInitrd(t)
 	dir := t.TempDir()
 	img := filepath.Join(dir, "agent-disk.img")
 	f, err := os.Create(img)
@@ -53,7 +54,7 @@ func buildAgentDisk(t *testing.T) string {
 		}
 	}
 	run("mformat", "-i", img, "-F", "::")
-	run("mcopy", "-i", img, filepath.Join(guestKernelDir(), "vmlinuz"), "::/vmlinuz")
+	run("mcopy", "-i", img, filepath.Join(guestchantest.KernelDir(), "vmlinuz"), "::/vmlinuz")
 	run("mcopy", "-i", img, initrd, "::/initrd")
 	run("mcopy", "-i", img, nsh, "::/startup.nsh")
 	return img

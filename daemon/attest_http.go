@@ -9,6 +9,7 @@ import (
 
 	"github.com/snpd/snpd/config"
 	"github.com/snpd/snpd/daemon/api"
+	"github.com/snpd/snpd/daemon/guestchan"
 	"github.com/snpd/snpd/snp"
 )
 
@@ -26,7 +27,7 @@ func (s *Server) attestRoutes() []Route {
 // attestLookup adapts the Manager to Attestor.Lookup: the VM's newest run record, its
 // state and its guest channel from the definition and the daemon's settings; a serial
 // channel goes through the VM's session in sessions (nil: dialled per exchange).
-func attestLookup(m *Manager, gc config.GuestChannel, sessions *GuestSessions) func(string) (*AttestTarget, error) {
+func attestLookup(m *Manager, gc config.GuestChannel, sessions *guestchan.GuestSessions) func(string) (*AttestTarget, error) {
 	return func(name string) (*AttestTarget, error) {
 		info, err := m.Get(name)
 		if err != nil {
@@ -44,17 +45,10 @@ func attestLookup(m *Manager, gc config.GuestChannel, sessions *GuestSessions) f
 			}
 			t.Record = &rec
 			t.Running = info.Last.State == api.StateRunning
-			dir := info.Last.RuntimeDir
-			if dir == "" {
-				dir = rec.RuntimeDir
-			}
-			if dir == "" {
-				dir = m.vmRuntimeDir(name)
-			}
 			t.Channel.Timeout = time.Duration(gc.Timeout)
 			if t.Definition != nil && t.Definition.Channel != nil {
 				if t.Definition.Channel.Serial {
-					t.Channel.SerialSocket = SerialChannel(dir).SerialSocket
+					t.Channel.SerialSocket = m.agentSocket(name, info.Last, &rec)
 					if sessions != nil && t.Running {
 						t.Channel.Session = sessions.Session(name)
 					}

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/snpd/snpd/daemon/api"
+	"github.com/snpd/snpd/daemon/guestchan"
+	"github.com/snpd/snpd/daemon/launch"
 	"github.com/snpd/snpd/snp"
 	"github.com/snpd/snpd/snp/agentproto"
 	"github.com/snpd/snpd/snp/snptest"
@@ -28,7 +30,7 @@ func fakeGuest(t *testing.T, src agentproto.ReportSource) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	sock := filepath.Join(dir, AgentSocketName)
+	sock := filepath.Join(dir, launch.AgentSocketName)
 	l, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
@@ -91,7 +93,7 @@ func newAttestFixture(t *testing.T) *attestFixture {
 func TestAttestThroughGuestChannel(t *testing.T) {
 	fx := newAttestFixture(t)
 	src := &snptest.AgentSource{Signer: fx.signer, Fields: fx.fields}
-	fx.target.Channel = GuestChannel{SerialSocket: fakeGuest(t, src), Timeout: 5 * time.Second}
+	fx.target.Channel = guestchan.GuestChannel{SerialSocket: fakeGuest(t, src), Timeout: 5 * time.Second}
 	nonce := []byte("0123456789abcdef0123456789abcdef")
 	resp, err := fx.att.Attest(context.Background(), "vm1", nonce)
 	if err != nil {
@@ -126,7 +128,7 @@ func TestAttestMeasurementMismatchNeverPasses(t *testing.T) {
 	fx := newAttestFixture(t)
 	f := fx.fields
 	f.Measurement[47] ^= 0xff
-	fx.target.Channel = GuestChannel{SerialSocket: fakeGuest(t, &snptest.AgentSource{Signer: fx.signer, Fields: f}), Timeout: 5 * time.Second}
+	fx.target.Channel = guestchan.GuestChannel{SerialSocket: fakeGuest(t, &snptest.AgentSource{Signer: fx.signer, Fields: f}), Timeout: 5 * time.Second}
 	resp, err := fx.att.Attest(context.Background(), "vm1", []byte("nonce"))
 	if err != nil {
 		t.Fatal(err)
@@ -145,7 +147,7 @@ func TestAttestMeasurementMismatchNeverPasses(t *testing.T) {
 // the VCEK imported into snpd's cache, and fails without it.
 func TestAttestCertsFromCache(t *testing.T) {
 	fx := newAttestFixture(t)
-	fx.target.Channel = GuestChannel{SerialSocket: fakeGuest(t, &snptest.AgentSource{Signer: fx.signer, Fields: fx.fields, OmitCerts: true}), Timeout: 5 * time.Second}
+	fx.target.Channel = guestchan.GuestChannel{SerialSocket: fakeGuest(t, &snptest.AgentSource{Signer: fx.signer, Fields: fx.fields, OmitCerts: true}), Timeout: 5 * time.Second}
 	resp, err := fx.att.Attest(context.Background(), "vm1", []byte("n1"))
 	if err != nil {
 		t.Fatal(err)
@@ -179,7 +181,7 @@ func TestAttestErrors(t *testing.T) {
 		t.Fatalf("stopped vm: %v", err)
 	}
 	fx.target.Running = true
-	fx.target.Channel = GuestChannel{SerialSocket: fakeGuest(t, &snptest.AgentSource{Signer: fx.signer, Fields: fx.fields}), Timeout: 5 * time.Second}
+	fx.target.Channel = guestchan.GuestChannel{SerialSocket: fakeGuest(t, &snptest.AgentSource{Signer: fx.signer, Fields: fx.fields}), Timeout: 5 * time.Second}
 	// An ID block in the record without its key digest fails closed.
 	fx.rec.IDBlockSHA256 = strings.Repeat("ab", 32)
 	if _, err := fx.att.Attest(ctx, "vm1", []byte("n")); !errors.Is(err, api.ErrInternal) || !strings.Contains(err.Error(), "no ID key digest") {
@@ -210,7 +212,7 @@ func TestRecordKeyDigests(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	idk, ak := recordKeyDigests(raw, auth, false)
+	idk, ak := launch.RecordKeyDigests(raw, auth, false)
 	info, err := snp.VerifyIDAuth(raw, auth)
 	if err != nil {
 		t.Fatal(err)
@@ -218,7 +220,7 @@ func TestRecordKeyDigests(t *testing.T) {
 	if idk != hex.EncodeToString(info.IDKeyDigest[:]) || ak != "" {
 		t.Fatalf("digests %q %q", idk, ak)
 	}
-	if a, b := recordKeyDigests(nil, nil, false); a != "" || b != "" {
+	if a, b := launch.RecordKeyDigests(nil, nil, false); a != "" || b != "" {
 		t.Fatal("digests without an ID block")
 	}
 
@@ -226,12 +228,12 @@ func TestRecordKeyDigests(t *testing.T) {
 	fx.rec.IDBlockSHA256, fx.rec.IDKeyDigest = strings.Repeat("ab", 32), idk
 	f := fx.fields
 	copy(f.IDKeyDigest[:], info.IDKeyDigest[:])
-	fx.target.Channel = GuestChannel{SerialSocket: fakeGuest(t, &snptest.AgentSource{Signer: fx.signer, Fields: f}), Timeout: 5 * time.Second}
+	fx.target.Channel = guestchan.GuestChannel{SerialSocket: fakeGuest(t, &snptest.AgentSource{Signer: fx.signer, Fields: f}), Timeout: 5 * time.Second}
 	resp, err := fx.att.Attest(context.Background(), "vm1", []byte("n"))
 	if err != nil || !resp.Verdict.OK {
 		t.Fatalf("with the recorded ID key: %v %+v", err, resp)
 	}
-	fx.target.Channel = GuestChannel{SerialSocket: fakeGuest(t, &snptest.AgentSource{Signer: fx.signer, Fields: fx.fields}), Timeout: 5 * time.Second}
+	fx.target.Channel = guestchan.GuestChannel{SerialSocket: fakeGuest(t, &snptest.AgentSource{Signer: fx.signer, Fields: fx.fields}), Timeout: 5 * time.Second}
 	resp, err = fx.att.Attest(context.Background(), "vm1", []byte("n"))
 	if err != nil || resp.Verdict.OK {
 		t.Fatalf("report without the ID block passed: %v", err)

@@ -11,6 +11,8 @@ import (
 
 	"github.com/snpd/snpd/config"
 	"github.com/snpd/snpd/daemon/api"
+	"github.com/snpd/snpd/daemon/launch"
+	"github.com/snpd/snpd/daemon/store"
 )
 
 // snpDomain is plainDomain with SEV-SNP launch security: the only kind of libvirt
@@ -47,7 +49,7 @@ func TestLibvirtRegistrationDigestOnlyForSNPDomains(t *testing.T) {
 
 	d.signal(syscall.SIGTERM)
 	<-d.done
-	s, err := OpenStore(e.StateDir)
+	s, err := store.Open(e.StateDir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,14 +98,14 @@ func TestLibvirtNonConfidentialOnSNPHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	pol.Libvirt.AllowNonConfidential = true
-	s, err := OpenStore(t.TempDir())
+	s, err := store.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
 	run := t.TempDir()
-	l := &Launcher{QEMU: testQEMU, Platform: PlatformSEVSNP, RuntimeDir: run}
-	m := NewManager(ManagerOptions{Store: s, Validate: validateDefinition, Policy: pol, Platform: string(PlatformSEVSNP),
+	l := &launch.Launcher{QEMU: testQEMU, Platform: launch.PlatformSEVSNP, RuntimeDir: run}
+	m := NewManager(ManagerOptions{Store: s, Validate: validateDefinition, Policy: pol, Platform: string(launch.PlatformSEVSNP),
 		Prepare: launcherPrepare(l), RuntimeDir: run, QEMU: testQEMU})
 	defer m.Close()
 	reg, err := m.RegisterLibvirt(ctxT(t, time.Minute), api.LibvirtDomainRequest{Name: "lv1", XML: plainDomain})
@@ -111,7 +113,7 @@ func TestLibvirtNonConfidentialOnSNPHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkNotConfidentialRecord(t, reg.Record)
-	if reg.Record.Platform != string(PlatformSEVSNP) {
+	if reg.Record.Platform != string(launch.PlatformSEVSNP) {
 		t.Errorf("record platform %q, want the host's sev-snp", reg.Record.Platform)
 	}
 }
@@ -125,12 +127,12 @@ func FuzzRegisterLibvirt(f *testing.F) {
 	f.Add("lv2", snpDomain)
 	f.Add("lv1", "<domain><name>lv1</name><memory>1</memory><os><loader>/nonexistent</loader></os></domain>")
 	f.Add("x", "<domain")
-	s, err := OpenStore(f.TempDir())
+	s, err := store.Open(f.TempDir())
 	if err != nil {
 		f.Fatal(err)
 	}
 	f.Cleanup(func() { s.Close() })
-	m := NewManager(ManagerOptions{Store: s, Platform: string(PlatformNone), RuntimeDir: f.TempDir(),
+	m := NewManager(ManagerOptions{Store: s, Platform: string(launch.PlatformNone), RuntimeDir: f.TempDir(),
 		Prepare: func(_ context.Context, vm *config.VM) (*api.LaunchRecord, error) {
 			return &api.LaunchRecord{Name: vm.Name, ExpectedDigest: strings.Repeat("ab", 48)}, nil
 		}})

@@ -15,6 +15,7 @@ import (
 
 	"github.com/snpd/snpd/config"
 	"github.com/snpd/snpd/daemon/api"
+	"github.com/snpd/snpd/daemon/store"
 )
 
 // vmProcess is a QEMU process the Manager watches: one this snpd launched (its child,
@@ -41,7 +42,7 @@ type startFunc func(ctx context.Context, vm *config.VM, beforeCont func(*api.Lau
 // Manager owns the VMs: definitions and runs in the Store, the live QEMU processes, and
 // the stream of state changes. All methods are safe for concurrent use.
 type Manager struct {
-	store       *Store
+	store       *store.Store
 	start       startFunc
 	log         *slog.Logger
 	runtimeDir  string
@@ -86,7 +87,7 @@ const (
 
 // ManagerOptions configure NewManager.
 type ManagerOptions struct {
-	Store *Store
+	Store *store.Store
 	// Start launches a VM (see startFunc).
 	Start startFunc
 	// Validate checks a definition before it is stored (nil: none beyond the name).
@@ -200,7 +201,7 @@ func (m *Manager) Define(req api.DefineRequest) (*api.VMInfo, error) {
 	if _, ok := m.live[vm.Name]; ok && req.Replace {
 		return nil, fmt.Errorf("vm %q is running; stop it before redefining: %w", vm.Name, api.ErrConflict)
 	}
-	sv := StoredVM{Name: vm.Name, TOML: req.TOML, File: req.File, Definition: def, DefinedAt: time.Now().UTC()}
+	sv := store.StoredVM{Name: vm.Name, TOML: req.TOML, File: req.File, Definition: def, DefinedAt: time.Now().UTC()}
 	if err := m.store.PutVM(sv, req.Replace); err != nil {
 		return nil, err
 	}
@@ -219,7 +220,7 @@ func (m *Manager) Undefine(name string) error {
 
 // summary is a VM's list row from its definition (name, when defined, the fields shown)
 // and its newest run (nil: never started).
-func summary(name string, definedAt time.Time, def defFields, run *api.Run, starts int) api.VMSummary {
+func summary(name string, definedAt time.Time, def store.DefFields, run *api.Run, starts int) api.VMSummary {
 	s := api.VMSummary{Name: name, State: api.StateStopped, Since: definedAt, Starts: starts,
 		VCPUs: def.VCPUs, MemoryMiB: def.MemoryMiB, Restart: def.Restart}
 	if run != nil && run.State != "" {
@@ -236,8 +237,8 @@ func summary(name string, definedAt time.Time, def defFields, run *api.Run, star
 
 // decodeDefFields reads the summary fields of a stored definition (config.VM's JSON
 // encoding); a definition that does not decode shows zeros.
-func decodeDefFields(def json.RawMessage) defFields {
-	var f defFields
+func decodeDefFields(def json.RawMessage) store.DefFields {
+	var f store.DefFields
 	_ = json.Unmarshal(def, &f)
 	return f
 }
@@ -258,17 +259,17 @@ func (m *Manager) List() ([]api.VMSummary, error) {
 		}
 	}
 	m.mu.Unlock()
-	rows, err := m.store.listRows(func(name string) bool { _, ok := live[name]; return ok })
+	rows, err := m.store.ListRows(func(name string) bool { _, ok := live[name]; return ok })
 	if err != nil {
 		return nil, err
 	}
 	out := make([]api.VMSummary, 0, len(rows))
 	for _, row := range rows {
 		if r, ok := live[row.Name]; ok {
-			out = append(out, summary(row.Name, row.DefinedAt, row.defFields, &r, r.Seq))
+			out = append(out, summary(row.Name, row.DefinedAt, row.DefFields, &r, r.Seq))
 			continue
 		}
-		out = append(out, summary(row.Name, row.DefinedAt, row.defFields, row.Last, row.Starts))
+		out = append(out, summary(row.Name, row.DefinedAt, row.DefFields, row.Last, row.Starts))
 	}
 	return out, nil
 }

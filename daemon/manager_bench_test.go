@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/snpd/snpd/daemon/api"
+	"github.com/snpd/snpd/daemon/store"
 )
 
 // BenchmarkStart20WhileListing starts 20 small VMs (64 MiB) concurrently through snpd
@@ -421,7 +422,7 @@ func BenchmarkManagerList20(b *testing.B) {
 }
 
 func benchManagerList(b *testing.B, vms, runsPerVM int) {
-	s, err := OpenStore(b.TempDir())
+	s, err := store.Open(b.TempDir())
 	if err != nil {
 		b.Fatal(err)
 	}

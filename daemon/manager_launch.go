@@ -10,10 +10,11 @@ import (
 
 	"github.com/snpd/snpd/config"
 	"github.com/snpd/snpd/daemon/api"
+	"github.com/snpd/snpd/daemon/launch"
 )
 
 // instanceProc adapts a launched *Instance (snpd's child) to vmProcess.
-type instanceProc struct{ inst *Instance }
+type instanceProc struct{ inst *launch.Instance }
 
 func (p instanceProc) PID() int              { return p.inst.PID }
 func (p instanceProc) Done() <-chan struct{} { return p.inst.Done() }
@@ -62,7 +63,7 @@ func signalName(desc string) string {
 // QMP verification of many VMs still overlap. Without this, concurrent starts fill Go's
 // run queues with hashing goroutines and API requests wait behind them for a P
 // (scheduler delay seen in a runtime trace; scripts/bench-service.sh measures it).
-func launcherStart(l *Launcher, admit func(*config.VM, *Spec, *api.LaunchRecord) error) startFunc {
+func launcherStart(l *launch.Launcher, admit func(*config.VM, *launch.Spec, *api.LaunchRecord) error) startFunc {
 	measuring := make(chan struct{}, 1)
 	return func(ctx context.Context, vm *config.VM, beforeCont func(*api.LaunchRecord) error) (vmProcess, error) {
 		select {
@@ -73,7 +74,7 @@ func launcherStart(l *Launcher, admit func(*config.VM, *Spec, *api.LaunchRecord)
 		var once sync.Once
 		release := func() { once.Do(func() { <-measuring }) }
 		defer release()
-		hooks := LaunchHooks{BeforeCont: beforeCont, Admit: func(vm *config.VM, spec *Spec, rec *api.LaunchRecord) error {
+		hooks := launch.LaunchHooks{BeforeCont: beforeCont, Admit: func(vm *config.VM, spec *launch.Spec, rec *api.LaunchRecord) error {
 			defer release()
 			if admit != nil {
 				return admit(vm, spec, rec)

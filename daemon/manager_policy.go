@@ -10,6 +10,8 @@ import (
 
 	"github.com/snpd/snpd/config"
 	"github.com/snpd/snpd/daemon/api"
+	"github.com/snpd/snpd/daemon/launch"
+	"github.com/snpd/snpd/daemon/store"
 )
 
 // validateDefinition applies a definition's defaults and validates it (every problem).
@@ -19,7 +21,7 @@ func validateDefinition(vm *config.VM) error {
 }
 
 // admitFunc is the Launcher's Admit hook: the host policy check.
-type admitFunc = func(*config.VM, *Spec, *api.LaunchRecord) error
+type admitFunc = func(*config.VM, *launch.Spec, *api.LaunchRecord) error
 
 // PolicyError lists every host-policy rule a VM or libvirt domain breaks. It wraps
 // api.ErrPolicy; the server answers it with 422 and api.PolicyViolations.
@@ -64,15 +66,15 @@ func admission(p *config.Policy) admitFunc {
 	if p == nil {
 		return nil
 	}
-	return func(vm *config.VM, spec *Spec, rec *api.LaunchRecord) error {
+	return func(vm *config.VM, spec *launch.Spec, rec *api.LaunchRecord) error {
 		f := config.Facts{Platform: rec.Platform, QEMUPath: rec.QEMUPath}
 		if v, err := config.ParseVersion(strings.Fields(rec.QEMUVersion + " ")[0]); err == nil {
 			f.QEMUVersion = v
 		}
 		if spec != nil && spec.Firmware != nil {
-			SealedFirmwareFacts(spec.Firmware, &f)
+			launch.SealedFirmwareFacts(spec.Firmware, &f)
 		}
-		_ = IDAuthFacts(vm, &f)
+		_ = launch.IDAuthFacts(vm, &f)
 		if v := p.Check(vm, f); len(v) > 0 {
 			return &PolicyError{VM: vm.Name, Violations: v}
 		}
@@ -80,27 +82,12 @@ func admission(p *config.Policy) admitFunc {
 	}
 }
 
-// LibvirtRegistration is a libvirt domain snpd checked (and, for a sev-snp domain,
-// measured) without launching it (libvirt launches it); stored so verifiers can be
-// served its expected digest, or told it is not confidential.
-type LibvirtRegistration struct {
-	Name string `json:"name"`
-	// XML is the domain XML libvirt passed to the hook.
-	XML string `json:"xml"`
-	// Definition is the domain mapped onto the VM spec (config.VM as JSON).
-	Definition json.RawMessage `json:"definition"`
-	// Record is the launch record as far as it is known before libvirt starts QEMU
-	// (expected digest, component digests, policy; no pid or argv).
-	Record       *api.LaunchRecord `json:"record"`
-	RegisteredAt time.Time         `json:"registered_at"`
-}
-
 // RegisterLibvirt maps a libvirt domain onto the VM spec, checks the host policy (every
 // violation, as a *PolicyError), computes the expected launch digest of a sev-snp domain
 // (a domain without sev-snp launchSecurity has none: its record says it is not
 // confidential, see nonConfidentialRecord) and stores the registration, replacing an
 // earlier one of the same name.
-func (m *Manager) RegisterLibvirt(ctx context.Context, req api.LibvirtDomainRequest) (*LibvirtRegistration, error) {
+func (m *Manager) RegisterLibvirt(ctx context.Context, req api.LibvirtDomainRequest) (*store.LibvirtRegistration, error) {
 	if err := api.ValidName(req.Name); err != nil {
 		return nil, err
 	}
@@ -111,7 +98,7 @@ func (m *Manager) RegisterLibvirt(ctx context.Context, req api.LibvirtDomainRequ
 	var violations []config.Violation
 	var err error
 	if m.policy != nil {
-		vm, violations, err = CheckLibvirtDomain(ctx, m.policy, []byte(req.XML), m.platform, m.qemu)
+		vm, violations, err = launch.CheckLibvirtDomain(ctx, m.policy, []byte(req.XML), m.platform, m.qemu)
 	} else {
 		vm, err = config.FromLibvirtXML([]byte(req.XML))
 	}
@@ -140,7 +127,7 @@ func (m *Manager) RegisterLibvirt(ctx context.Context, req api.LibvirtDomainRequ
 	if err != nil {
 		return nil, fmt.Errorf("encoding domain %q: %w", vm.Name, err)
 	}
-	reg := &LibvirtRegistration{Name: vm.Name, XML: req.XML, Definition: def, Record: rec, RegisteredAt: time.Now().UTC()}
+	reg := &store.LibvirtRegistration{Name: vm.Name, XML: req.XML, Definition: def, Record: rec, RegisteredAt: time.Now().UTC()}
 	if err := m.store.PutLibvirt(reg); err != nil {
 		return nil, err
 	}
@@ -169,13 +156,13 @@ func nonConfidentialRecord(vm *config.VM, platform string) (*api.LaunchRecord, e
 	}
 	// SealFile rather than a plain hash: the same regular-file check and size bounds as
 	// a launch; the memfd is dropped right away.
-	digest := func(name, path string, max int64) (*SealedFile, error) {
+	digest := func(name, path string, max int64) (*launch.SealedFile, error) {
 		if path == "" {
 			return nil, nil
 		}
-		return SealFile(name, path, max)
+		return launch.SealFile(name, path, max)
 	}
-	fw, err := digest("firmware", vm.Firmware, MaxFirmwareSize)
+	fw, err := digest("firmware", vm.Firmware, launch.MaxFirmwareSize)
 	if err != nil {
 		return nil, fmt.Errorf("hashing boot files: %w", err)
 	}
@@ -183,7 +170,7 @@ func nonConfidentialRecord(vm *config.VM, platform string) (*api.LaunchRecord, e
 		r.FirmwareSHA256, r.FirmwareSHA384, r.FirmwareSize = hex.EncodeToString(fw.SHA256[:]), hex.EncodeToString(fw.SHA384[:]), fw.Size
 		fw.Close()
 	}
-	k, err := digest("kernel", vm.Kernel, MaxKernelSize)
+	k, err := digest("kernel", vm.Kernel, launch.MaxKernelSize)
 	if err != nil {
 		return nil, fmt.Errorf("hashing boot files: %w", err)
 	}
@@ -191,7 +178,7 @@ func nonConfidentialRecord(vm *config.VM, platform string) (*api.LaunchRecord, e
 		r.KernelSHA256 = hex.EncodeToString(k.SHA256[:])
 		k.Close()
 	}
-	i, err := digest("initrd", vm.Initrd, MaxInitrdSize)
+	i, err := digest("initrd", vm.Initrd, launch.MaxInitrdSize)
 	if err != nil {
 		return nil, fmt.Errorf("hashing boot files: %w", err)
 	}
@@ -203,7 +190,7 @@ func nonConfidentialRecord(vm *config.VM, platform string) (*api.LaunchRecord, e
 }
 
 // launcherPrepare adapts Launcher.Prepare: measure without starting anything.
-func launcherPrepare(l *Launcher) func(context.Context, *config.VM) (*api.LaunchRecord, error) {
+func launcherPrepare(l *launch.Launcher) func(context.Context, *config.VM) (*api.LaunchRecord, error) {
 	return func(ctx context.Context, vm *config.VM) (*api.LaunchRecord, error) {
 		spec, rec, err := l.Prepare(ctx, vm)
 		if err != nil {
@@ -212,4 +199,13 @@ func launcherPrepare(l *Launcher) func(context.Context, *config.VM) (*api.Launch
 		spec.Close()
 		return rec, nil
 	}
+}
+
+// APIViolations converts policy violations to their wire form.
+func APIViolations(vs []config.Violation) []api.Violation {
+	out := make([]api.Violation, len(vs))
+	for i, v := range vs {
+		out[i] = api.Violation{Rule: v.Rule, Value: v.Value, Message: v.Message}
+	}
+	return out
 }

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/snpd/snpd/daemon/api"
+	"github.com/snpd/snpd/daemon/launch"
 	"github.com/snpd/snpd/qmp"
 )
 
@@ -243,7 +244,7 @@ func openRecorded(run *api.Run, qemuPath string) (int, error) {
 		return -1, fmt.Errorf("opening pidfd of %d: %w", run.PID, err)
 	}
 	fail := func(err error) (int, error) { unix.Close(fd); return -1, err }
-	ticks, err := procStartTicks(run.PID)
+	ticks, err := launch.ProcStartTicks(run.PID)
 	if err != nil {
 		return fail(&adoptError{fmt.Sprintf("qemu pid %d is gone", run.PID)})
 	}

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/snpd/snpd/daemon/api"
+	"github.com/snpd/snpd/daemon/launch"
+	"github.com/snpd/snpd/daemon/store"
 )
 
 // TestReattachAfterSIGKILL is the restart story with the real QEMU on platform "none":
@@ -184,7 +186,7 @@ func TestReattachAfterSIGKILL(t *testing.T) {
 // lastRunFromStore reads a VM's newest run directly (snpd must not be running).
 func lastRunFromStore(t *testing.T, e *testEnv, name string) *api.Run {
 	t.Helper()
-	s, err := OpenStore(e.StateDir)
+	s, err := store.Open(e.StateDir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,7 +271,7 @@ func FuzzParseZombieStat(f *testing.F) {
 // time and executable match the record (pid reuse, another binary, a dead pid).
 func TestOpenRecordedRefusesOtherProcesses(t *testing.T) {
 	self := os.Getpid()
-	ticks, err := procStartTicks(self)
+	ticks, err := launch.ProcStartTicks(self)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,9 @@ import (
 
 	"github.com/snpd/snpd/config"
 	"github.com/snpd/snpd/daemon/api"
+	"github.com/snpd/snpd/daemon/guestchan"
+	"github.com/snpd/snpd/daemon/launch"
+	"github.com/snpd/snpd/daemon/store"
 	"github.com/snpd/snpd/systemd"
 )
 
@@ -28,7 +31,7 @@ var Version = "dev"
 type Server struct {
 	cfg        *config.Daemon
 	mgr        *Manager
-	store      *Store
+	store      *store.Store
 	log        *slog.Logger
 	started    time.Time
 	reattached []api.ReattachResult
@@ -102,13 +105,13 @@ func Run(ctx context.Context, cfg *config.Daemon) error {
 	}
 	defer ln.Close()
 
-	store, err := OpenStore(cfg.StateDir)
+	st, err := store.Open(cfg.StateDir)
 	if err != nil {
 		return err
 	}
-	defer store.Close()
+	defer st.Close()
 
-	launcher := &Launcher{QEMU: cfg.QEMU, Platform: Platform(cfg.Platform), RuntimeDir: cfg.RuntimeDir}
+	launcher := &launch.Launcher{QEMU: cfg.QEMU, Platform: launch.Platform(cfg.Platform), RuntimeDir: cfg.RuntimeDir}
 	if cfg.QEMUNice != nil {
 		launcher.Nice = *cfg.QEMUNice
 	}
@@ -117,7 +120,7 @@ func Run(ctx context.Context, cfg *config.Daemon) error {
 		return err
 	}
 	mgr := NewManager(ManagerOptions{
-		Store: store, Start: launcherStart(launcher, admission(policy)), Validate: validateDefinition,
+		Store: st, Start: launcherStart(launcher, admission(policy)), Validate: validateDefinition,
 		Policy: policy, Platform: cfg.Platform, Prepare: launcherPrepare(launcher),
 		RuntimeDir: cfg.RuntimeDir, QEMU: cfg.QEMU, StopTimeout: time.Duration(cfg.StopTimeout), Log: log,
 	})
@@ -132,18 +135,18 @@ func Run(ctx context.Context, cfg *config.Daemon) error {
 		return fmt.Errorf("reattaching to running vms: %w", err)
 	}
 
-	s := &Server{cfg: cfg, mgr: mgr, store: store, log: log, started: time.Now().UTC(), reattached: reattached,
+	s := &Server{cfg: cfg, mgr: mgr, store: st, log: log, started: time.Now().UTC(), reattached: reattached,
 		socket: ln.Addr().String()}
 	// Guest sessions: snpd's end of each VM's serial channel, and the vsock listener for
 	// guest-initiated requests (fails soft on hosts without vsock).
-	sessions := &GuestSessions{Record: managerRecord(mgr), Log: log}
+	sessions := &guestchan.GuestSessions{Record: managerRecord(mgr), Log: log}
 	defer sessions.Close()
 	if s.att, err = NewAttestor(cfg, policy, attestLookup(mgr, cfg.GuestChannel, sessions)); err != nil {
 		return err
 	}
 	s.att.Sessions, sessions.Cache = sessions, s.att.Cache
-	go sessions.Watch(ctx, mgr)
-	if vl, err := VsockListen(cfg.GuestChannel.VsockPort); err != nil {
+	go sessions.Watch(ctx, sessionFleet{mgr})
+	if vl, err := guestchan.VsockListen(cfg.GuestChannel.VsockPort); err != nil {
 		log.Info("guest vsock requests not served (no vsock on this host)", "err", err)
 	} else {
 		go func() {
@@ -165,7 +168,7 @@ func Run(ctx context.Context, cfg *config.Daemon) error {
 	}
 	go func() {
 		err := systemd.WatchdogLoopFunc(ctx, func(context.Context) error {
-			_, err := store.ListVMs()
+			_, err := st.ListVMs()
 			return err
 		})
 		if err != nil {

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/snpd/snpd/daemon/api"
+	"github.com/snpd/snpd/daemon/store"
 )
 
 func slogDiscard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -293,7 +294,7 @@ func TestAPIAuthorizationByPeerCredentials(t *testing.T) {
 // authorization wrapper and store: the answer is 201 or a 4xx api.Error, never a panic
 // or a 5xx, and a refused body leaves the store as it was.
 func FuzzDefineBody(f *testing.F) {
-	s, err := OpenStore(f.TempDir())
+	s, err := store.Open(f.TempDir())
 	if err != nil {
 		f.Fatal(err)
 	}

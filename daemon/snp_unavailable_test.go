@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/snpd/snpd/daemon/launch"
 )
 
 // snpUnavailableLine is the guidance a user must see first when SEV-SNP is missing.
@@ -55,7 +57,7 @@ func TestStartSNPOnHostWithoutSNP(t *testing.T) {
 			if strings.Contains(line, "\n") || !strings.HasPrefix(line, "Error: ") {
 				t.Errorf("want one line starting with Error:, got %q", stderr)
 			}
-			for _, want := range []string{snpUnavailableLine, snpHostHint} {
+			for _, want := range []string{snpUnavailableLine, launch.SNPHostHint} {
 				if !strings.Contains(line, want) {
 					t.Errorf("error lacks %q", want)
 				}

@@ -13,6 +13,7 @@ import (
 	"github.com/snpd/snpd/config"
 	"github.com/snpd/snpd/daemon"
 	"github.com/snpd/snpd/daemon/api"
+	"github.com/snpd/snpd/daemon/launch"
 	"github.com/spf13/cobra"
 )
 
@@ -89,7 +90,7 @@ given on the command line win), so the check is the one snpd would make.`,
 			} else if vm, err = config.LoadVM(args[0]); err != nil {
 				return errors.New(oneLine(err))
 			}
-			f, ferr := daemon.VMFacts(cmd.Context(), vm, platform, qemu)
+			f, ferr := launch.VMFacts(cmd.Context(), vm, platform, qemu)
 			vs := p.Check(vm, f)
 			if asJSON {
 				enc := json.NewEncoder(cmd.OutOrStdout())
