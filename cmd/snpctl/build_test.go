@@ -148,3 +148,32 @@ func TestCompletionFromTheBinary(t *testing.T) {
 		}
 	}
 }
+
+// TestOneBuild guards against a second build of snpctl coming back: no file of this
+// package is left out of the default build (a build tag would do that), and the names
+// of the retired lean build and its companion appear nowhere in the repository.
+func TestOneBuild(t *testing.T) {
+	out, err := exec.Command("go", "list", "-f", "{{.IgnoredGoFiles}}", ".").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.TrimSpace(string(out)); got != "[]" {
+		t.Errorf("files left out of snpctl's build: %s", got)
+	}
+	if _, err := exec.LookPath("git"); err != nil {
+		t.Skip("git is not installed")
+	}
+	top, err := exec.Command("git", "rev-parse", "--show-toplevel").Output()
+	if err != nil {
+		t.Skip("not a git checkout")
+	}
+	// The names are split so that this file does not match itself.
+	grep := exec.Command("git", "grep", "-n", "-I", "-e", "snpctl"+"-full", "-e", "snpctl"+"_lean", "-e", "SNPCTL"+"_FULL")
+	grep.Dir = strings.TrimSpace(string(top))
+	out, err = grep.Output()
+	if len(out) > 0 {
+		t.Errorf("the retired second build is still referred to:\n%s", out)
+	} else if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+		t.Errorf("git grep: %v", err)
+	}
+}
