@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
-# bench-cli.sh: what `snpctl vm list` costs an operator, as a whole process, against
-# the cheapest client there is for the same request, `curl --unix-socket SOCK
-# http://x/v1/vms`, both against one real snpd (platform "none", a throw-away config,
-# state and runtime directory, BENCH_CLI_VMS defined and stopped VMs, default 5).
+# bench-cli.sh: what `snpctl vm list` costs an operator, as a whole process, against a
+# plain HTTP client making the same request, `curl --unix-socket SOCK http://x/v1/vms`,
+# both against one real snpd (platform "none", a throw-away config, state and runtime
+# directory, BENCH_CLI_VMS defined and stopped VMs, default 5).
 #
-# The two commands alternate call by call (which goes first alternates too), RUNS
-# (BENCH_RUNS, default 200) each after 10 unrecorded warm-up calls, so load from other
-# processes on the machine falls on both alike. Prints the median and p90 of each, in
-# ms, and their ratios: the median ratio is the figure with a target (<= 1.5).
+# The two commands alternate call by call (which goes first alternates too),
+# BENCH_CLI_RUNS (default 200) each after 10 unrecorded warm-up calls, so load from
+# other processes on the machine falls on both alike. Prints the median and p90 of each,
+# in ms, and their ratios: the median ratio is the figure with a target (<= 1.5).
 #
 # Besides human-readable lines it prints one line per figure for bench.sh:
 #   BENCH <name> <value> <unit> <target>
 set -euo pipefail
 cd "$(dirname "$0")/.."
-runs=${BENCH_RUNS:-200}
+runs=${BENCH_CLI_RUNS:-200}
 nvms=${BENCH_CLI_VMS:-5}
+command -v curl >/dev/null || { echo "bench-cli: curl is not installed (apt-get install curl)" >&2; exit 1; }
 
 tmp=$(mktemp -d)
 snpd_pid=
@@ -33,9 +34,10 @@ sed -e 's/^platform = .*/platform = "none"/' \
 sock=$tmp/run/snpd.sock
 "$tmp/snpd" --config "$tmp/snpd.toml" --state-dir "$tmp/state" --runtime-dir "$tmp/run" >"$tmp/snpd.log" 2>&1 &
 snpd_pid=$!
-for _ in $(seq 100); do
+for i in $(seq 101); do
   curl -sf --unix-socket "$sock" http://x/v1/vms >/dev/null 2>&1 && break
   kill -0 "$snpd_pid" 2>/dev/null || { echo "bench-cli: snpd exited:" >&2; cat "$tmp/snpd.log" >&2; exit 1; }
+  [ "$i" -le 100 ] || { echo "bench-cli: snpd did not answer on $sock within 10 s" >&2; exit 1; }
   sleep 0.1
 done
 for i in $(seq "$nvms"); do
