@@ -14,14 +14,9 @@ all: build
 deps:
 	bash scripts/install-deps.sh
 
-# build: snpd, snp-agent, and snpctl twice (cmd/snpctl/commands.go): snpctl-full has every
-# command; snpctl (-tags snpctl_lean) has those that talk to snpd's API and measure,
-# starts in about half the time, and runs id-block, policy and libvirt-hook through
-# snpctl-full.
+# build: snpd, snpctl (every command, and the libvirt hook) and snp-agent, static.
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ ./cmd/snpd ./cmd/snp-agent
-	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/snpctl-full ./cmd/snpctl
-	CGO_ENABLED=0 $(GO) build -trimpath -tags snpctl_lean -o $(BIN)/snpctl ./cmd/snpctl
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ ./cmd/snpd ./cmd/snpctl ./cmd/snp-agent
 
 demo: deps build
 	bash scripts/demo.sh
@@ -48,17 +43,16 @@ bench: deps build
 install: build
 	install -D -m 0755 $(BIN)/snpd $(DESTDIR)/usr/local/bin/snpd
 	install -D -m 0755 $(BIN)/snpctl $(DESTDIR)/usr/local/bin/snpctl
-	install -D -m 0755 $(BIN)/snpctl-full $(DESTDIR)/usr/local/bin/snpctl-full
 	install -D -m 0644 systemd/snpd.service $(DESTDIR)/etc/systemd/system/snpd.service
 	install -D -m 0644 systemd/snpd.socket $(DESTDIR)/etc/systemd/system/snpd.socket
 	install -D -m 0644 systemd/snpd.sysusers $(DESTDIR)/etc/sysusers.d/snpd.conf
 	if [ -z "$(DESTDIR)" ] && command -v systemd-sysusers >/dev/null; then systemd-sysusers /etc/sysusers.d/snpd.conf; fi
 	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 
-# install-hook: the hook is snpctl-full itself (the lean snpctl would look for snpctl-full
-# beside it, in qemu.d).
+# install-hook: a copy of snpctl named snpd in libvirt's qemu.d; invoked by that name it
+# acts as `snpctl libvirt-hook` (docs/libvirt-hook.md).
 install-hook: build
-	install -D -m 0755 $(BIN)/snpctl-full $(DESTDIR)/etc/libvirt/hooks/qemu.d/snpd
+	install -D -m 0755 $(BIN)/snpctl $(DESTDIR)/etc/libvirt/hooks/qemu.d/snpd
 
 clean:
 	rm -rf $(BIN)

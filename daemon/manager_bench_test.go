@@ -30,9 +30,6 @@ import (
 //     cgroup CPU controller, in an autogroup of its own; so does each QEMU: 20 guests
 //     get 20 CPU shares (weighted by qemu_nice) against the one of snpd and the one of
 //     the operator's session (the bench driver and every snpctl it spawns).
-//   - flat, qemu_nice default, snpctl-full (when SNPCTL_FULL is set): the same, timing
-//     the full build of snpctl (every command linked) instead of the shipped lean one
-//     (cmd/snpctl/commands.go), side by side.
 //   - deployed, qemu_nice default: the layout of a host running systemd/snpd.service.
 //     A fresh CPU cgroup stands in for snpd.service: a child of the bench's own cgroup
 //     (on cgroup v2, when that cgroup holds processes and so cannot pass the cpu
@@ -65,18 +62,10 @@ func BenchmarkStart20WhileListing(b *testing.B) {
 	type variant struct {
 		name, tag, config string
 		deployed          bool // snpd and its QEMUs in a CPU cgroup of their own
-		full              bool // time SNPCTL_FULL (every command linked) instead of SNPCTL
 	}
 	variants := []variant{
 		{name: "flat, qemu_nice=0 (qemu at snpd's priority)", tag: "nice0", config: "qemu_nice = 0\n"},
 		{name: "flat, qemu_nice default (10)", tag: "default"},
-	}
-	// SNPCTL_FULL (bench-service.sh sets it) adds the flat default layout timing the full
-	// build, snpctl-full, against the shipped lean snpctl of "default".
-	full := os.Getenv("SNPCTL_FULL")
-	if full != "" && snpctl != "" {
-		variants = append(variants, variant{name: "flat, qemu_nice default (10), snpctl-full timed instead of snpctl",
-			tag: "default-full", full: true})
 	}
 	// SNPD_BENCH_NICE="5,19" adds flat variants with those qemu_nice values (exploration).
 	if extra := os.Getenv("SNPD_BENCH_NICE"); extra != "" {
@@ -123,13 +112,9 @@ func BenchmarkStart20WhileListing(b *testing.B) {
 				})
 			}
 			fmt.Printf("== %s\n", v.name)
-			cli := snpctl
-			if v.full {
-				cli = full
-			}
 			var rs []start20Result
 			for i := range rounds {
-				rs = append(rs, start20WhileListing(b, v.config, v.tag, cli, cg, i == 0))
+				rs = append(rs, start20WhileListing(b, v.config, v.tag, snpctl, cg, i == 0))
 			}
 			r := pool(rs)
 			res[v.tag] = r
@@ -143,10 +128,6 @@ func BenchmarkStart20WhileListing(b *testing.B) {
 		b.ReportMetric(def.wall.Seconds(), "start20-s")
 		fmt.Printf("ratios flat qemu_nice=0 / flat default: API list p99 %.1fx, snpctl vm list p99 %.1fx, start wall %.2fx\n",
 			base.apiP99/def.apiP99, base.cliP99/max(def.cliP99, 1e-3), base.wall.Seconds()/def.wall.Seconds())
-		if f, ok := res["default-full"]; ok {
-			fmt.Printf("ratios flat default, snpctl-full / snpctl: snpctl vm list p99 %.2fx, p50 %.2fx\n",
-				f.cliP99/max(def.cliP99, 1e-3), f.cliP50/max(def.cliP50, 1e-3))
-		}
 		if haveDep {
 			fmt.Printf("ratios flat default / deployed: API list p99 %.1fx, snpctl vm list p99 %.1fx, start wall %.2fx\n",
 				def.apiP99/dep.apiP99, def.cliP99/max(dep.cliP99, 1e-3), def.wall.Seconds()/dep.wall.Seconds())
@@ -289,7 +270,7 @@ func start20WhileListing(b *testing.B, extra, tag, snpctl string, cg *benchCgrou
 			mustDefine(b, d.Client, fmt.Sprintf("bench%02d", i), "")
 		}
 		if tag == "default" && snpctl != "" && first {
-			idleCLI(b, e.Socket, snpctl, os.Getenv("SNPCTL_FULL"), os.Getenv("SNPCTL_CGO"))
+			idleCLI(b, e.Socket, snpctl, os.Getenv("SNPCTL_CGO"))
 		}
 		var (
 			wg       sync.WaitGroup
@@ -449,17 +430,13 @@ func benchManagerList(b *testing.B, vms, runsPerVM int) {
 }
 
 // idleCLI times `snpctl vm list` against an idle snpd with 20 VMs, 100 calls, for the
-// shipped build (lean, static) and, when given, the full build (every command linked)
-// and a cgo build, alternating call by call so all see the same host: process start-up
-// cost without contention.
-func idleCLI(b *testing.B, socket, shipped, full, cgo string) {
+// shipped build (static) and, when given, a cgo build, alternating call by call so both
+// see the same host: process start-up cost without contention.
+func idleCLI(b *testing.B, socket, shipped, cgo string) {
 	type bin struct{ name, path string }
-	bins := []bin{{"lean, static (make build's snpctl)", shipped}}
-	if full != "" {
-		bins = append(bins, bin{"full, static (make build's snpctl-full)", full})
-	}
+	bins := []bin{{"static (make build's snpctl)", shipped}}
 	if cgo != "" {
-		bins = append(bins, bin{"lean, cgo", cgo})
+		bins = append(bins, bin{"cgo", cgo})
 	}
 	lat := make([][]time.Duration, len(bins))
 	for range 100 {

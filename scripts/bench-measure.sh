@@ -17,11 +17,8 @@ ref_ms=44 # virtee/sev-snp-measure v0.0.13 on the 4 MiB OVMF on this machine (is
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-# As make build ships them: the lean snpctl has measure itself (package snp/launch needs
-# only the standard library; cmd/snpctl/commands.go); the 4 MiB case also times
-# snpctl-full, which links everything else too.
-CGO_ENABLED=0 go build -trimpath -tags snpctl_lean -o "$tmp/snpctl" ./cmd/snpctl
-CGO_ENABLED=0 go build -trimpath -o "$tmp/snpctl-full" ./cmd/snpctl
+# As make build ships it.
+CGO_ENABLED=0 go build -trimpath -o "$tmp/snpctl" ./cmd/snpctl
 fw=snp/testdata/firmware/ovmf-trixie-2025.02.fd
 big=$tmp/big.fd
 head -c $(( (256 << 20) - $(stat -c %s "$fw") )) /dev/zero >"$big"
@@ -42,13 +39,11 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 measure_big=("$tmp/snpctl" measure --mode snp --vcpus 4 --vcpu-type EPYC-v4 --ovmf "$big")
 measure_4m=("$tmp/snpctl" measure --mode snp --vcpus 4 --vcpu-type EPYC-v4 --ovmf "$fw")
-measure_4m_full=("$tmp/snpctl-full" measure --mode snp --vcpus 4 --vcpu-type EPYC-v4 --ovmf "$fw")
-: >"$tmp/snp" >"$tmp/ossl" >"$tmp/small" >"$tmp/small_full"
+: >"$tmp/snp" >"$tmp/ossl" >"$tmp/small"
 for _ in $(seq "$runs"); do
   ns_of "${measure_big[@]}" >>"$tmp/snp"
   ns_of openssl dgst -sha384 "$big" >>"$tmp/ossl"
   ns_of "${measure_4m[@]}" >>"$tmp/small"
-  ns_of "${measure_4m_full[@]}" >>"$tmp/small_full"
 done
 snp_ns=$(min <"$tmp/snp")
 ossl_ns=$(min <"$tmp/ossl")
@@ -56,7 +51,6 @@ small_ns=$(min <"$tmp/small")
 ratio=$(awk -v a="$snp_ns" -v b="$ossl_ns" 'BEGIN {printf "%.2f", a / b}')
 ratio_med=$(awk -v a="$(median <"$tmp/snp")" -v b="$(median <"$tmp/ossl")" 'BEGIN {printf "%.2f", a / b}')
 small_ms=$(awk -v a="$small_ns" 'BEGIN {printf "%.1f", a / 1e6}')
-small_full_ms=$(awk -v a="$(min <"$tmp/small_full")" 'BEGIN {printf "%.1f", a / 1e6}')
 speedup=$(awk -v a="$small_ns" -v r="$ref_ms" 'BEGIN {printf "%.1f", r / (a / 1e6)}')
 
 # Peak RSS of snpctl on the 256 MiB image: GNU time when present, else VmHWM polled
@@ -78,9 +72,8 @@ rss_mib=$(awk -v k="$rss_kb" 'BEGIN {printf "%.1f", k / 1024}')
 echo "256 MiB image, best of $runs: snpctl measure $(awk -v a="$snp_ns" 'BEGIN {printf "%.0f", a / 1e6}') ms," \
   "openssl dgst -sha384 $(awk -v a="$ossl_ns" 'BEGIN {printf "%.0f", a / 1e6}') ms, ratio $ratio (median ratio $ratio_med)"
 echo "256 MiB image: snpctl peak RSS $rss_mib MiB"
-echo "4 MiB OVMF, best of $runs: snpctl measure $small_ms ms (snpctl-full measure $small_full_ms ms); reference 44 ms: ${speedup}x faster"
+echo "4 MiB OVMF, best of $runs: snpctl measure $small_ms ms; reference 44 ms: ${speedup}x faster"
 echo "BENCH measure_256MiB_vs_openssl $ratio ratio <=0.6"
 echo "BENCH measure_256MiB_peak_rss $rss_mib MiB <64"
 echo "BENCH measure_4MiB_speedup_vs_reference $speedup x >=5"
 echo "BENCH measure_4MiB_ms $small_ms ms -"
-echo "BENCH measure_4MiB_full_ms $small_full_ms ms -"

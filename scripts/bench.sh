@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench.sh [SCRIPT...]: `make bench`. Runs each benchmark script (default: the four
+# bench.sh [SCRIPT...]: `make bench`. Runs each benchmark script (default: the five
 # below, those that exist), collects the figures they print, and prints one table with
 # the machine it ran on. A script that is absent is listed as such; one that fails or
 # prints a malformed BENCH line makes bench.sh exit 1 after the table.
@@ -8,6 +8,7 @@
 #                              vs the 44 ms reference figure
 #   scripts/bench-launch.sh    snpd launch overhead vs bare QEMU
 #   scripts/bench-verify.sh    report verification vs bare ECDSA P-384
+#   scripts/bench-cli.sh       `snpctl vm list` as a whole process vs curl on the socket
 #   scripts/bench-service.sh   API latency (p99 of `snpctl vm list`) while VMs start
 #
 # Line format (the contract with the scripts above). A benchmark script prints, on
@@ -38,7 +39,7 @@ timeout_s=${BENCH_TIMEOUT:-1800}
 if [ $# -gt 0 ]; then
   scripts=("$@")
 else
-  scripts=(scripts/bench-measure.sh scripts/bench-launch.sh scripts/bench-verify.sh scripts/bench-service.sh)
+  scripts=(scripts/bench-measure.sh scripts/bench-launch.sh scripts/bench-verify.sh scripts/bench-cli.sh scripts/bench-service.sh)
 fi
 
 logdir=$(mktemp -d "${TMPDIR:-/tmp}/snpd-bench.XXXXXX")

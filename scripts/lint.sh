@@ -5,8 +5,6 @@ cd "$(dirname "$0")/.."
 bad=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$bad" ]; then echo "gofmt would change: $bad" >&2; exit 1; fi
 go vet ./...
-# snpctl's lean build (make build's bin/snpctl) compiles files the default build leaves out.
-go vet -tags snpctl_lean ./cmd/snpctl
 # staticcheck is pinned so a new release's checks cannot turn a green tree red overnight.
 sc_version=v0.8.2
 sc=$(go env GOPATH)/bin/staticcheck
@@ -14,5 +12,4 @@ if [ ! -x "$sc" ] || ! go version -m "$sc" | grep -q "honnef.co/go/tools[[:space
   GOFLAGS= go install "honnef.co/go/tools/cmd/staticcheck@$sc_version"
 fi
 "$sc" ./...
-"$sc" -tags snpctl_lean ./cmd/snpctl
 echo "lint: gofmt, go vet, staticcheck clean"

@@ -1,5 +1,3 @@
-//go:build !snpctl_lean
-
 package main
 
 import (
@@ -38,8 +36,8 @@ type idBlockOptions struct {
 func newIDBlockCmd() *cobra.Command {
 	var o idBlockOptions
 	cmd := &cobra.Command{
-		Use:   idBlockUse,
-		Short: idBlockShort,
+		Use:   "id-block --measurement B64 (--idkey PEM [--authorkey PEM] | --keyless [--authorkey PEM])",
+		Short: "Build an SEV-SNP ID block and ID auth so the AMD-SP refuses any launch whose digest differs",
 		Long: `Build the 96-byte ID block (launch digest, family and image id, guest SVN, policy) and
 the 4096-byte ID auth (ECDSA P-384 signatures in AMD's layout) for SNP_LAUNCH_FINISH.
 With them the AMD Secure Processor itself refuses to finish a launch whose measurement

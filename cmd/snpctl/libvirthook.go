@@ -1,5 +1,3 @@
-//go:build !snpctl_lean
-
 package main
 
 import (
@@ -12,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -24,14 +23,27 @@ import (
 // hook must answer within 10 s.
 var hookTimeout = 9 * time.Second
 
+// hookName is the name the hook is installed under (/etc/libvirt/hooks/qemu.d/snpd).
+const hookName = "snpd"
+
 func init() { addCommand(newLibvirtHookCmd) }
+
+// commandArgs returns the arguments snpctl runs with, given its whole argv: invoked as
+// hookName with arguments, as libvirt runs its hooks, `libvirt-hook -- ARGS...` ("--"
+// keeps a domain name starting with "-" from being read as a flag); else argv[1:].
+func commandArgs(argv []string) []string {
+	if len(argv) > 1 && filepath.Base(argv[0]) == hookName {
+		return append([]string{"libvirt-hook", "--"}, argv[1:]...)
+	}
+	return argv[1:]
+}
 
 func newLibvirtHookCmd() *cobra.Command {
 	var failOpen bool
 	var policyPath string
 	cmd := &cobra.Command{
-		Use:   libvirtHookUse,
-		Short: libvirtHookShort,
+		Use:   "libvirt-hook DOMAIN OPERATION SUB-OPERATION [EXTRA]",
+		Short: "libvirt qemu hook: refuse domains that break the host policy (install as /etc/libvirt/hooks/qemu.d/snpd)",
 		Long: `Follows libvirt's qemu hook protocol (domain XML on stdin). On "prepare begin" it sends
 the domain to snpd (POST /v1/libvirt/domains), which checks it against the host policy and
 registers it, with its expected launch digest when it has <launchSecurity type='sev-snp'>
@@ -43,11 +55,11 @@ closed unless --fail-open, SNPD_HOOK_FAIL_OPEN=1 or hook_fail_open = true in the
 policy file is the setting that reaches an installed hook). It never calls back into
 libvirt.
 
-Installed as /etc/libvirt/hooks/qemu.d/snpd (make install-hook installs snpctl-full,
-the build with every command), snpctl acts as this command by its name alone; restart
-libvirtd afterwards, it reads its hooks at start.`,
+Installed as /etc/libvirt/hooks/qemu.d/snpd (a copy of snpctl: make install-hook),
+snpctl acts as this command by that name alone; restart libvirtd afterwards, it reads
+its hooks at start.`,
 		Example: `  # Install, then restart libvirtd (or virtqemud)
-  install -D -m 0755 /usr/local/bin/snpctl-full /etc/libvirt/hooks/qemu.d/snpd
+  install -D -m 0755 /usr/local/bin/snpctl /etc/libvirt/hooks/qemu.d/snpd
 
   # What libvirt runs when domain web is about to start; exit 1 lists the violations
   /etc/libvirt/hooks/qemu.d/snpd web prepare begin - < web.xml

@@ -35,10 +35,11 @@ func newRoot() *cobra.Command {
 		Long: `snpctl is the operator CLI of snpd, the host daemon that launches AMD SEV-SNP guests
 under QEMU with a pinned, measured configuration and serves their attestation.
 
-vm, status, attest, verify, reference and certs talk to snpd over its unix socket:
---socket, else $SNPD_SOCKET, else /run/snpd/snpd.sock. measure, id-block and policy
-check work offline, without snpd. Installed as /etc/libvirt/hooks/qemu.d/snpd, snpctl
-is libvirt's qemu hook (see libvirt-hook).
+vm, status, attest, verify, reference, certs and libvirt-hook talk to snpd over its unix
+socket: --socket, else $SNPD_SOCKET, else /run/snpd/snpd.sock. measure, id-block and
+policy check work offline, without snpd. A copy of snpctl installed as
+/etc/libvirt/hooks/qemu.d/snpd (make install-hook) is libvirt's qemu hook: invoked by
+that name it runs libvirt-hook (see snpctl libvirt-hook --help).
 
 Exit status 0 on success. On failure one line "Error: ..." on stderr and exit status 1;
 attest, verify and policy check also exit 1 when a check fails.`,
@@ -64,7 +65,7 @@ attest, verify and policy check also exit 1 when a check fails.`,
 }
 
 func main() {
-	os.Exit(run(os.Args[1:]))
+	os.Exit(run(commandArgs(os.Args)))
 }
 
 // run executes snpctl with args and returns the process exit status. Errors are printed

@@ -1,5 +1,3 @@
-//go:build !snpctl_lean
-
 package main
 
 import (
@@ -21,8 +19,8 @@ func init() { addCommand(newPolicyCmd) }
 
 func newPolicyCmd() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:     policyUse,
-		Short:   policyShort,
+		Use:     "policy",
+		Short:   "Check VM definitions and libvirt domains against the host policy",
 		Example: `  snpctl policy check --config /etc/snpd/snpd.toml /etc/snpd/vms/web.toml`,
 	}
 	cmd.AddCommand(newPolicyCheckCmd())
