@@ -51,8 +51,10 @@ sev-snp-measure releases defaulted to 0x21 (DebugSwap) and give a different dige
 The vCPU signature is the guest CPU model's (--vcpu-type EPYC-v4 = 0x800f12,
 EPYC-Milan = 0xa00f11, EPYC-Genoa = 0xa10f10, EPYC-Turin = 0xb00f00).
 
-Measured direct boot (--kernel) needs an OVMF built from OvmfPkg/AmdSev: Debian's
-OVMF.fd has no SNP_KERNEL_HASHES section and is refused.
+Measured direct boot (--kernel) needs an OVMF built from OvmfPkg/AmdSev whose SEV
+metadata has the SNP_KERNEL_HASHES section (edk2 2025.02 has it): Debian's OVMF.fd
+(OvmfPkgX64) and AmdSev builds of edk2 2022.11 have none and are refused, each with
+its own reason.
 
 Beyond the reference:
   --explain       list every group of page updates (type, GPA range, count, digest
