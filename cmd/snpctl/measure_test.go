@@ -152,6 +152,40 @@ func TestMeasureBinary(t *testing.T) {
 		}
 	})
 
+	t.Run("amdsev vectors", func(t *testing.T) {
+		// vectors-amdsev.tsv: the reference's rows from AMDSEV-PROVENANCE.txt and
+		// snpctl's own (each names its cross-check), on the committed AmdSev builds.
+		f, err := os.ReadFile(filepath.Join(committed, "vectors-amdsev.tsv"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, line := range strings.Split(strings.TrimSpace(string(f)), "\n")[1:] {
+			r := strings.Split(line, "\t")
+			if len(r) != 9 {
+				t.Fatalf("row %q", r)
+			}
+			args := measureSplit(r[4])
+			switch {
+			case len(args) > 1 && args[0] == "sev-snp-measure":
+				args = args[1:]
+			case len(args) > 2 && args[0] == "snpctl" && args[1] == "measure":
+				args = args[2:]
+			default:
+				t.Fatalf("row %s: command %q", r[0], r[4])
+			}
+			v := measureVector{name: r[0], args: args, stdout: r[6], stderr: r[7]}
+			if r[5] != "0" {
+				v.rc = 1
+			}
+			n++
+			t.Run(v.name, func(t *testing.T) { measureCheck(t, bin, committed, v) })
+		}
+		if n < 8 {
+			t.Fatalf("only %d rows", n)
+		}
+	})
+
 	t.Run("shared vectors", func(t *testing.T) {
 		if !haveShared {
 			t.Skipf("shared test data absent (%s): upstream fixtures are not committed", shared)
