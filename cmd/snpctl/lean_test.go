@@ -36,6 +36,7 @@ func TestLeanLinksOnlyTheAPI(t *testing.T) {
 		"github.com/snpd/snpd/daemon/api":     true,
 		"github.com/snpd/snpd/snp/agentproto": true,
 		"github.com/snpd/snpd/snp/launch":     true,
+		"github.com/snpd/snpd/snp/uki":        true,
 		"github.com/spf13/cobra":              true,
 		"github.com/spf13/pflag":              true,
 	}
