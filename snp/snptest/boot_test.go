@@ -239,3 +239,26 @@ func fetchedKernel(trace string) error {
 	}
 	return fmt.Errorf("the firmware never selected the kernel in fw_cfg (files %q); trace %s", names, trace)
 }
+
+// TestUKICmdlineReplacedByAppend records systemd-stub's rule that matters to anyone
+// launching a UKI with a cmdline: without Secure Boot (never on with these firmwares)
+// a non-empty -append, which OVMF passes as the stub's load options, is what the kernel
+// boots with, not the UKI's .cmdline. Both are measured under SNP (the cmdline hash),
+// but the UKI's own line is then not the one in effect.
+func TestUKICmdlineReplacedByAppend(t *testing.T) {
+	qemu := needQEMU(t)
+	m := marker(t)
+	initrd := BuildInitramfs(t, []InitramfsFile{{Path: "/init", Mode: 0o755, Data: []byte("#!/bin/sh\n")}})
+	img := BuildUKI(t, UKIOptions{Kernel: GuestKernel(t), Initrd: initrd, Cmdline: "console=ttyS0 panic=-1 snpd.from=uki-" + m})
+	appended := "console=ttyS0 panic=-1 snpd.from=append-" + m
+	g := bootQEMU(t, qemu, t.TempDir(), committedFirmware(t, debianOVMF), "-kernel", img, "-append", appended)
+	// The kernel prints its command line first thing; nothing after it matters here.
+	c, ok := g.waitFor(bootTestTimeout, KernelCmdlinePrefix)
+	if !ok {
+		t.Fatalf("no %q line within %v", KernelCmdlinePrefix, bootTestTimeout)
+	}
+	if !strings.Contains(c, KernelCmdlinePrefix+appended+"\n") || strings.Contains(c, "snpd.from=uki-") {
+		t.Fatalf("the kernel did not boot with -append %q instead of the UKI's .cmdline", appended)
+	}
+	t.Logf("-append replaced the UKI's .cmdline (%v)", time.Since(g.start).Round(100*time.Millisecond))
+}
