@@ -262,3 +262,22 @@ func TestUKICmdlineReplacedByAppend(t *testing.T) {
 	}
 	t.Logf("-append replaced the UKI's .cmdline (%v)", time.Since(g.start).Round(100*time.Millisecond))
 }
+
+// TestUKIBootsFromDisk boots a UKI the way a firmware boot through snpd can reach one
+// with Debian's OVMF.fd, which cannot measure a -kernel: from a FAT disk at the
+// removable-media path. No load options are passed, so the kernel boots with the UKI's
+// own .cmdline.
+func TestUKIBootsFromDisk(t *testing.T) {
+	qemu := needQEMU(t)
+	m := marker(t)
+	initrd := BuildInitramfs(t, []InitramfsFile{{Path: "/init", Mode: 0o755, Data: []byte("#!/bin/sh\n")}})
+	cmdline := "console=ttyS0 panic=-1 snpd.from=disk-" + m
+	img := BuildUKI(t, UKIOptions{Kernel: GuestKernel(t), Initrd: initrd, Cmdline: cmdline})
+	disk := BuildBootDisk(t, img)
+	g := bootQEMU(t, qemu, t.TempDir(), committedFirmware(t, debianOVMF),
+		"-drive", "file="+disk+",format=raw,if=virtio")
+	if _, ok := g.waitFor(bootTestTimeout, KernelCmdlinePrefix+cmdline+"\n", EFIStubInitrdLine); !ok {
+		t.Fatalf("the UKI on the disk did not boot with its own command line within %v", bootTestTimeout)
+	}
+	t.Logf("booted from %s in %v", DefaultBootPath, time.Since(g.start).Round(100*time.Millisecond))
+}

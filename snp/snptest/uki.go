@@ -212,3 +212,43 @@ func BuildUKI(t testing.TB, o UKIOptions) string {
 	}
 	return out
 }
+
+// DefaultBootPath is the removable-media boot path UEFI firmware boots when no boot
+// option names a loader (UEFI spec 3.5.1.1, x64): a UKI placed there boots with its own
+// .cmdline, as no load options are passed.
+const DefaultBootPath = "EFI/BOOT/BOOTX64.EFI"
+
+// BuildBootDisk returns the path of a raw disk image (64 MiB, one FAT file system
+// without a partition table, as OVMF accepts) holding the UKI at DefaultBootPath, in
+// the test's temporary directory. It needs mtools (scripts/install-deps.sh) and skips
+// the test, naming the tool, without them.
+func BuildBootDisk(t testing.TB, ukiPath string) string {
+	t.Helper()
+	for _, tool := range []string{"mformat", "mmd", "mcopy"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s is not installed (package mtools; run scripts/install-deps.sh as root)", tool)
+		}
+	}
+	img := filepath.Join(t.TempDir(), "boot-disk.img")
+	f, err := os.Create(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(64 << 20); err != nil {
+		f.Close()
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"mformat", "-i", img, "-F", "::"},
+		{"mmd", "-i", img, "::/EFI", "::/EFI/BOOT"},
+		{"mcopy", "-i", img, ukiPath, "::/" + DefaultBootPath},
+	} {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+	}
+	return img
+}
