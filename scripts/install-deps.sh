@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # install-deps.sh: install what snpd's demo and tests need on a Debian 12 (bookworm) host:
-# QEMU >= 10 from bookworm-backports, OVMF, libvirt, a guest kernel, linters' prerequisites.
+# QEMU >= 10 from bookworm-backports, OVMF, libvirt, a guest kernel, linters' prerequisites,
+# and what builds a unified kernel image (UKI) for the tests: Debian's systemd-stub
+# (systemd-boot-efi: /usr/lib/systemd/boot/efi/linuxx64.efi.stub) and objcopy (binutils).
 # Idempotent: a second run installs nothing. Must run as root (or does nothing and says so).
 #
 # The bookworm-backports entry reuses the archive address already configured on this
@@ -17,7 +19,11 @@ qemu_ok() {
   [ -n "$v" ] && [ "$v" -ge 10 ]
 }
 
-for p in ovmf libvirt-daemon-system libvirt-clients cpio openssl mtools; do
+# UKIs are built with objcopy, not ukify: systemd-ukify is in neither bookworm nor
+# bookworm-backports (apt-cache policy systemd-ukify: no candidate), and bookworm's
+# systemd-boot-efi (252) has no dependencies, so it installs beside any systemd (254
+# arrives with bookworm-backports' libvirt).
+for p in ovmf libvirt-daemon-system libvirt-clients cpio openssl mtools systemd-boot-efi binutils; do
   have "$p" || need_pkgs+=("$p")
 done
 bp_pkgs=()

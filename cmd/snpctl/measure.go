@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/snpd/snpd/snp/launch"
+	"github.com/snpd/snpd/snp/uki"
 )
 
 func init() { addCommand(newMeasureCmd) }
@@ -51,8 +52,16 @@ sev-snp-measure releases defaulted to 0x21 (DebugSwap) and give a different dige
 The vCPU signature is the guest CPU model's (--vcpu-type EPYC-v4 = 0x800f12,
 EPYC-Milan = 0xa00f11, EPYC-Genoa = 0xa10f10, EPYC-Turin = 0xb00f00).
 
-Measured direct boot (--kernel) needs an OVMF built from OvmfPkg/AmdSev: Debian's
-OVMF.fd has no SNP_KERNEL_HASHES section and is refused.
+Measured direct boot (--kernel) needs an OVMF built from OvmfPkg/AmdSev whose SEV
+metadata has the SNP_KERNEL_HASHES section (edk2 2025.02 has it): Debian's OVMF.fd
+(OvmfPkgX64) and AmdSev builds of edk2 2022.11 have none and are refused, each with
+its own reason.
+
+A unified kernel image (UKI: systemd-stub with .linux, .initrd, .cmdline, ...) is
+measured like any kernel file: give it alone as --kernel, as sev-snp-measure takes it
+(the initrd and command line are inside it, so the measured ones are empty). --explain
+and --json say that it is a UKI and list its sections with their SHA-256; -v says so
+on stderr, leaving stdout as the reference prints it.
 
 Beyond the reference:
   --explain       list every group of page updates (type, GPA range, count, digest
@@ -66,6 +75,8 @@ Beyond the reference:
 		Example: `  snpctl measure --mode snp --vcpus 4 --vcpu-type EPYC-v4 --ovmf OVMF.fd
   snpctl measure --mode snp --vcpus=2 --vcpu-type=EPYC-Milan --ovmf OVMF.amdsev.fd \
       --kernel vmlinuz --initrd initrd.img --append 'console=ttyS0' --output-format base64
+  snpctl measure --mode snp --vcpus 2 --vcpu-type EPYC-Milan --ovmf OVMF.amdsev.fd \
+      --kernel guest.efi --explain
   snpctl measure --mode snp:ovmf-hash --ovmf OVMF.fd
   snpctl measure --mode snp --vcpus 1 --vcpu-type EPYC-v4 --ovmf OVMF.fd --explain`,
 		Args: cobra.NoArgs,
@@ -145,6 +156,10 @@ type measureFile struct {
 	path string
 	f    *os.File
 	size int64
+	// image describes a kernel file's PE sections (UKI or not); nil when not read or
+	// not a PE image. imageErr says why it is nil (uki.ErrNotPE, or a malformed PE).
+	image    *uki.Summary
+	imageErr error
 }
 
 func measureOpen(what, path string) (*measureFile, error) {
@@ -203,7 +218,7 @@ func runMeasure(cmd *cobra.Command, f *measureFlags) error {
 		if err != nil {
 			return err
 		}
-		return measurePrint(out, f, &in, m, fw, nil, nil, hex.EncodeToString(m.Digest))
+		return measurePrint(out, cmd.ErrOrStderr(), f, &in, m, fw, nil, nil, hex.EncodeToString(m.Digest))
 	}
 
 	hasKernel := set("kernel") && f.kernel != ""
@@ -300,11 +315,16 @@ func runMeasure(cmd *cobra.Command, f *measureFlags) error {
 			}
 		}
 	}
+	if kernel != nil && (f.explain || f.verbose || f.jsonOut) {
+		// Read-only and beside the measurement: a kernel that is no PE image, or a
+		// malformed one, is still measured as the bytes it is.
+		kernel.image, kernel.imageErr = uki.Describe(kernel.f, kernel.size)
+	}
 	s := hex.EncodeToString(m.Digest)
 	if f.outputFormat == "base64" {
 		s = base64.StdEncoding.EncodeToString(m.Digest)
 	}
-	return measurePrint(out, f, &in, m, fw, kernel, initrd, s)
+	return measurePrint(out, cmd.ErrOrStderr(), f, &in, m, fw, kernel, initrd, s)
 }
 
 // measureVCPUSig resolves the vCPU signature the way the reference's get_vcpu_sig
@@ -334,12 +354,17 @@ func measureVCPUSig(f *measureFlags, set func(string) bool, mode launch.Mode, vm
 	return 0, nil
 }
 
-func measurePrint(out io.Writer, f *measureFlags, in *launch.MeasureInput, m *launch.Measurement, fw, kernel, initrd *measureFile, digest string) error {
+func measurePrint(out, errOut io.Writer, f *measureFlags, in *launch.MeasureInput, m *launch.Measurement, fw, kernel, initrd *measureFile, digest string) error {
 	switch {
 	case f.jsonOut:
 		return measureJSON(out, f, in, m, fw, kernel, initrd)
 	case f.explain:
-		measureExplain(out, in, m)
+		measureExplain(out, in, m, kernel)
+	}
+	if f.verbose && kernel != nil && kernel.image != nil && kernel.image.UKI {
+		// stderr: stdout stays what the reference prints.
+		fmt.Fprintf(errOut, "kernel %s is a UKI (sections %s): measured as one kernel file\n",
+			kernel.path, strings.Join(measureSectionNames(kernel.image), " "))
 	}
 	if f.verbose && in.Mode != launch.ModeSNPOVMFHash { // the reference prints the bare hash there
 		_, err := fmt.Fprintf(out, "Calculated %s guest measurement: %s\n", in.Mode.Name(), digest)
@@ -349,7 +374,54 @@ func measurePrint(out io.Writer, f *measureFlags, in *launch.MeasureInput, m *la
 	return err
 }
 
-func measureExplain(out io.Writer, in *launch.MeasureInput, m *launch.Measurement) {
+func measureSectionNames(s *uki.Summary) []string {
+	names := make([]string, len(s.Sections))
+	for i, sec := range s.Sections {
+		names[i] = sec.Name
+	}
+	return names
+}
+
+// measureExplainKernel says what kind of file the kernel is: a UKI with its sections
+// (the initrd and command line that boot are inside it), an EFI-stub kernel, or bytes
+// that are no PE image. Text from the file is quoted.
+func measureExplainKernel(out io.Writer, in *launch.MeasureInput, kernel *measureFile) {
+	im := kernel.image
+	switch {
+	case im == nil && errors.Is(kernel.imageErr, uki.ErrNotPE):
+		fmt.Fprintln(out, "kernel is not a PE image (not a UKI)")
+		return
+	case im == nil:
+		fmt.Fprintf(out, "kernel: cannot read its PE section table (measured all the same): %v\n", kernel.imageErr)
+		return
+	case !im.UKI:
+		fmt.Fprintf(out, "kernel is a PE image but not a UKI (no .linux section; an EFI-stub kernel): sections %s\n",
+			strings.Join(measureSectionNames(im), " "))
+		return
+	}
+	stub := ""
+	if im.Stub != "" {
+		stub = " built on " + strconv.Quote(im.Stub)
+	}
+	fmt.Fprintf(out, "kernel is a UKI%s: measured as one file; the initrd and command line it boots are inside it\n", stub)
+	fmt.Fprintf(out, "  %-10s %10s  %s\n", "SECTION", "BYTES", "SHA256")
+	for _, s := range im.Sections {
+		fmt.Fprintf(out, "  %-10s %10d  %s\n", s.Name, s.Size, s.SHA256)
+	}
+	for _, kv := range [][2]string{{".cmdline", im.Cmdline}, {".uname", im.Uname}, {".osrel", im.OSRelease}} {
+		if kv[1] != "" {
+			fmt.Fprintf(out, "  %-10s %s\n", kv[0], strconv.Quote(kv[1]))
+		}
+	}
+	if in.Cmdline != "" {
+		fmt.Fprintln(out, "  note: QEMU passes --append to systemd-stub, which boots it instead of the UKI's .cmdline when Secure Boot is off")
+	}
+	if in.Initrd != nil {
+		fmt.Fprintln(out, "  note: --initrd is measured and passed beside the UKI's own .initrd")
+	}
+}
+
+func measureExplain(out io.Writer, in *launch.MeasureInput, m *launch.Measurement, kernel *measureFile) {
 	fmt.Fprintf(out, "mode %s, %d vCPU(s), vCPU signature %#x, VMM %s, guest features %#x, VMSA variant %s\n",
 		in.Mode, in.VCPUs, in.VCPUSig, in.VMM, in.GuestFeatures, in.VMSAVariant)
 	for _, s := range m.Sections {
@@ -357,6 +429,9 @@ func measureExplain(out io.Writer, in *launch.MeasureInput, m *launch.Measuremen
 	}
 	if m.KernelSHA256 != nil {
 		fmt.Fprintf(out, "kernel sha256 %x\ninitrd sha256 %x\ncmdline sha256 %x\n", m.KernelSHA256, m.InitrdSHA256, m.CmdlineSHA256)
+		if kernel != nil {
+			measureExplainKernel(out, in, kernel)
+		}
 	}
 	if len(m.Updates) > 0 {
 		fmt.Fprintln(out, "page updates (in order):")
@@ -386,6 +461,12 @@ type measureJSONFile struct {
 	Size   int64  `json:"size"`
 	SHA256 string `json:"sha256,omitempty"`
 	SHA384 string `json:"sha384,omitempty"`
+	// PEImage describes a kernel that is a PE image: "uki" tells whether it is a
+	// unified kernel image, "sections" lists name, size in bytes and SHA-256 of each.
+	PEImage *uki.Summary `json:"pe_image,omitempty"`
+	// PEImageError says why a kernel that starts like a PE image could not be read
+	// as one (it is measured all the same).
+	PEImageError string `json:"pe_image_error,omitempty"`
 }
 
 func measureJSON(out io.Writer, f *measureFlags, in *launch.MeasureInput, m *launch.Measurement, fw, kernel, initrd *measureFile) error {
@@ -435,7 +516,10 @@ func measureJSON(out io.Writer, f *measureFlags, in *launch.MeasureInput, m *lau
 		r.OVMFHash = hex.EncodeToString(m.OVMFDigest)
 	}
 	if kernel != nil {
-		r.Kernel = &measureJSONFile{Path: kernel.path, Size: kernel.size, SHA256: hex.EncodeToString(m.KernelSHA256)}
+		r.Kernel = &measureJSONFile{Path: kernel.path, Size: kernel.size, SHA256: hex.EncodeToString(m.KernelSHA256), PEImage: kernel.image}
+		if kernel.imageErr != nil && !errors.Is(kernel.imageErr, uki.ErrNotPE) {
+			r.Kernel.PEImageError = kernel.imageErr.Error()
+		}
 		if initrd != nil {
 			r.Initrd = &measureJSONFile{Path: initrd.path, Size: initrd.size, SHA256: hex.EncodeToString(m.InitrdSHA256)}
 		}

@@ -152,6 +152,40 @@ func TestMeasureBinary(t *testing.T) {
 		}
 	})
 
+	t.Run("amdsev vectors", func(t *testing.T) {
+		// vectors-amdsev.tsv: the reference's rows from AMDSEV-PROVENANCE.txt and
+		// snpctl's own (each names its cross-check), on the committed AmdSev builds.
+		f, err := os.ReadFile(filepath.Join(committed, "vectors-amdsev.tsv"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, line := range strings.Split(strings.TrimSpace(string(f)), "\n")[1:] {
+			r := strings.Split(line, "\t")
+			if len(r) != 9 {
+				t.Fatalf("row %q", r)
+			}
+			args := measureSplit(r[4])
+			switch {
+			case len(args) > 1 && args[0] == "sev-snp-measure":
+				args = args[1:]
+			case len(args) > 2 && args[0] == "snpctl" && args[1] == "measure":
+				args = args[2:]
+			default:
+				t.Fatalf("row %s: command %q", r[0], r[4])
+			}
+			v := measureVector{name: r[0], args: args, stdout: r[6], stderr: r[7]}
+			if r[5] != "0" {
+				v.rc = 1
+			}
+			n++
+			t.Run(v.name, func(t *testing.T) { measureCheck(t, bin, committed, v) })
+		}
+		if n < 8 {
+			t.Fatalf("only %d rows", n)
+		}
+	})
+
 	t.Run("shared vectors", func(t *testing.T) {
 		if !haveShared {
 			t.Skipf("shared test data absent (%s): upstream fixtures are not committed", shared)
@@ -236,6 +270,87 @@ func TestMeasureBinary(t *testing.T) {
 		}
 	})
 
+	t.Run("uki", func(t *testing.T) {
+		// The committed UKI: Debian's systemd-stub with the synthetic kernel and initrd
+		// (snp/uki's tests check it against its inputs); its digest is a vector row.
+		const ukiDigest = "abb0a5d70077c8ee6258e125821267ff82ad59feff4c1b60f5f61299b9e8d26a37c7daf890535584bdc296f062ea78bb"
+		args := []string{"--mode", "snp", "--vcpus", "1", "--vcpu-type", "EPYC-v4", "--ovmf", "firmware/ovmf-amdsev-debian-2025.02.fd", "--kernel", "uki/uki-synthetic.efi"}
+		r := measureRun(t, bin, committed, args...)
+		if r.rc != 0 || r.stdout != ukiDigest+"\n" || r.stderr != "" {
+			t.Fatalf("plain: rc %d %q %q", r.rc, r.stdout, r.stderr)
+		}
+		r = measureRun(t, bin, committed, append([]string{"-v"}, args...)...)
+		if r.stdout != "Calculated SEV_SNP guest measurement: "+ukiDigest+"\n" ||
+			r.stderr != "kernel uki/uki-synthetic.efi is a UKI (sections .text .reloc .data .dynamic .rela .dynsym .sbat .sdmagic .osrel .cmdline .uname .initrd .linux): measured as one kernel file\n" {
+			t.Fatalf("-v: stdout %q stderr %q", r.stdout, r.stderr)
+		}
+		r = measureRun(t, bin, committed, append(args, "--explain")...)
+		for _, want := range []string{
+			`kernel is a UKI built on "systemd-stub 252.39-1~deb12u2": measured as one file; the initrd and command line it boots are inside it`,
+			"  .linux          65536  ef4636928161808e87035fa51983821677527ccd9661991c5d0126a778b2268a\n",
+			"  .initrd         40960  512abfd1192dcda271eb3b5dfa1211dacece9a6d81015529201edee7f635efc3\n",
+			`  .cmdline   "console=ttyS0 snpd.synthetic=1"`,
+			`  .uname     "6.1.0-synthetic-amd64"`,
+		} {
+			if !strings.Contains(r.stdout, want) {
+				t.Errorf("--explain lacks %q:\n%s", want, r.stdout)
+			}
+		}
+		if strings.Contains(r.stdout, "note:") || !strings.HasSuffix(r.stdout, "\n"+ukiDigest+"\n") {
+			t.Errorf("--explain:\n%s", r.stdout)
+		}
+		r = measureRun(t, bin, committed, append(args, "--explain", "--append", "console=ttyS0")...)
+		if !strings.Contains(r.stdout, "note: QEMU passes --append to systemd-stub, which boots it instead of the UKI's .cmdline") {
+			t.Errorf("--explain with --append has no note:\n%s", r.stdout)
+		}
+		r = measureRun(t, bin, committed, append(args, "--json")...)
+		var doc struct {
+			Kernel struct {
+				PEImage struct {
+					UKI      bool
+					Cmdline  string
+					Sections []struct {
+						Name, SHA256 string
+						Size         int
+					}
+				} `json:"pe_image"`
+			}
+		}
+		if err := json.Unmarshal([]byte(r.stdout), &doc); err != nil || r.rc != 0 {
+			t.Fatalf("--json: rc %d %v %s %s", r.rc, err, r.stdout, r.stderr)
+		}
+		pe := doc.Kernel.PEImage
+		if !pe.UKI || pe.Cmdline != "console=ttyS0 snpd.synthetic=1" || len(pe.Sections) != 13 || pe.Sections[12].Name != ".linux" ||
+			pe.Sections[12].Size != 65536 || pe.Sections[12].SHA256 != "ef4636928161808e87035fa51983821677527ccd9661991c5d0126a778b2268a" {
+			t.Fatalf("--json pe_image %+v", pe)
+		}
+		// Not a PE image, and a malformed one: measured all the same, and said so.
+		r = measureRun(t, bin, committed, "--mode", "snp", "--vcpus", "1", "--vcpu-type", "EPYC-v4", "--ovmf", "firmware/ovmf-amdsev-debian-2025.02.fd",
+			"--kernel", "inputs/kernel-synthetic.bin", "--explain")
+		if r.rc != 0 || !strings.Contains(r.stdout, "kernel is not a PE image (not a UKI)\n") {
+			t.Errorf("synthetic kernel: rc %d\n%s", r.rc, r.stdout)
+		}
+		bad, err := os.ReadFile(filepath.Join(committed, "uki", "uki-synthetic.efi"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		bad = bad[:0x2ba00-100] // .linux (the last section, 0x1ba00+0x10000) now runs past the end
+		badPath := filepath.Join(t.TempDir(), "truncated.efi")
+		if err := os.WriteFile(badPath, bad, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		r = measureRun(t, bin, committed, "--mode", "snp", "--vcpus", "1", "--vcpu-type", "EPYC-v4", "--ovmf", "firmware/ovmf-amdsev-debian-2025.02.fd",
+			"--kernel", badPath, "--explain")
+		if r.rc != 0 || !strings.Contains(r.stdout, "kernel: cannot read its PE section table (measured all the same): malformed PE image: section 12 (.linux)") {
+			t.Errorf("truncated UKI: rc %d %s\n%s", r.rc, r.stderr, r.stdout)
+		}
+		r = measureRun(t, bin, committed, "--mode", "snp", "--vcpus", "1", "--vcpu-type", "EPYC-v4", "--ovmf", "firmware/ovmf-amdsev-debian-2025.02.fd",
+			"--kernel", badPath, "--json")
+		if r.rc != 0 || !strings.Contains(r.stdout, `"pe_image_error": "malformed PE image: section 12 (.linux)`) {
+			t.Errorf("truncated UKI --json: rc %d %s\n%s", r.rc, r.stderr, r.stdout)
+		}
+	})
+
 	t.Run("dump-vmsa", func(t *testing.T) {
 		if !haveShared {
 			t.Skipf("shared test data absent (%s): the reference VMSA dumps live there", shared)
@@ -307,7 +422,9 @@ func TestMeasureBinary(t *testing.T) {
 			{"unknown section type", snp1(badType), "unknown OVMF metadata section type 0x9"},
 			{"hashes not one page", snp1(twoPages, "--kernel", kernel), "want exactly one page"},
 			{"debian kernel", snp1(filepath.Join(committed, fw), "--kernel", kernel),
-				"Error: Kernel specified but OVMF metadata doesn't include SNP_KERNEL_HASHES section: Debian's OVMF.fd is not an AmdSev build"},
+				"Error: Kernel specified but OVMF metadata doesn't include SNP_KERNEL_HASHES section: this firmware is not an OvmfPkg/AmdSev build (no SEV hashes table; Debian's OVMF.fd is OvmfPkgX64)"},
+			{"amdsev 2022.11 kernel", snp1(filepath.Join(committed, "firmware", "ovmf-amdsev-debian-2022.11.fd"), "--kernel", kernel),
+				"Error: Kernel specified but OVMF metadata doesn't include SNP_KERNEL_HASHES section: this firmware has the SEV hashes table (SEV and SEV-ES direct boot) but no SNP_KERNEL_HASHES metadata section (like an OvmfPkg/AmdSev build of edk2 2022.11)"},
 			{"vcpus 0", []string{"--mode", "snp", "--vcpus", "0", "--vcpu-type", "EPYC-v4", "--ovmf", fw}, "--vcpus must be at least 1"},
 			{"vcpus missing", []string{"--mode", "snp", "--vcpu-type", "EPYC-v4", "--ovmf", fw}, "Error: missing --vcpus N in guest mode 'snp'"},
 			{"vcpus not a number", []string{"--mode", "snp", "--vcpus", "two", "--ovmf", fw}, "Error: invalid argument \"two\""},

@@ -210,7 +210,7 @@ func (s *sizedReader) ReadAt(p []byte, off int64) (int, error) {
 // FuzzParseFirmware feeds arbitrary image tails (zero-padded to a page multiple) to
 // the parser and, when they parse, to the measurement: no panic, bounded allocation.
 func FuzzParseFirmware(f *testing.F) {
-	for _, name := range []string{"ovmf-bookworm-2022.11.fd", "ovmf-trixie-2025.02.fd"} {
+	for _, name := range []string{"ovmf-bookworm-2022.11.fd", "ovmf-trixie-2025.02.fd", "ovmf-amdsev-debian-2022.11.fd", "ovmf-amdsev-debian-2025.02.fd"} {
 		b, err := os.ReadFile(filepath.Join("..", "testdata", "firmware", name))
 		if err != nil {
 			f.Fatal(err)

@@ -201,10 +201,20 @@ var (
 	ErrNoSEVHashTable = errors.New("Kernel specified but OVMF doesn't support kernel/initrd/cmdline measurement")
 )
 
-// kernelHashesHint follows ErrNoKernelHashes: it is the case users hit with distro
-// firmware.
-const kernelHashesHint = "Debian's OVMF.fd is not an AmdSev build; " +
-	"use an OVMF built from OvmfPkg/AmdSev/AmdSevX64.dsc, or boot without a kernel"
+// kernelHashesHint follows ErrNoKernelHashes and says which of the two firmwares users
+// hit this with fw is: an OvmfPkg/AmdSev build too old for SNP (it has the SEV hashes
+// table that SEV and SEV-ES direct boot use, but no SNP_KERNEL_HASHES section: edk2
+// 2022.11, Debian bookworm's source, is such a build; 2025.02 has the section), or not
+// an AmdSev build at all (no hashes table: OvmfPkgX64, which Debian's OVMF.fd is).
+func kernelHashesHint(fw *Firmware) string {
+	if fw.SEVHashesTableSupported() {
+		return "this firmware has the SEV hashes table (SEV and SEV-ES direct boot) but no SNP_KERNEL_HASHES " +
+			"metadata section (like an OvmfPkg/AmdSev build of edk2 2022.11); use an AmdSev build of an edk2 " +
+			"that has the section (2025.02 does), or boot without a kernel"
+	}
+	return "this firmware is not an OvmfPkg/AmdSev build (no SEV hashes table; Debian's OVMF.fd is OvmfPkgX64); " +
+		"use an OVMF built from OvmfPkg/AmdSev/AmdSevX64.dsc, or boot without a kernel"
+}
 
 // Why hand-written: the Go ports do not fit. virtee/sev-snp-measure-go holds the
 // whole image in memory (ovmf.OVMF.Data) and, in the versions read, does not cover
@@ -426,7 +436,7 @@ func measureSNP(in MeasureInput) (*Measurement, error) {
 	var hashesPage []byte
 	if in.Mode == ModeSNP && in.Kernel != nil {
 		if !fw.HasKernelHashes() {
-			return nil, fmt.Errorf("%w: %s", ErrNoKernelHashes, kernelHashesHint)
+			return nil, fmt.Errorf("%w: %s", ErrNoKernelHashes, kernelHashesHint(fw))
 		}
 		tgpa, err := fw.SEVHashesTableGPA()
 		if err != nil {

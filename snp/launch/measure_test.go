@@ -34,7 +34,12 @@ func openTB(t testing.TB, path string) (*os.File, int64) {
 }
 
 func trixie(t testing.TB) (*os.File, int64) {
-	return openTB(t, filepath.Join("..", "testdata", "firmware", "ovmf-trixie-2025.02.fd"))
+	return committedFirmware(t, "ovmf-trixie-2025.02.fd")
+}
+
+// committedFirmware opens a firmware copy committed in snp/testdata/firmware.
+func committedFirmware(t testing.TB, name string) (*os.File, int64) {
+	return openTB(t, filepath.Join("..", "testdata", "firmware", name))
 }
 
 func mustHex(t testing.TB, s string) []byte {
@@ -393,6 +398,7 @@ func (t *tailOK) ReadAt(p []byte, off int64) (int, error) {
 // TestMeasureErrors covers each refusal of Measure with its message.
 func TestMeasureErrors(t *testing.T) {
 	fw, size := trixie(t)
+	amd2022, amd2022Size := committedFirmware(t, "ovmf-amdsev-debian-2022.11.fd")
 	amd := snptest.AmdSevOVMF(4096)
 	k := func() io.Reader { return strings.NewReader("kernel") }
 	for _, tc := range []struct {
@@ -407,7 +413,9 @@ func TestMeasureErrors(t *testing.T) {
 		{"vcpus 0 seves", MeasureInput{Mode: ModeSEVES, Firmware: fw, FirmwareSize: size}, "vcpus must be at least 1"},
 		{"initrd without kernel", MeasureInput{Firmware: fw, FirmwareSize: size, VCPUs: 1, Initrd: k()}, "needs a kernel"},
 		{"kernel on Debian OVMF", MeasureInput{Firmware: fw, FirmwareSize: size, VCPUs: 1, Kernel: k()},
-			"Kernel specified but OVMF metadata doesn't include SNP_KERNEL_HASHES section: Debian's OVMF.fd is not an AmdSev build"},
+			"Kernel specified but OVMF metadata doesn't include SNP_KERNEL_HASHES section: this firmware is not an OvmfPkg/AmdSev build (no SEV hashes table; Debian's OVMF.fd is OvmfPkgX64)"},
+		{"kernel on AmdSev 2022.11", MeasureInput{Firmware: amd2022, FirmwareSize: amd2022Size, VCPUs: 1, Kernel: k()},
+			"Kernel specified but OVMF metadata doesn't include SNP_KERNEL_HASHES section: this firmware has the SEV hashes table (SEV and SEV-ES direct boot) but no SNP_KERNEL_HASHES metadata section (like an OvmfPkg/AmdSev build of edk2 2022.11)"},
 		{"kernel sev no table", MeasureInput{Mode: ModeSEV, Firmware: fw, FirmwareSize: size, Kernel: k()},
 			"Kernel specified but OVMF doesn't support kernel/initrd/cmdline measurement"},
 		{"ovmf hash wrong length", MeasureInput{Firmware: fw, FirmwareSize: size, VCPUs: 1, OVMFHash: []byte{1, 2}}, "must be 48 bytes"},

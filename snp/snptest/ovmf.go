@@ -1,7 +1,10 @@
 // Package snptest provides fixtures and fakes for tests of package snp and its users:
-// synthetic OVMF images with a chosen footer table and SEV metadata, and a fake AMD-SP
+// synthetic OVMF images with a chosen footer table and SEV metadata, a fake AMD-SP
 // (signer.go: go-sev-guest's test-only certificate chain signing attestation reports, and
-// a fake guest report device for the agent protocol) for what this host cannot have.
+// a fake guest report device for the agent protocol) for what this host cannot have, and
+// guest images for boot tests (guest.go, uki.go, console.go): Debian's cloud kernel, an
+// initramfs writer, the snp-agent initramfs, unified kernel images built from Debian's
+// systemd-stub, and the console lines that prove what ran.
 package snptest
 
 import (
