@@ -41,6 +41,7 @@ func (s *Server) getStatus(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, api.Status{
 		Version: Version, Platform: s.cfg.Platform, PID: os.Getpid(), StartedAt: s.started,
 		StateDir: s.cfg.StateDir, Socket: s.socket, QEMU: s.cfg.QEMU, VMs: counts,
+		Policy: s.cfg.PolicyFile, RunWithoutPolicy: s.cfg.RunWithoutPolicy,
 		Reattached: s.reattached,
 	})
 }

@@ -119,6 +119,9 @@ func Run(ctx context.Context, cfg *config.Daemon) error {
 	if err != nil {
 		return err
 	}
+	if policy == nil {
+		log.Warn("running WITHOUT a host policy (run_without_policy = true): every definition and libvirt domain is accepted")
+	}
 	mgr := NewManager(ManagerOptions{
 		Store: st, Start: launcherStart(launcher, admission(policy)), Validate: validateDefinition,
 		Policy: policy, Platform: cfg.Platform, Prepare: launcherPrepare(launcher),

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime/pprof"
 	"runtime/trace"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -113,6 +114,10 @@ func newTestEnv(t testing.TB, extra string) *testEnv {
 	e := &testEnv{Dir: dir, StateDir: filepath.Join(dir, "state"), RuntimeDir: filepath.Join(dir, "run")}
 	e.Socket = filepath.Join(e.RuntimeDir, "snpd.sock")
 	e.Config = filepath.Join(dir, "snpd.toml")
+	if !strings.Contains(extra, "policy_file") {
+		// Tests that need no host policy say so, as a deployment must.
+		extra = "run_without_policy = true\n" + extra
+	}
 	cfg := fmt.Sprintf("platform = \"none\"\nqemu = %q\nstate_dir = \"state\"\nruntime_dir = \"run\"\noperate_group = \"%d\"\nread_group = \"%d\"\nstop_timeout = \"2s\"\n%s",
 		testQEMU, testOperateGID, testReadGID, extra)
 	if err := os.WriteFile(e.Config, []byte(cfg), 0o644); err != nil {

@@ -183,9 +183,15 @@ type Status struct {
 	StateDir  string    `json:"state_dir"`
 	// Socket is the path of the API socket snpd serves: the socket systemd passed when
 	// socket-activated (snpd.socket), else the configured one.
-	Socket string        `json:"socket"`
-	QEMU   string        `json:"qemu"`
-	VMs    map[State]int `json:"vms"`
+	Socket string `json:"socket"`
+	QEMU   string `json:"qemu"`
+	// Policy is the host policy file every definition, launch and libvirt domain is
+	// checked against; empty when snpd runs without one (RunWithoutPolicy).
+	Policy string `json:"policy"`
+	// RunWithoutPolicy is true when the configuration says run_without_policy = true:
+	// every definition and libvirt domain is accepted.
+	RunWithoutPolicy bool          `json:"run_without_policy,omitempty"`
+	VMs              map[State]int `json:"vms"`
 	// Reattached lists what happened to each VM found running at start.
 	Reattached []ReattachResult `json:"reattached,omitempty"`
 }
