@@ -53,6 +53,9 @@ running when it started. Exit status 1 with a hint when snpd does not answer.`,
 				fmt.Fprintf(w, " %d %s", st.VMs[api.State(s)], s)
 			}
 			fmt.Fprintln(w)
+			if st.Reattaching > 0 {
+				fmt.Fprintf(w, "reattaching: %d vms (adoption of the guests found at start is still going on)\n", st.Reattaching)
+			}
 			for _, r := range st.Reattached {
 				fmt.Fprintf(w, "at start: %s (pid %d): %s: %s\n", r.VM, r.PID, r.State, r.Detail)
 			}
