@@ -37,15 +37,20 @@ fuzz:
 bench: deps build
 	bash scripts/bench.sh
 
-# install: binaries, units and the sysusers.d entry. On a live host (no DESTDIR) it also
-# creates group snpd (snpd.socket's SocketGroup) and reloads units when systemd is the
-# init; then: systemctl enable --now snpd.socket snpd.service
+# install: binaries, units, the sysusers.d entry, and a commented default
+# /etc/snpd/snpd.toml and policy.toml where none exists (an existing file is never
+# replaced; snpd does not start without a configuration and a policy). On a live host
+# (no DESTDIR) it also creates group snpd (snpd.socket's SocketGroup) and reloads units
+# when systemd is the init; then: systemctl enable --now snpd.socket snpd.service
 install: build
 	install -D -m 0755 $(BIN)/snpd $(DESTDIR)/usr/local/bin/snpd
 	install -D -m 0755 $(BIN)/snpctl $(DESTDIR)/usr/local/bin/snpctl
 	install -D -m 0644 systemd/snpd.service $(DESTDIR)/etc/systemd/system/snpd.service
 	install -D -m 0644 systemd/snpd.socket $(DESTDIR)/etc/systemd/system/snpd.socket
 	install -D -m 0644 systemd/snpd.sysusers $(DESTDIR)/etc/sysusers.d/snpd.conf
+	install -d -m 0755 $(DESTDIR)/etc/snpd
+	[ -e $(DESTDIR)/etc/snpd/snpd.toml ] || install -m 0644 config/defaults/snpd.toml $(DESTDIR)/etc/snpd/snpd.toml
+	[ -e $(DESTDIR)/etc/snpd/policy.toml ] || install -m 0644 config/defaults/policy.toml $(DESTDIR)/etc/snpd/policy.toml
 	if [ -z "$(DESTDIR)" ] && command -v systemd-sysusers >/dev/null; then systemd-sysusers /etc/sysusers.d/snpd.conf; fi
 	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 

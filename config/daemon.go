@@ -63,9 +63,14 @@ type Daemon struct {
 	// ReadGroup names the group whose members may only read (list, show, log, events).
 	// Empty: nobody besides root and OperateGroup.
 	ReadGroup string `toml:"read_group"`
-	// PolicyFile is the host policy (TOML). Empty: no host policy beyond the built-in
-	// validation of each definition.
+	// PolicyFile is the host policy (TOML) every definition, launch and libvirt domain is
+	// checked against. Required unless RunWithoutPolicy is set.
 	PolicyFile string `toml:"policy_file"`
+	// RunWithoutPolicy lets snpd run with no host policy (policy_file unset): every
+	// definition that passes the built-in validation, and every libvirt domain, is then
+	// accepted. Default false: snpd refuses to start without policy_file, so that it never
+	// runs unpolicied by accident. GET /v1/status (snpctl status) reports it.
+	RunWithoutPolicy bool `toml:"run_without_policy"`
 	// VMDir is a directory of *.toml VM definitions imported (defined) at start when no
 	// VM of that name exists in the store yet. Empty: none.
 	VMDir string `toml:"vm_dir"`
@@ -210,6 +215,12 @@ func (d *Daemon) Validate() error {
 		if _, err := strconv.ParseUint(strings.TrimPrefix(d.Attestation.MinTCB, "0x"), 16, 64); err != nil || !strings.HasPrefix(d.Attestation.MinTCB, "0x") {
 			errs = append(errs, fmt.Errorf("attestation.min_tcb %q: must be a 64-bit hex TCB_VERSION like 0x7300000000000003", d.Attestation.MinTCB))
 		}
+	}
+	switch {
+	case d.PolicyFile == "" && !d.RunWithoutPolicy:
+		errs = append(errs, errors.New("policy_file: not set; snpd does not run without a host policy (set policy_file, or run_without_policy = true to accept every definition and libvirt domain)"))
+	case d.PolicyFile != "" && d.RunWithoutPolicy:
+		errs = append(errs, fmt.Errorf("run_without_policy = true and policy_file %q: set one of them", d.PolicyFile))
 	}
 	switch d.Platform {
 	case PlatformSEVSNP, PlatformNone:

@@ -34,10 +34,21 @@ type vmProcess interface {
 	Kill() error
 }
 
-// startFunc launches vm. beforeCont is called with the launch record once QEMU runs
-// paused and has been checked, before the first cont; an error from it aborts the launch
-// (QEMU is killed). The returned process is running (resumed).
-type startFunc func(ctx context.Context, vm *config.VM, beforeCont func(*api.LaunchRecord) error) (vmProcess, error)
+// startHooks are the Manager's part in a launch (see launch.LaunchHooks).
+type startHooks struct {
+	// Spawned is called with the launch record as far as it is known right after QEMU
+	// started (pid, start time, runtime directory), before anything else is asked of
+	// it; an error aborts the launch (QEMU is killed). Implementations may skip it.
+	Spawned func(*api.LaunchRecord) error
+	// BeforeCont is called with the launch record once QEMU runs paused and has been
+	// checked, before the first cont; an error from it aborts the launch (QEMU is
+	// killed).
+	BeforeCont func(*api.LaunchRecord) error
+}
+
+// startFunc launches vm, calling h on the way. The returned process is running
+// (resumed).
+type startFunc func(ctx context.Context, vm *config.VM, h startHooks) (vmProcess, error)
 
 // Manager owns the VMs: definitions and runs in the Store, the live QEMU processes, and
 // the stream of state changes. All methods are safe for concurrent use.
@@ -73,7 +84,10 @@ type liveVM struct {
 	proc vmProcess
 	// stopRequested is set by Stop/Kill: the exit is then "stopped", not "crashed".
 	stopRequested bool
-	restart       string
+	// reattaching is set while a VM found with a QEMU at start is being adopted
+	// (Reattach); proc is nil until then.
+	reattaching bool
+	restart     string
 	// finished is closed once the exit has been recorded.
 	finished chan struct{}
 	// writeMu orders this VM's store writes (see persist).
@@ -344,6 +358,9 @@ func (m *Manager) Start(ctx context.Context, name string) (*api.VMInfo, error) {
 	}
 	if l, ok := m.live[name]; ok {
 		m.mu.Unlock()
+		if l.reattaching {
+			return nil, fmt.Errorf("vm %q is being reattached after an snpd restart (pid %d): %w", name, l.run.PID, api.ErrConflict)
+		}
 		return nil, fmt.Errorf("vm %q is already %s (pid %d): %w", name, l.run.State, l.run.PID, api.ErrConflict)
 	}
 	l := &liveVM{restart: vm.Restart, finished: make(chan struct{})}
@@ -365,7 +382,23 @@ func (m *Manager) Start(ctx context.Context, name string) (*api.VMInfo, error) {
 	m.publishLocked(api.Event{VM: name, State: api.StateStarting, At: run.Transitions[0].At})
 	m.mu.Unlock()
 
-	proc, err := m.start(ctx, &vm, func(rec *api.LaunchRecord) error {
+	spawned := func(rec *api.LaunchRecord) error {
+		if testHookAfterSpawn != nil {
+			testHookAfterSpawn(name)
+		}
+		// The pid is durable before QEMU is asked anything: a crash of snpd from here on
+		// leaves a run whose process the next snpd adopts or kills (and one before this
+		// write leaves a QEMU marked with its runtime directory: see Reattach).
+		m.mu.Lock()
+		l.run.PID, l.run.ProcStartTicks, l.run.QEMU, l.run.RuntimeDir = rec.PID, rec.StartTicks, rec.QEMUPath, rec.RuntimeDir
+		snap := l.run
+		snap.Transitions = slices.Clone(l.run.Transitions)
+		m.mu.Unlock()
+		l.writeMu.Lock()
+		defer l.writeMu.Unlock()
+		return m.store.PutRun(name, &snap)
+	}
+	proc, err := m.start(ctx, &vm, startHooks{Spawned: spawned, BeforeCont: func(rec *api.LaunchRecord) error {
 		// Durable before cont: a crash of snpd from here on leaves a record reattach can
 		// act on (a QEMU found paused before cont is killed).
 		m.mu.Lock()
@@ -373,6 +406,7 @@ func (m *Manager) Start(ctx context.Context, name string) (*api.VMInfo, error) {
 		if rec.QEMUPath != "" {
 			l.run.QEMU = rec.QEMUPath
 		}
+		l.run.Exe = rec.QEMUExe
 		if rec.RuntimeDir != "" {
 			l.run.RuntimeDir = rec.RuntimeDir
 		}
@@ -394,7 +428,7 @@ func (m *Manager) Start(ctx context.Context, name string) (*api.VMInfo, error) {
 			testHookBeforeCont(name)
 		}
 		return nil
-	})
+	}})
 	m.mu.Lock()
 	if err != nil {
 		l.run.Error = err.Error()
@@ -430,8 +464,9 @@ func (m *Manager) publishLocked(ev api.Event) {
 	}
 }
 
-// testHookBeforeCont, set only by tests, runs after the pre-cont record is durable.
-var testHookBeforeCont func(vm string)
+// testHookBeforeCont, set only by tests, runs after the pre-cont record is durable;
+// testHookAfterSpawn right after QEMU started, before its pid is recorded.
+var testHookBeforeCont, testHookAfterSpawn func(vm string)
 
 // watch waits for a live VM's QEMU to exit and records how it ended.
 func (m *Manager) watch(name string, l *liveVM) {
@@ -489,13 +524,19 @@ func (m *Manager) liveForLocked(name string) (*liveVM, error) {
 		return nil, fmt.Errorf("vm %q is not running: %w", name, api.ErrConflict)
 	}
 	if l.proc == nil {
+		if l.reattaching {
+			return nil, fmt.Errorf("vm %q is being reattached after an snpd restart; retry in a few seconds: %w", name, api.ErrConflict)
+		}
 		return nil, fmt.Errorf("vm %q is still starting: %w", name, api.ErrConflict)
 	}
 	return l, nil
 }
 
-// Stop powers a VM off (ACPI), kills QEMU after timeout (0: the default), and returns
-// once the exit is recorded.
+// Stop powers a VM off (ACPI) and kills QEMU after timeout (0: the default). The stop
+// runs on snpd's own clock: once accepted it goes to its end even if the caller gives up
+// (ctx only bounds how long this call waits for it), and its deadline is recorded
+// (Run.StopBy) so that a restarted snpd finishes it. It returns once the exit is
+// recorded.
 func (m *Manager) Stop(ctx context.Context, name string, timeout time.Duration) (*api.VMInfo, error) {
 	if timeout <= 0 {
 		timeout = m.stopTimeout
@@ -509,21 +550,29 @@ func (m *Manager) Stop(ctx context.Context, name string, timeout time.Duration) 
 	first := !l.stopRequested
 	l.stopRequested = true
 	if first {
+		by := time.Now().Add(timeout).UTC()
+		l.run.StopBy = &by
 		m.transitionLocked(name, &l.run, api.StateStopping, fmt.Sprintf("graceful stop, kill after %s", timeout))
 	}
 	m.mu.Unlock()
 	if first {
 		m.persist(name, l)
-	}
-	if err := l.proc.Stop(ctx, timeout); err != nil {
-		m.log.Warn("stopping vm", "vm", name, "err", err)
+		go m.stopProcess(name, l, timeout)
 	}
 	select {
 	case <-l.finished:
 	case <-ctx.Done():
-		return nil, fmt.Errorf("waiting for vm %q to stop: %w", name, ctx.Err())
+		return nil, fmt.Errorf("waiting for vm %q to stop (the stop goes on): %w: %w", name, ctx.Err(), api.ErrUnavailable)
 	}
 	return m.Get(name)
+}
+
+// stopProcess runs a graceful stop of l's QEMU to its end: power off, then kill after
+// grace. It is detached from any request.
+func (m *Manager) stopProcess(name string, l *liveVM, grace time.Duration) {
+	if err := l.proc.Stop(context.Background(), grace); err != nil {
+		m.log.Warn("stopping vm", "vm", name, "err", err)
+	}
 }
 
 // Kill kills a VM's QEMU at once and returns once the exit is recorded.
@@ -542,7 +591,7 @@ func (m *Manager) Kill(ctx context.Context, name string) (*api.VMInfo, error) {
 	select {
 	case <-l.finished:
 	case <-ctx.Done():
-		return nil, fmt.Errorf("waiting for vm %q to die: %w", name, ctx.Err())
+		return nil, fmt.Errorf("waiting for vm %q to die: %w: %w", name, ctx.Err(), api.ErrUnavailable)
 	}
 	return m.Get(name)
 }

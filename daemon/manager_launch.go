@@ -65,7 +65,7 @@ func signalName(desc string) string {
 // (scheduler delay seen in a runtime trace; scripts/bench-service.sh measures it).
 func launcherStart(l *launch.Launcher, admit func(*config.VM, *launch.Spec, *api.LaunchRecord) error) startFunc {
 	measuring := make(chan struct{}, 1)
-	return func(ctx context.Context, vm *config.VM, beforeCont func(*api.LaunchRecord) error) (vmProcess, error) {
+	return func(ctx context.Context, vm *config.VM, sh startHooks) (vmProcess, error) {
 		select {
 		case measuring <- struct{}{}:
 		case <-ctx.Done():
@@ -74,7 +74,7 @@ func launcherStart(l *launch.Launcher, admit func(*config.VM, *launch.Spec, *api
 		var once sync.Once
 		release := func() { once.Do(func() { <-measuring }) }
 		defer release()
-		hooks := launch.LaunchHooks{BeforeCont: beforeCont, Admit: func(vm *config.VM, spec *launch.Spec, rec *api.LaunchRecord) error {
+		hooks := launch.LaunchHooks{Spawned: sh.Spawned, BeforeCont: sh.BeforeCont, Admit: func(vm *config.VM, spec *launch.Spec, rec *api.LaunchRecord) error {
 			defer release()
 			if admit != nil {
 				return admit(vm, spec, rec)

@@ -25,7 +25,7 @@ func sleepManager(t *testing.T) (*Manager, *store.Store) {
 	}
 	t.Cleanup(func() { s.Close() })
 	dir := t.TempDir()
-	start := func(ctx context.Context, vm *config.VM, beforeCont func(*api.LaunchRecord) error) (vmProcess, error) {
+	start := func(ctx context.Context, vm *config.VM, h startHooks) (vmProcess, error) {
 		if vm.Name == "fails" {
 			return nil, errors.New("refused by the test")
 		}
@@ -33,7 +33,7 @@ func sleepManager(t *testing.T) (*Manager, *store.Store) {
 		if err != nil {
 			return nil, err
 		}
-		if err := beforeCont(&api.LaunchRecord{PID: inst.PID, StartTicks: inst.StartTicks, Argv: []string{"/bin/sleep", "60"}}); err != nil {
+		if err := h.BeforeCont(&api.LaunchRecord{PID: inst.PID, StartTicks: inst.StartTicks, Argv: []string{"/bin/sleep", "60"}}); err != nil {
 			inst.Kill()
 			return nil, err
 		}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,19 +20,6 @@ import (
 	"github.com/snpd/snpd/daemon/launch"
 	"github.com/snpd/snpd/qmp"
 )
-
-// procExe returns /proc/PID/exe's target; deleted reports a binary replaced on disk
-// since the process started (a package upgrade).
-func procExe(pid int) (path string, deleted bool, err error) {
-	p, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe")
-	if err != nil {
-		return "", false, fmt.Errorf("reading /proc/%d/exe: %w", pid, err)
-	}
-	if s, ok := strings.CutSuffix(p, " (deleted)"); ok {
-		return s, true, nil
-	}
-	return p, false, nil
-}
 
 // pidfdInfo mirrors the kernel's struct pidfd_info up to exit_code (PIDFD_INFO_SIZE_VER0,
 // 64 bytes; include/uapi/linux/pidfd.h). x/sys/unix has no PIDFD_GET_INFO yet.
@@ -251,16 +239,21 @@ func openRecorded(run *api.Run, qemuPath string) (int, error) {
 	if run.ProcStartTicks != 0 && ticks != run.ProcStartTicks {
 		return fail(&adoptError{fmt.Sprintf("pid %d now belongs to another process (start time %d, recorded %d)", run.PID, ticks, run.ProcStartTicks)})
 	}
-	exe, _, err := procExe(run.PID)
+	exe, _, err := launch.ProcExe(run.PID)
 	if err != nil {
 		return fail(&adoptError{fmt.Sprintf("qemu pid %d is gone", run.PID)})
 	}
-	want := run.QEMU
+	// The executable the process ran when its launch was recorded (the binary a
+	// wrapper script exec'd), else the configured QEMU path.
+	want := run.Exe
 	if want == "" {
-		want = qemuPath
-	}
-	if wantReal, err := filepath.EvalSymlinks(want); err == nil {
-		want = wantReal
+		want = run.QEMU
+		if want == "" {
+			want = qemuPath
+		}
+		if wantReal, err := filepath.EvalSymlinks(want); err == nil {
+			want = wantReal
+		}
 	}
 	if exe != want {
 		return fail(&adoptError{fmt.Sprintf("pid %d runs %s, not %s", run.PID, exe, want)})
@@ -270,50 +263,155 @@ func openRecorded(run *api.Run, qemuPath string) (int, error) {
 	return fd, nil
 }
 
-// Reattach adopts every VM the store records as having a QEMU (starting, running or
-// stopping): the same process (pidfd, start time, executable) with a QMP connection is
-// watched again; one found paused before its first cont is killed and marked failed;
-// one whose process is gone is marked crashed (with its exit status only where the
-// kernel can tell it). It returns what it did per VM.
-func (m *Manager) Reattach(ctx context.Context) ([]api.ReattachResult, error) {
+// reattachQMPTimeout bounds connecting to one reattached QEMU's monitor and asking its
+// status; reattaches run concurrently, so a frozen QEMU delays only its own VM.
+const reattachQMPTimeout = 5 * time.Second
+
+// Reattaching is the adoption of the VMs found with a QEMU at start, which goes on in the
+// background while snpd serves. Safe for concurrent use.
+type Reattaching struct {
+	mu      sync.Mutex
+	results []api.ReattachResult
+	pending int
+	done    chan struct{}
+}
+
+// Results returns what was done so far and how many VMs are still being reattached.
+func (r *Reattaching) Results() ([]api.ReattachResult, int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.results), r.pending
+}
+
+// Done is closed once every VM was dealt with.
+func (r *Reattaching) Done() <-chan struct{} { return r.done }
+
+func (r *Reattaching) add(res api.ReattachResult, finished bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.results = append(r.results, res)
+	if finished {
+		r.pending--
+		if r.pending == 0 {
+			close(r.done)
+		}
+	}
+}
+
+// Reattach deals with every QEMU an earlier snpd left behind. Synchronously, before it
+// returns: every VM the store records as having a QEMU (starting, running or stopping) is
+// reserved, so no start, stop or undefine can race its adoption; and every orphan QEMU is
+// killed: a process marked as launched from this runtime directory (launch.FindQEMUs)
+// that no run records, because snpd died between starting it and recording its pid.
+// Then, concurrently and in the background (the returned Reattaching reports on it): the
+// same process (pidfd, start time, executable) with a QMP connection is watched again,
+// and a graceful stop it was in is finished by its recorded deadline; one found paused
+// before its first cont is killed and marked failed; one whose process is gone is marked
+// crashed (with its exit status only where the kernel can tell it).
+func (m *Manager) Reattach(ctx context.Context) (*Reattaching, error) {
 	vms, err := m.store.ListVMs()
 	if err != nil {
 		return nil, err
 	}
-	var out []api.ReattachResult
+	type pending struct {
+		name    string
+		run     *api.Run
+		restart string
+		l       *liveVM
+	}
+	var todo []pending
+	recorded := map[string]int{} // VM -> the pid its current run records
 	for _, sv := range vms {
 		last, _, err := m.store.LastRun(sv.Name)
 		if err != nil {
-			return out, err
+			return nil, err
 		}
 		if last == nil || last.State.Terminal() {
 			continue
 		}
-		res := m.reattachOne(ctx, sv.Name, last)
-		m.log.Info("reattach", "vm", res.VM, "pid", res.PID, "state", res.State, "detail", res.Detail)
-		out = append(out, res)
-	}
-	return out, nil
-}
-
-func (m *Manager) reattachOne(ctx context.Context, name string, run *api.Run) api.ReattachResult {
-	res := api.ReattachResult{VM: name, PID: run.PID}
-	var restart string
-	if sv, err := m.store.GetVM(name); err == nil {
-		var vm struct {
+		var def struct {
 			Restart string `json:"restart"`
 		}
-		_ = json.Unmarshal(sv.Definition, &vm)
-		restart = vm.Restart
+		_ = json.Unmarshal(sv.Definition, &def)
+		todo = append(todo, pending{name: sv.Name, run: last, restart: def.Restart})
+		recorded[sv.Name] = last.PID
 	}
-	record := func(state api.State, reason string, exit *api.ExitStatus) api.ReattachResult {
-		run.Exit = exit
-		m.mu.Lock()
-		m.transitionLocked(name, run, state, reason)
-		m.mu.Unlock()
-		if err := m.store.PutRun(name, run); err != nil {
-			m.log.Error("recording reattach result", "vm", name, "err", err)
+	r := &Reattaching{pending: len(todo), done: make(chan struct{})}
+	m.mu.Lock()
+	for i := range todo {
+		todo[i].l = &liveVM{run: *todo[i].run, restart: todo[i].restart, finished: make(chan struct{}), reattaching: true}
+		m.live[todo[i].name] = todo[i].l
+	}
+	m.mu.Unlock()
+	for _, res := range m.killOrphans(recorded) {
+		r.add(res, false)
+	}
+	if len(todo) == 0 {
+		close(r.done)
+		return r, nil
+	}
+	for _, p := range todo {
+		go func() {
+			res := m.reattachOne(ctx, p.name, p.run, p.l)
+			m.log.Info("reattach", "vm", res.VM, "pid", res.PID, "state", res.State, "detail", res.Detail)
+			r.add(res, true)
+		}()
+	}
+	return r, nil
+}
+
+// killOrphans kills every QEMU launched from this runtime directory whose pid is not
+// the one its VM's current run records (recorded: VM -> pid, for runs with a QEMU), and
+// returns one result per orphan.
+func (m *Manager) killOrphans(recorded map[string]int) []api.ReattachResult {
+	found, err := launch.FindQEMUs(m.runtimeDir)
+	if err != nil {
+		m.log.Error("looking for orphan qemu processes", "err", err)
+		return nil
+	}
+	var (
+		mu  sync.Mutex
+		out []api.ReattachResult
+		wg  sync.WaitGroup
+	)
+	for name, pids := range found {
+		for _, pid := range pids {
+			if pid == recorded[name] {
+				continue
+			}
+			wg.Go(func() {
+				res := api.ReattachResult{VM: name, PID: pid, State: api.StateFailed,
+					Detail: "orphan qemu (snpd stopped before its launch was recorded); killed"}
+				if err := launch.KillQEMU(m.runtimeDir, name, pid, 5*time.Second); err != nil {
+					res.Detail = "orphan qemu (snpd stopped before its launch was recorded): " + err.Error()
+					m.log.Error("killing orphan qemu", "vm", name, "pid", pid, "err", err)
+				} else {
+					m.log.Warn("killed orphan qemu", "vm", name, "pid", pid)
+				}
+				mu.Lock()
+				out = append(out, res)
+				mu.Unlock()
+			})
 		}
+	}
+	wg.Wait()
+	return out
+}
+
+// reattachOne adopts VM name's recorded run (l is its reservation in m.live).
+func (m *Manager) reattachOne(ctx context.Context, name string, run *api.Run, l *liveVM) api.ReattachResult {
+	res := api.ReattachResult{VM: name, PID: run.PID}
+	// record ends the reservation with a terminal state.
+	record := func(state api.State, reason string, exit *api.ExitStatus) api.ReattachResult {
+		m.mu.Lock()
+		l.run.Exit = exit
+		m.transitionLocked(name, &l.run, state, reason)
+		m.mu.Unlock()
+		m.persist(name, l)
+		m.mu.Lock()
+		delete(m.live, name)
+		close(l.finished)
+		m.mu.Unlock()
 		res.State, res.Detail = state, reason
 		return res
 	}
@@ -337,8 +435,8 @@ func (m *Manager) reattachOne(ctx context.Context, name string, run *api.Run) ap
 	if dir == "" {
 		dir = m.vmRuntimeDir(name)
 	}
-	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	mon, qerr := qmp.Dial(qctx, filepath.Join(dir, "qmp.sock"), nil)
+	qctx, cancel := context.WithTimeout(ctx, reattachQMPTimeout)
+	mon, qerr := qmp.Dial(qctx, filepath.Join(dir, launch.QMPSocketName), nil)
 	var st qmp.StatusInfo
 	if qerr == nil {
 		p.mon = mon
@@ -367,9 +465,6 @@ func (m *Manager) reattachOne(ctx context.Context, name string, run *api.Run) ap
 		}
 		return record(api.StateFailed, detail, &exit)
 	}
-	l := &liveVM{run: *run, proc: p, restart: restart, finished: make(chan struct{}), stopRequested: run.State == api.StateStopping}
-	m.mu.Lock()
-	m.live[name] = l
 	reason := "reattached after snpd restart"
 	if qerr != nil {
 		reason += "; qmp unreachable: " + qerr.Error()
@@ -377,13 +472,26 @@ func (m *Manager) reattachOne(ctx context.Context, name string, run *api.Run) ap
 		reason += "; qmp status " + st.Status
 	}
 	state := api.StateRunning
+	var stopIn time.Duration
 	if run.State == api.StateStopping {
+		// A graceful stop was under way: finish it by its recorded deadline.
 		state = api.StateStopping
+		stopIn = m.stopTimeout
+		if run.StopBy != nil {
+			stopIn = max(time.Until(*run.StopBy), 0)
+		}
+		reason += fmt.Sprintf("; finishing the graceful stop, kill in %s", stopIn.Round(time.Millisecond))
 	}
+	m.mu.Lock()
+	l.proc, l.reattaching = p, false
+	l.stopRequested = state == api.StateStopping
 	m.transitionLocked(name, &l.run, state, reason)
 	m.mu.Unlock()
 	m.persist(name, l)
 	go m.watch(name, l)
+	if state == api.StateStopping {
+		go m.stopProcess(name, l, stopIn)
+	}
 	res.State, res.Detail = state, reason
 	return res
 }

@@ -3,8 +3,10 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -111,6 +113,8 @@ func TestReattachAfterSIGKILL(t *testing.T) {
 
 	d2 := startDaemon(t, e)
 	c = d2.Client
+	// The adoption goes on while snpd serves.
+	st := waitReattached(t, c)
 	for _, n := range names {
 		info, err := vmState(c, n)
 		if err != nil {
@@ -140,10 +144,6 @@ func TestReattachAfterSIGKILL(t *testing.T) {
 		t.Errorf("gone after restart: %s exit %+v", gi.State, gi.Last.Exit)
 	}
 	waitFor(t, "the half-started qemu to be gone", 5*time.Second, func() (bool, error) { return !pidAlive(pids["half"]), nil })
-	st, err := c.Status(ctxT(t, 5*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
 	if st.VMs[api.StateRunning] != 3 || len(st.Reattached) != 5 {
 		t.Errorf("status after restart: %+v", st)
 	}
@@ -181,6 +181,19 @@ func TestReattachAfterSIGKILL(t *testing.T) {
 	if _, err := c.Kill(ctxT(t, 5*time.Second), "b"); !errors.Is(err, api.ErrConflict) {
 		t.Errorf("killing a stopped vm: %v", err)
 	}
+}
+
+// waitReattached waits (up to 20 s) until snpd has dealt with every VM it found with a
+// QEMU at start, and returns its status then.
+func waitReattached(t *testing.T, c *api.Client) *api.Status {
+	t.Helper()
+	var st *api.Status
+	waitFor(t, "the reattach to finish", 20*time.Second, func() (bool, error) {
+		var err error
+		st, err = c.Status(ctxT(t, 5*time.Second))
+		return err == nil && st.Reattaching == 0, err
+	})
+	return st
 }
 
 // lastRunFromStore reads a VM's newest run directly (snpd must not be running).
@@ -275,7 +288,7 @@ func TestOpenRecordedRefusesOtherProcesses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	exe, _, err := procExe(self)
+	exe, _, err := launch.ProcExe(self)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -300,5 +313,88 @@ func TestOpenRecordedRefusesOtherProcesses(t *testing.T) {
 	_, err = openRecorded(&api.Run{PID: cmd.Process.Pid, ProcStartTicks: 1, QEMU: testQEMU}, testQEMU)
 	if !errors.As(err, &ae) || !strings.Contains(err.Error(), "gone") {
 		t.Errorf("dead pid: %v", err)
+	}
+}
+
+// TestReattachFrozenQEMUsConcurrently: QEMUs that do not answer on QMP (stopped with
+// SIGSTOP) delay neither the API nor each other: snpd answers at once while it adopts
+// them, and all three are dealt with in about one QMP timeout, not three.
+func TestReattachFrozenQEMUsConcurrently(t *testing.T) {
+	needQEMU(t)
+	e := newTestEnv(t, "")
+	d1 := startDaemon(t, e)
+	var pids []int
+	for _, n := range []string{"f1", "f2", "f3"} {
+		mustDefine(t, d1.Client, n, "")
+		info, err := d1.Client.Start(ctxT(t, time.Minute), n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pids = append(pids, info.PID)
+	}
+	t.Cleanup(func() {
+		for _, p := range pids {
+			_ = syscall.Kill(p, syscall.SIGCONT)
+			_ = syscall.Kill(p, syscall.SIGKILL)
+		}
+	})
+	d1.kill9()
+	for _, p := range pids {
+		if err := syscall.Kill(p, syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+	}
+	began := time.Now()
+	d2 := startDaemon(t, e)
+	st, err := d2.Client.Status(ctxT(t, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if answered := time.Since(began); answered > 4*time.Second || st.Reattaching == 0 {
+		t.Errorf("status answered after %s with %d reattaching; want an answer while the frozen QEMUs are adopted", answered, st.Reattaching)
+	}
+	if _, err := d2.Client.Start(ctxT(t, 5*time.Second), "f1"); !errors.Is(err, api.ErrConflict) || !strings.Contains(err.Error(), "being reattached") {
+		t.Errorf("start of a vm being reattached: %v", err)
+	}
+	st = waitReattached(t, d2.Client)
+	took := time.Since(began)
+	t.Logf("three frozen QEMUs reattached in %s", took)
+	if took > 2*reattachQMPTimeout+2*time.Second {
+		t.Errorf("reattaching three frozen QEMUs took %s: one at a time?", took)
+	}
+	for _, r := range st.Reattached {
+		if r.State != api.StateRunning || !strings.Contains(r.Detail, "qmp unreachable") {
+			t.Errorf("frozen %s: %s %s", r.VM, r.State, r.Detail)
+		}
+	}
+}
+
+// TestReattachThroughWrapperScript: with qemu set to a wrapper script that execs the
+// real binary, a running QEMU is adopted after a restart (the process runs the real
+// binary, which the launch recorded), not reported dead.
+func TestReattachThroughWrapperScript(t *testing.T) {
+	needQEMU(t)
+	dir := t.TempDir()
+	wrapper := filepath.Join(dir, "qemu-wrapper")
+	if err := os.WriteFile(wrapper, []byte("#!/bin/sh\nexec "+testQEMU+" \"$@\"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	e := newTestEnv(t, fmt.Sprintf("qemu = %q\n", wrapper))
+	d1 := startDaemon(t, e)
+	mustDefine(t, d1.Client, "w", "")
+	info, err := d1.Client.Start(ctxT(t, time.Minute), "w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(info.PID, syscall.SIGKILL) })
+	if info.Last.QEMU != wrapper || info.Last.Exe != testQEMU {
+		t.Errorf("run records qemu %q exe %q; want the wrapper and the binary it runs", info.Last.QEMU, info.Last.Exe)
+	}
+	d1.kill9()
+	d2 := startDaemon(t, e)
+	waitReattached(t, d2.Client)
+	wi, err := vmState(d2.Client, "w")
+	if err != nil || wi.State != api.StateRunning || wi.PID != info.PID {
+		t.Fatalf("after the restart: %v %+v", err, wi)
 	}
 }

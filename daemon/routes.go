@@ -38,10 +38,16 @@ func (s *Server) getStatus(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	var reattached []api.ReattachResult
+	var pending int
+	if s.reattach != nil {
+		reattached, pending = s.reattach.Results()
+	}
 	return writeJSON(w, http.StatusOK, api.Status{
 		Version: Version, Platform: s.cfg.Platform, PID: os.Getpid(), StartedAt: s.started,
 		StateDir: s.cfg.StateDir, Socket: s.socket, QEMU: s.cfg.QEMU, VMs: counts,
-		Reattached: s.reattached,
+		Policy: s.cfg.PolicyFile, RunWithoutPolicy: s.cfg.RunWithoutPolicy,
+		Reattached: reattached, Reattaching: pending,
 	})
 }
 

@@ -29,13 +29,13 @@ var Version = "dev"
 // Server is snpd's API server: the route table over the Manager, served on the unix
 // socket with per-connection authorization.
 type Server struct {
-	cfg        *config.Daemon
-	mgr        *Manager
-	store      *store.Store
-	log        *slog.Logger
-	started    time.Time
-	reattached []api.ReattachResult
-	att        *Attestor // attestation (daemon/attest.go); nil: routes answer unavailable
+	cfg      *config.Daemon
+	mgr      *Manager
+	store    *store.Store
+	log      *slog.Logger
+	started  time.Time
+	reattach *Reattaching // the VMs found with a QEMU at start
+	att      *Attestor    // attestation (daemon/attest.go); nil: routes answer unavailable
 	// socket is the path of the API socket actually served: the one systemd passed when
 	// socket-activated (snpd.socket's ListenStream), else cfg.Socket. "" outside Run.
 	socket string
@@ -119,6 +119,9 @@ func Run(ctx context.Context, cfg *config.Daemon) error {
 	if err != nil {
 		return err
 	}
+	if policy == nil {
+		log.Warn("running WITHOUT a host policy (run_without_policy = true): every definition and libvirt domain is accepted")
+	}
 	mgr := NewManager(ManagerOptions{
 		Store: st, Start: launcherStart(launcher, admission(policy)), Validate: validateDefinition,
 		Policy: policy, Platform: cfg.Platform, Prepare: launcherPrepare(launcher),
@@ -130,12 +133,14 @@ func Run(ctx context.Context, cfg *config.Daemon) error {
 			return err
 		}
 	}
-	reattached, err := mgr.Reattach(ctx)
+	// Orphans are killed and the VMs to adopt reserved before the API serves; the
+	// adoption itself (a QMP round trip per VM) goes on while it does.
+	reattach, err := mgr.Reattach(ctx)
 	if err != nil {
 		return fmt.Errorf("reattaching to running vms: %w", err)
 	}
 
-	s := &Server{cfg: cfg, mgr: mgr, store: st, log: log, started: time.Now().UTC(), reattached: reattached,
+	s := &Server{cfg: cfg, mgr: mgr, store: st, log: log, started: time.Now().UTC(), reattach: reattach,
 		socket: ln.Addr().String()}
 	// Guest sessions: snpd's end of each VM's serial channel, and the vsock listener for
 	// guest-initiated requests (fails soft on hosts without vsock).
@@ -162,7 +167,16 @@ func Run(ctx context.Context, cfg *config.Daemon) error {
 	if err := waitAnswering(ctx, s.socket); err != nil {
 		return err
 	}
-	log.Info("snpd ready", "socket", s.socket, "activated", activated, "platform", cfg.Platform, "pid", os.Getpid(), "reattached", len(reattached))
+	_, pending := reattach.Results()
+	log.Info("snpd ready", "socket", s.socket, "activated", activated, "platform", cfg.Platform, "pid", os.Getpid(), "reattaching", pending)
+	go func() {
+		select {
+		case <-reattach.Done():
+			res, _ := reattach.Results()
+			log.Info("reattach done", "vms", len(res))
+		case <-ctx.Done():
+		}
+	}()
 	if err := systemd.Ready(statusLine(mgr)); err != nil {
 		log.Warn("notifying systemd", "err", err)
 	}

@@ -37,6 +37,8 @@ func TestRunNotifiesSystemd(t *testing.T) {
 		t.Error(err)
 	} else if st.Socket != e.Socket {
 		t.Errorf("status socket = %q, want %q", st.Socket, e.Socket)
+	} else if !st.RunWithoutPolicy || st.Policy != "" {
+		t.Errorf("status of an snpd configured with run_without_policy: policy %q, run_without_policy %v", st.Policy, st.RunWithoutPolicy)
 	}
 	// vm_dir's definitions are imported before READY.
 	if st, _ := ready.Get("STATUS"); st != "1 vms: 1 stopped" {

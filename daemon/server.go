@@ -160,9 +160,7 @@ func listenAPI(path string, gid int) (*net.UnixListener, error) {
 		if st.Mode()&os.ModeSocket == 0 {
 			return nil, fmt.Errorf("%s exists and is not a socket; refusing to replace it", path)
 		}
-		c, err := net.DialTimeout("unix", path, time.Second)
-		if err == nil {
-			c.Close()
+		if answers(path) {
 			return nil, fmt.Errorf("another snpd is already answering on %s (systemctl status snpd)", path)
 		}
 		if err := os.Remove(path); err != nil {
@@ -190,6 +188,25 @@ func listenAPI(path string, gid int) (*net.UnixListener, error) {
 		return nil, fmt.Errorf("setting the socket's mode: %w", err)
 	}
 	return l, nil
+}
+
+// answers tells whether a server answers HTTP on the unix socket at path within 2 s.
+// A socket that accepts but never answers is not a live snpd: it is held by a process
+// that inherited the listener without serving it, such as a child of a killed snpd
+// caught between fork and exec (its descriptors close at exec).
+func answers(path string) bool {
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := io.WriteString(c, "GET /v1/status HTTP/1.1\r\nHost: snpd\r\nConnection: close\r\n\r\n"); err != nil {
+		return false
+	}
+	var b [1]byte
+	n, _ := c.Read(b[:])
+	return n > 0
 }
 
 // HandlerFunc is an API handler: it writes a 2xx response itself, or returns an error

@@ -347,3 +347,22 @@ func FuzzValidName(f *testing.F) {
 		}
 	})
 }
+
+// TestAPIReplacesSocketNobodyServes: a socket file whose listener is held by a process
+// that never answers (as a child of a killed snpd holds it between fork and exec) is not
+// a live snpd: the next snpd replaces it instead of refusing to start.
+func TestAPIReplacesSocketNobodyServes(t *testing.T) {
+	e := newTestEnv(t, "")
+	if err := os.MkdirAll(filepath.Dir(e.Socket), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("unix", e.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close() // never accepts: connections wait in its backlog
+	d := startDaemon(t, e)
+	if _, err := d.Client.Status(ctxT(t, 5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+}

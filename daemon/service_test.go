@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime/pprof"
 	"runtime/trace"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -34,11 +35,12 @@ const (
 	testFirmware = "/usr/share/ovmf/OVMF.fd"
 )
 
-// needQEMU skips when the real QEMU, its firmware or KVM is absent (only on machines
-// unlike this one; scripts/install-deps.sh installs them).
+// needQEMU skips when the real QEMU or its firmware is absent (only on machines unlike
+// this one; scripts/install-deps.sh installs them). Without /dev/kvm snpd runs guests
+// on platform "none" under TCG.
 func needQEMU(t testing.TB) {
 	t.Helper()
-	for _, p := range []string{testQEMU, testFirmware, "/dev/kvm"} {
+	for _, p := range []string{testQEMU, testFirmware} {
 		if _, err := os.Stat(p); err != nil {
 			t.Skipf("%s is missing (run scripts/install-deps.sh): %v", p, err)
 		}
@@ -47,7 +49,8 @@ func needQEMU(t testing.TB) {
 
 // daemonMain runs snpd in a re-executed test binary (SNPD_TEST_DAEMON=config path).
 // SNPD_TEST_HALT_BEFORE_CONT=name makes it SIGKILL itself once the pre-cont record of
-// that VM is durable, leaving a QEMU paused before cont. SNPD_TEST_CPUPROFILE=path
+// that VM is durable, leaving a QEMU paused before cont; SNPD_TEST_HALT_AFTER_SPAWN=name
+// once that VM's QEMU started, before its pid is recorded. SNPD_TEST_CPUPROFILE=path
 // writes a CPU profile of the daemon and SNPD_TEST_TRACE=path a runtime trace (`go tool
 // trace -pprof=sched` shows where API requests wait for a P during concurrent starts).
 func daemonMain(cfgPath string) {
@@ -58,14 +61,20 @@ func daemonMain(cfgPath string) {
 		os.Exit(1)
 	}
 	cfg.SetDefaults()
-	if vm := os.Getenv("SNPD_TEST_HALT_BEFORE_CONT"); vm != "" {
-		testHookBeforeCont = func(name string) {
+	haltAt := func(env string) func(string) {
+		vm := os.Getenv(env)
+		if vm == "" {
+			return nil
+		}
+		return func(name string) {
 			if name == vm {
 				_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
 				select {}
 			}
 		}
 	}
+	testHookBeforeCont = haltAt("SNPD_TEST_HALT_BEFORE_CONT")
+	testHookAfterSpawn = haltAt("SNPD_TEST_HALT_AFTER_SPAWN")
 	if p := os.Getenv("SNPD_TEST_CPUPROFILE"); p != "" {
 		if f, err := os.Create(p); err == nil {
 			_ = pprof.StartCPUProfile(f)
@@ -113,8 +122,15 @@ func newTestEnv(t testing.TB, extra string) *testEnv {
 	e := &testEnv{Dir: dir, StateDir: filepath.Join(dir, "state"), RuntimeDir: filepath.Join(dir, "run")}
 	e.Socket = filepath.Join(e.RuntimeDir, "snpd.sock")
 	e.Config = filepath.Join(dir, "snpd.toml")
-	cfg := fmt.Sprintf("platform = \"none\"\nqemu = %q\nstate_dir = \"state\"\nruntime_dir = \"run\"\noperate_group = \"%d\"\nread_group = \"%d\"\nstop_timeout = \"2s\"\n%s",
-		testQEMU, testOperateGID, testReadGID, extra)
+	if !strings.Contains(extra, "policy_file") {
+		// Tests that need no host policy say so, as a deployment must.
+		extra = "run_without_policy = true\n" + extra
+	}
+	if !strings.Contains("\n"+extra, "\nqemu = ") {
+		extra = fmt.Sprintf("qemu = %q\n", testQEMU) + extra
+	}
+	cfg := fmt.Sprintf("platform = \"none\"\nstate_dir = \"state\"\nruntime_dir = \"run\"\noperate_group = \"%d\"\nread_group = \"%d\"\nstop_timeout = \"2s\"\n%s",
+		testOperateGID, testReadGID, extra)
 	if err := os.WriteFile(e.Config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -29,13 +29,13 @@ func TestGuestSessionsFollowManager(t *testing.T) {
 	// The two -device arguments launch.BuildArgv emits for a vsock CID and the agent port.
 	argv := []string{"/bin/sleep", "-device", `{"driver":"vhost-vsock-pci","guest-cid":41,"id":"vsock0","iommu_platform":true}`,
 		"-device", `{"bus":"virtio-serial0.0","chardev":"agent0","driver":"virtserialport","id":"agent0","name":"` + launch.AgentPortName + `"}`}
-	start := func(ctx context.Context, vm *config.VM, beforeCont func(*api.LaunchRecord) error) (vmProcess, error) {
+	start := func(ctx context.Context, vm *config.VM, h startHooks) (vmProcess, error) {
 		inst, _, err := launch.StartProcess("/bin/sleep", []string{"60"}, nil, filepath.Join(vmDir, "stderr"))
 		if err != nil {
 			return nil, err
 		}
 		rec := &api.LaunchRecord{Name: vm.Name, PID: inst.PID, StartTicks: inst.StartTicks, Argv: argv, RuntimeDir: vmDir, ExpectedDigest: "ab"}
-		if err := beforeCont(rec); err != nil {
+		if err := h.BeforeCont(rec); err != nil {
 			inst.Kill()
 			return nil, err
 		}

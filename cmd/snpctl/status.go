@@ -18,7 +18,7 @@ func newStatusCmd() *cobra.Command {
 		Short: "Show whether snpd runs and how many VMs are in each state",
 		Long: `Ask snpd for its status: version, pid and start time, platform ("sev-snp" or "none"),
 QEMU binary, state directory, the API socket it serves (the systemd-activated one when
-socket-activated), the number of VMs in each state, and what it did with each VM found
+socket-activated), the host policy file (or that it runs without one), the number of VMs in each state, and what it did with each VM found
 running when it started. Exit status 1 with a hint when snpd does not answer.`,
 		Example: `  snpctl status
   snpctl --socket /tmp/snpd-run/snpd.sock status
@@ -35,6 +35,11 @@ running when it started. Exit status 1 with a hint when snpd does not answer.`,
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "snpd %s running (pid %d) since %s\n", st.Version, st.PID, st.StartedAt.Format(time.RFC3339))
 			fmt.Fprintf(w, "platform: %s\nqemu: %s\nstate dir: %s\nsocket: %s\n", st.Platform, st.QEMU, st.StateDir, st.Socket)
+			if st.RunWithoutPolicy {
+				fmt.Fprintln(w, "host policy: NONE (run_without_policy = true): every definition and libvirt domain is accepted")
+			} else {
+				fmt.Fprintf(w, "host policy: %s\n", st.Policy)
+			}
 			states := make([]string, 0, len(st.VMs))
 			for s := range st.VMs {
 				states = append(states, string(s))
@@ -48,6 +53,9 @@ running when it started. Exit status 1 with a hint when snpd does not answer.`,
 				fmt.Fprintf(w, " %d %s", st.VMs[api.State(s)], s)
 			}
 			fmt.Fprintln(w)
+			if st.Reattaching > 0 {
+				fmt.Fprintf(w, "reattaching: %d vms (adoption of the guests found at start is still going on)\n", st.Reattaching)
+			}
 			for _, r := range st.Reattached {
 				fmt.Fprintf(w, "at start: %s (pid %d): %s: %s\n", r.VM, r.PID, r.State, r.Detail)
 			}

@@ -86,12 +86,12 @@ func buildConfig(cfgPath, stateDir, runtimeDir string) (*config.Daemon, error) {
 	return cfg, nil
 }
 
-// loadConfig reads the configuration; a missing file at the default path means all
-// defaults (a missing explicit path is an error).
+// loadConfig reads the configuration. A missing file is an error, at the default path
+// too: snpd never runs on defaults by accident (they include no host policy).
 func loadConfig(path string) (*config.Daemon, error) {
 	cfg, err := config.LoadDaemon(path)
-	if errors.Is(err, fs.ErrNotExist) && path == config.DefaultConfigPath {
-		return &config.Daemon{}, nil
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("no configuration at %s: snpd does not start without one (make install puts a commented default in /etc/snpd/; see docs/configuration.md)", path)
 	}
 	return cfg, err
 }

@@ -70,6 +70,10 @@ type LaunchRecord struct {
 	QEMUPath    string   `json:"qemu_path"`
 	QEMUVersion string   `json:"qemu_version"`
 	Argv        []string `json:"argv"`
+	// QEMUExe is the executable the QEMU process runs (/proc/PID/exe once its monitor
+	// answered): QEMUPath itself, or the binary a wrapper script named as qemu exec'd.
+	// Reattach checks the process against it.
+	QEMUExe string `json:"qemu_exe,omitempty"`
 	// Accel is "kvm" or "tcg"; AccelNote says why TCG was chosen on a host with KVM.
 	Accel     string `json:"accel"`
 	AccelNote string `json:"accel_note,omitempty"`

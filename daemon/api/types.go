@@ -127,13 +127,19 @@ type Run struct {
 	// (/proc/PID/stat field 22), which identifies the process across pid reuse.
 	PID            int    `json:"pid,omitempty"`
 	ProcStartTicks uint64 `json:"proc_start_ticks,omitempty"`
-	// QEMU is the executable path QEMU was started from.
+	// QEMU is the executable path QEMU was started from; Exe what the process runs
+	// (LaunchRecord.QEMUExe), which reattach checks.
 	QEMU string `json:"qemu,omitempty"`
+	Exe  string `json:"exe,omitempty"`
 	// RuntimeDir is the per-VM runtime directory (qmp.sock, console.log).
 	RuntimeDir string `json:"runtime_dir,omitempty"`
 	// State is the run's current state; Transitions every state with its time.
 	State       State        `json:"state"`
 	Transitions []Transition `json:"transitions"`
+	// StopBy is when QEMU is killed if the guest has not powered off: set when a
+	// graceful stop begins, so that a stop interrupted by an snpd restart is finished by
+	// the next snpd on the same clock.
+	StopBy *time.Time `json:"stop_by,omitempty"`
 	// Exit is set once the process ended (nil while it runs).
 	Exit *ExitStatus `json:"exit,omitempty"`
 	// Error is why the start failed, if it did.
@@ -183,11 +189,20 @@ type Status struct {
 	StateDir  string    `json:"state_dir"`
 	// Socket is the path of the API socket snpd serves: the socket systemd passed when
 	// socket-activated (snpd.socket), else the configured one.
-	Socket string        `json:"socket"`
-	QEMU   string        `json:"qemu"`
-	VMs    map[State]int `json:"vms"`
-	// Reattached lists what happened to each VM found running at start.
-	Reattached []ReattachResult `json:"reattached,omitempty"`
+	Socket string `json:"socket"`
+	QEMU   string `json:"qemu"`
+	// Policy is the host policy file every definition, launch and libvirt domain is
+	// checked against; empty when snpd runs without one (RunWithoutPolicy).
+	Policy string `json:"policy"`
+	// RunWithoutPolicy is true when the configuration says run_without_policy = true:
+	// every definition and libvirt domain is accepted.
+	RunWithoutPolicy bool          `json:"run_without_policy,omitempty"`
+	VMs              map[State]int `json:"vms"`
+	// Reattached lists what happened to each VM found running at start (and to each
+	// orphan QEMU killed then); Reattaching counts the VMs whose adoption is still going
+	// on (it runs while snpd serves; such a VM answers 409 to start, stop and kill).
+	Reattached  []ReattachResult `json:"reattached,omitempty"`
+	Reattaching int              `json:"reattaching,omitempty"`
 }
 
 // ReattachResult is what snpd did with one VM recorded as running when it started.

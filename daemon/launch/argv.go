@@ -20,6 +20,10 @@ const (
 	QMPSocketName   = "qmp.sock"
 	AgentSocketName = "agent.sock"
 	StderrName      = "qemu.stderr"
+	// PIDFileName is the file QEMU writes (and locks) its pid into (-pidfile). The
+	// argument also marks every QEMU snpd starts with the VM's runtime directory, which
+	// FindQEMUs reads from the command line.
+	PIDFileName = "qemu.pid"
 )
 
 // SandboxArg is the -sandbox value every launch uses: seccomp on, and obsolete system
@@ -130,6 +134,7 @@ func BuildArgv(s *Spec) (args []string, extraFiles []*os.File) {
 
 	a("-name", "guest="+qemuOptEscape(s.Name)+",debug-threads=on")
 	a("-S", "-no-user-config", "-nodefaults")
+	a("-pidfile", filepath.Join(s.Runtime.Dir, PIDFileName))
 	a("-sandbox", SandboxArg)
 	a("-display", "none")
 	machine := "q35,dump-guest-core=off"

@@ -276,7 +276,7 @@ func TestBuildArgvRuntimeDirEscaped(t *testing.T) {
 // other argument must be one of the flags below. A fuzzed definition must never make
 // an argument appear in an option position.
 var argvOptions = map[string]bool{
-	"-name": true, "-sandbox": true, "-display": true, "-machine": true, "-accel": true, "-cpu": true,
+	"-name": true, "-pidfile": true, "-sandbox": true, "-display": true, "-machine": true, "-accel": true, "-cpu": true,
 	"-smp": true, "-m": true, "-object": true, "-bios": true, "-kernel": true, "-initrd": true,
 	"-append": true, "-chardev": true, "-mon": true, "-device": true, "-blockdev": true, "-netdev": true,
 }

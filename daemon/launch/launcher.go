@@ -65,6 +65,10 @@ type LaunchHooks struct {
 	// expected digest is computed, before QEMU starts: the host policy check. rec is
 	// filled except for the process fields. An error aborts the launch (nothing started).
 	Admit func(vm *config.VM, spec *Spec, rec *api.LaunchRecord) error
+	// Spawned is called right after QEMU started, paused, before its monitor is asked
+	// anything: rec carries the process (PID, StartTicks, RuntimeDir, Argv). An error
+	// kills QEMU and aborts.
+	Spawned func(rec *api.LaunchRecord) error
 	// BeforeCont is called after the paused machine was verified over QMP, before
 	// `cont`: write the durable record here. An error kills QEMU and aborts.
 	BeforeCont func(rec *api.LaunchRecord) error
@@ -378,10 +382,20 @@ func (l *Launcher) start(ctx context.Context, spec *Spec, rec *api.LaunchRecord,
 	}
 	inst.Name, inst.Dir, inst.Record = spec.Name, dir, rec
 	rec.PID, rec.StartTicks = inst.PID, inst.StartTicks
+	if h.Spawned != nil {
+		if err := h.Spawned(rec); err != nil {
+			return nil, fmt.Errorf("recording the qemu process: %w", err)
+		}
+	}
 
 	inst.QMP, err = l.connect(ctx, inst, filepath.Join(dir, QMPSocketName))
 	if err != nil {
 		return nil, err
+	}
+	// The monitor answered, so the process is QEMU itself now (a wrapper script named
+	// as qemu has exec'd it): this is the executable reattach will check.
+	if exe, _, err := ProcExe(inst.PID); err == nil {
+		rec.QEMUExe = exe
 	}
 	exp := expectFromSpec(spec)
 	if l.perturb != nil {

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/snpd/snpd/qmp"
@@ -134,7 +136,12 @@ func withProbeQEMU(ctx context.Context, qemuPath string, args []string, fn func(
 	defer os.RemoveAll(dir)
 	full := append([]string{"-S", "-no-user-config", "-nodefaults", "-display", "none", "-sandbox", SandboxArg,
 		"-chardev", "socket,id=qmp,fd=3", "-mon", "chardev=qmp,mode=control"}, args...)
-	inst, _, err := StartProcess(qemuPath, full, []*os.File{theirs}, filepath.Join(dir, StderrName))
+	// A probe must not outlive snpd (a guest must): it dies with the thread that started
+	// it (Pdeathsig), which stays locked to this goroutine, and so alive, until the probe
+	// was killed below.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	inst, _, err := startProcess(qemuPath, full, []*os.File{theirs}, filepath.Join(dir, StderrName), &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL})
 	theirs.Close()
 	if err != nil {
 		return err

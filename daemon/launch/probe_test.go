@@ -1,10 +1,15 @@
 package launch
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
+	"os/exec"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -170,4 +175,77 @@ func TestLaunchRefusesSNPWithoutSNPObject(t *testing.T) {
 		t.Fatalf("%v", err)
 	}
 	ltAssertNothingLeft(t, l, "old")
+}
+
+// TestMain lets TestProbeDiesWithSnpd run a probe in a child process it then kills.
+func TestMain(m *testing.M) {
+	if os.Getenv("SNPD_TEST_PROBE_FOREVER") != "" {
+		_ = withProbeQEMU(context.Background(), ltQEMU, []string{"-machine", "none"}, func(context.Context, *qmp.Client) error {
+			fmt.Println("probing")
+			select {}
+		})
+		os.Exit(1)
+	}
+	os.Exit(m.Run())
+}
+
+// TestProbeDiesWithSnpd: a QEMU started to probe the binary does not outlive the snpd
+// that started it (a guest's QEMU must; a probe left behind would sit paused forever).
+func TestProbeDiesWithSnpd(t *testing.T) {
+	ltNeed(t)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "SNPD_TEST_PROBE_FOREVER=1")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || line != "probing\n" {
+		_ = cmd.Process.Kill()
+		t.Fatalf("helper: %q %v", line, err)
+	}
+	var probes []int
+	for _, tid := range taskIDs(t, cmd.Process.Pid) {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", cmd.Process.Pid, tid))
+		for _, f := range strings.Fields(string(b)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				probes = append(probes, pid)
+			}
+		}
+	}
+	if len(probes) != 1 {
+		_ = cmd.Process.Kill()
+		t.Fatalf("children of the prober: %v, want the one probe", probes)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(probes[0], syscall.SIGKILL) })
+	_ = cmd.Process.Signal(syscall.SIGKILL)
+	_ = cmd.Wait()
+	deadline := time.Now().Add(5 * time.Second)
+	for syscall.Kill(probes[0], 0) == nil {
+		if st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", probes[0])); strings.Contains(string(st), ") Z ") {
+			break // dead, waiting to be reaped by init
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("probe qemu %d still runs 5 s after its snpd was killed", probes[0])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// taskIDs lists the thread ids of pid.
+func taskIDs(t *testing.T, pid int) []int {
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []int
+	for _, e := range ents {
+		if id, err := strconv.Atoi(e.Name()); err == nil {
+			out = append(out, id)
+		}
+	}
+	return out
 }

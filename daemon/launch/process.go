@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/snpd/snpd/daemon/api"
 	"github.com/snpd/snpd/qmp"
+	"golang.org/x/sys/unix"
 )
 
 // StderrTailLines is how many trailing lines of qemu.stderr ExitInfo keeps.
@@ -143,6 +145,12 @@ func (i *Instance) Stop(ctx context.Context, grace time.Duration) error {
 // with stdout and stderr appended to stderrPath, stdin /dev/null, a minimal environment
 // and extra inherited as fds 3.... The caller still owns extra.
 func StartProcess(qemuPath string, args []string, extra []*os.File, stderrPath string) (*Instance, *exec.Cmd, error) {
+	// Setsid and no Pdeathsig: QEMU must outlive snpd so a restart leaves guests alone.
+	return startProcess(qemuPath, args, extra, stderrPath, &syscall.SysProcAttr{Setsid: true})
+}
+
+// startProcess is StartProcess with the given process attributes.
+func startProcess(qemuPath string, args []string, extra []*os.File, stderrPath string, attr *syscall.SysProcAttr) (*Instance, *exec.Cmd, error) {
 	ef, err := os.OpenFile(stderrPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, nil, fmt.Errorf("creating %s: %w", stderrPath, err)
@@ -153,8 +161,7 @@ func StartProcess(qemuPath string, args []string, extra []*os.File, stderrPath s
 	cmd.Dir = "/"
 	cmd.Stdout, cmd.Stderr = ef, ef
 	cmd.ExtraFiles = extra
-	// Setsid and no Pdeathsig: QEMU must outlive snpd so a restart leaves guests alone.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.SysProcAttr = attr
 	if err := cmd.Start(); err != nil {
 		return nil, nil, fmt.Errorf("starting qemu: %w", err)
 	}
@@ -236,4 +243,102 @@ func tailLines(path string, n int) []string {
 		return nil
 	}
 	return lines
+}
+
+// ProcExe returns /proc/PID/exe's target; deleted reports a binary replaced on disk
+// since the process started (a package upgrade).
+func ProcExe(pid int) (path string, deleted bool, err error) {
+	p, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe")
+	if err != nil {
+		return "", false, fmt.Errorf("reading /proc/%d/exe: %w", pid, err)
+	}
+	if s, ok := strings.CutSuffix(p, " (deleted)"); ok {
+		return s, true, nil
+	}
+	return p, false, nil
+}
+
+// FindQEMUs lists the QEMU processes snpd launched from runtimeDir, by VM name: every
+// process whose command line carries "-pidfile <runtimeDir>/vms/<name>/qemu.pid", the
+// mark BuildArgv gives each launch. It finds a QEMU whatever its state (paused before
+// its first cont, running, a zombie) and whoever its parent is, which is how the next
+// snpd finds a QEMU whose launch an earlier snpd did not live to record. Processes that
+// vanish during the scan are skipped.
+func FindQEMUs(runtimeDir string) (map[string][]int, error) {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, fmt.Errorf("listing processes: %w", err)
+	}
+	prefix := filepath.Join(runtimeDir, "vms") + "/"
+	out := map[string][]int{}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if name, ok := qemuMark(pid, prefix); ok {
+			out[name] = append(out[name], pid)
+		}
+	}
+	return out, nil
+}
+
+// qemuMark returns the VM name of pid's "-pidfile <prefix><name>/qemu.pid" argument.
+func qemuMark(pid int, prefix string) (string, bool) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	if err != nil {
+		return "", false
+	}
+	args := strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00")
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] != "-pidfile" {
+			continue
+		}
+		rest, ok := strings.CutPrefix(args[i+1], prefix)
+		if !ok {
+			return "", false
+		}
+		name, file, ok := strings.Cut(rest, "/")
+		if !ok || file != PIDFileName || name == "" {
+			return "", false
+		}
+		return name, true
+	}
+	return "", false
+}
+
+// KillQEMU kills the QEMU pid of VM name that FindQEMUs found in runtimeDir, and waits
+// up to timeout for it to exit. A pidfd is taken first and the mark checked again
+// through it, so a pid reused meanwhile is never signalled. A process already gone is
+// no error.
+func KillQEMU(runtimeDir, name string, pid int, timeout time.Duration) error {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if errors.Is(err, unix.ESRCH) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("opening pidfd of qemu %d: %w", pid, err)
+	}
+	defer unix.Close(fd)
+	if got, ok := qemuMark(pid, filepath.Join(runtimeDir, "vms")+"/"); !ok || got != name {
+		return nil // exited, and the pid is someone else's now
+	}
+	if err := unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("killing qemu %d: %w", pid, err)
+	}
+	// The pidfd becomes readable when the process exits (a zombie counts).
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	deadline := time.Now().Add(timeout)
+	for {
+		n, err := unix.Poll(fds, int(max(time.Until(deadline), 0)/time.Millisecond))
+		if n > 0 {
+			return nil
+		}
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			return fmt.Errorf("waiting for qemu %d to exit: %w", pid, err)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("qemu %d did not exit within %s of SIGKILL", pid, timeout)
+		}
+	}
 }
