@@ -71,6 +71,10 @@ type Daemon struct {
 	// accepted. Default false: snpd refuses to start without policy_file, so that it never
 	// runs unpolicied by accident. GET /v1/status (snpctl status) reports it.
 	RunWithoutPolicy bool `toml:"run_without_policy"`
+	// ImageDir is snpd's own directory for disk images: disks of VMs snpd launches must
+	// lie in it or in one of the host policy's devices.disk_dirs. Default
+	// <state_dir>/images.
+	ImageDir string `toml:"image_dir"`
 	// VMDir is a directory of *.toml VM definitions imported (defined) at start when no
 	// VM of that name exists in the store yet. Empty: none.
 	VMDir string `toml:"vm_dir"`
@@ -143,7 +147,7 @@ func LoadDaemon(path string) (*Daemon, error) {
 
 // ResolvePaths makes every relative path setting absolute against dir.
 func (d *Daemon) ResolvePaths(dir string) {
-	for _, p := range []*string{&d.StateDir, &d.RuntimeDir, &d.QEMU, &d.Socket, &d.PolicyFile, &d.VMDir, &d.Attestation.TrustedRootsFile, &d.Attestation.CertCacheDir} {
+	for _, p := range []*string{&d.StateDir, &d.RuntimeDir, &d.QEMU, &d.Socket, &d.PolicyFile, &d.ImageDir, &d.VMDir, &d.Attestation.TrustedRootsFile, &d.Attestation.CertCacheDir} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(dir, *p)
 		}
@@ -184,6 +188,9 @@ func (d *Daemon) SetDefaults() {
 	if d.Attestation.CertCacheDir == "" {
 		d.Attestation.CertCacheDir = filepath.Join(d.StateDir, "certs")
 	}
+	if d.ImageDir == "" {
+		d.ImageDir = filepath.Join(d.StateDir, "images")
+	}
 }
 
 var groupNameRE = lazyRegexp(`^[a-z_][a-z0-9_-]{0,31}$`)
@@ -209,6 +216,7 @@ func (d *Daemon) Validate() error {
 	abs("socket", d.Socket)
 	abs("policy_file", d.PolicyFile)
 	abs("vm_dir", d.VMDir)
+	abs("image_dir", d.ImageDir)
 	abs("attestation.trusted_roots_file", d.Attestation.TrustedRootsFile)
 	abs("attestation.cert_cache_dir", d.Attestation.CertCacheDir)
 	if d.Attestation.MinTCB != "" {

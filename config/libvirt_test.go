@@ -115,7 +115,13 @@ func TestLibvirtVariantsAgainstExamplePolicy(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got := rules(p.Check(vm, tc.facts))
+			// The domain's disk lies in the image directory (TestDiskDirs covers the rule).
+			f := tc.facts
+			f.ImageDir = "/dev/HostVG"
+			for _, d := range vm.Disks {
+				f.DiskRealPaths = append(f.DiskRealPaths, d.Path)
+			}
+			got := rules(p.Check(vm, f))
 			if !reflect.DeepEqual(got, tc.want) {
 				t.Fatalf("violations\n got %q\nwant %q", got, tc.want)
 			}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -116,6 +117,11 @@ type DevicePolicy struct {
 	Classes []string `toml:"classes" json:"classes"`
 	// DiskFormats lists allowed disk formats. Default: raw, qcow2.
 	DiskFormats []string `toml:"disk_formats" json:"disk_formats"`
+	// DiskDirs lists absolute directories disk images may lie in, besides snpd's own
+	// image directory (snpd.toml's image_dir), which is always allowed. A disk is checked
+	// by its real path (symlinks resolved). Default: none, so a disk must lie in the
+	// image directory.
+	DiskDirs []string `toml:"disk_dirs" json:"disk_dirs,omitempty"`
 	// NetworkTypes lists allowed network backends. Default: user, tap.
 	NetworkTypes []string `toml:"network_types" json:"network_types"`
 	// ChannelTypes lists allowed guest-channel backends. Default: vsock, serial.
@@ -245,6 +251,11 @@ func (p *Policy) Validate() error {
 	for i, d := range f.SHA384 {
 		if err := checkHexDigest(d, 48); err != nil {
 			bad("firmware.sha384[%d]: %w", i, err)
+		}
+	}
+	for i, d := range p.Devices.DiskDirs {
+		if !filepath.IsAbs(d) || filepath.Clean(d) == "/" {
+			bad("devices.disk_dirs[%d] %q: want an absolute directory other than /", i, d)
 		}
 	}
 	for _, l := range []struct {
@@ -432,6 +443,12 @@ type Facts struct {
 	QEMUPath string
 	// QEMUVersion is its major, minor, micro version (zero: unknown).
 	QEMUVersion [3]int
+	// ImageDir is snpd's own image directory (snpd.toml's image_dir), where disks are
+	// always allowed ("": none).
+	ImageDir string
+	// DiskRealPaths are the real paths (symlinks resolved) of vm's disks, in order; ""
+	// where a disk's path could not be resolved (it then breaks devices.disk_dirs).
+	DiskRealPaths []string
 }
 
 // Violation is one broken policy rule.
@@ -496,6 +513,7 @@ func (p *Policy) Check(vm *VM, f Facts) []Violation {
 			vm.MemoryMiB, p.Memory.MinMiB, p.Memory.MaxMiB)
 	}
 	out = append(out, p.checkDevices(vm)...)
+	out = append(out, p.checkDiskDirs(vm, f)...)
 	switch {
 	case f.QEMUPath == "":
 		add("qemu.binaries", "unknown", "QEMU binary is unknown")
@@ -686,6 +704,45 @@ func (p *Policy) checkDevices(vm *VM) []Violation {
 		}
 	}
 	return out
+}
+
+// checkDiskDirs checks that every disk's real path lies in the image directory or one
+// of the allowed disk directories (unknown real paths fail).
+func (p *Policy) checkDiskDirs(vm *VM, f Facts) []Violation {
+	var out []Violation
+	dirs := slices.Clone(p.Devices.DiskDirs)
+	if f.ImageDir != "" {
+		dirs = append(dirs, f.ImageDir)
+	}
+	for i, d := range vm.Disks {
+		real := ""
+		if i < len(f.DiskRealPaths) {
+			real = f.DiskRealPaths[i]
+		}
+		switch {
+		case real == "":
+			out = append(out, Violation{Rule: "devices.disk_dirs", Value: d.Path,
+				Message: fmt.Sprintf("disk %s: its real path is unknown (it does not exist or cannot be resolved)", d.Path)})
+		case !slices.ContainsFunc(dirs, func(dir string) bool { return pathUnder(real, dir) }):
+			allowed := strings.Join(dirs, ", ")
+			if allowed == "" {
+				allowed = "none"
+			}
+			shown := d.Path
+			if real != d.Path {
+				shown += " (" + real + ")"
+			}
+			out = append(out, Violation{Rule: "devices.disk_dirs", Value: real,
+				Message: fmt.Sprintf("disk %s is outside the allowed disk directories (%s)", shown, allowed)})
+		}
+	}
+	return out
+}
+
+// pathUnder tells whether the clean absolute path p lies inside directory dir.
+func pathUnder(p, dir string) bool {
+	dir = filepath.Clean(dir)
+	return dir != "" && dir != "." && strings.HasPrefix(p, strings.TrimSuffix(dir, "/")+"/")
 }
 
 // Device is one guest device as the host policy sees it.

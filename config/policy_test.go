@@ -93,6 +93,7 @@ func TestCheckReportsEveryViolationNamed(t *testing.T) {
 		"vcpu.count=65",
 		"memory.size=32",
 		"devices.disk_formats=vmdk",
+		"devices.disk_dirs=/d.img",
 		"qemu.binaries=/opt/qemu",
 		"qemu.min_version=8.2.0",
 	}
@@ -266,5 +267,45 @@ func TestGuestPolicyCeiling(t *testing.T) {
 	}
 	if _, err := (&Policy{SNP: SNPPolicy{Forbid: []string{"nope"}}}).GuestPolicyCeiling(); err == nil {
 		t.Fatal("unknown bit accepted")
+	}
+}
+
+// TestDiskDirs: a disk must lie, by its real path, in the image directory or one of
+// devices.disk_dirs; a disk whose real path is unknown, or one reached through a
+// symlink that leads elsewhere, breaks the rule.
+func TestDiskDirs(t *testing.T) {
+	var p Policy
+	p.Devices.DiskDirs = []string{"/srv/vm-images"}
+	p.Firmware.AllowAny = true
+	p.VCPU.Models = []string{"EPYC-v4"}
+	p.SetDefaults()
+	if err := p.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	vm := &VM{Name: "d", Disks: []Disk{{Path: "/var/lib/snpd/images/a.img"}, {Path: "/srv/vm-images/b.qcow2"}, {Path: "/var/lib/snpd/images/link.img"}, {Path: "/x/c.img"}}}
+	f := Facts{ImageDir: "/var/lib/snpd/images", DiskRealPaths: []string{"/var/lib/snpd/images/a.img", "/srv/vm-images/b.qcow2", "/etc/shadow", ""}}
+	var got []string
+	for _, v := range p.Check(vm, f) {
+		if strings.HasPrefix(v.Rule, "devices.disk_dirs") {
+			got = append(got, v.Value)
+		}
+	}
+	if want := []string{"/etc/shadow", "/x/c.img"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("disk_dirs violations %q, want %q", got, want)
+	}
+	// A directory named like an allowed one is not inside it.
+	f.DiskRealPaths = []string{"/var/lib/snpd/images-evil/a.img", "/srv/vm-images/b.qcow2", "/var/lib/snpd/images/x", "/var/lib/snpd/images/y"}
+	got = nil
+	for _, v := range p.Check(vm, f) {
+		if strings.HasPrefix(v.Rule, "devices.disk_dirs") {
+			got = append(got, v.Value)
+		}
+	}
+	if want := []string{"/var/lib/snpd/images-evil/a.img"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("prefix trick: disk_dirs violations %q, want %q", got, want)
+	}
+	p.Devices.DiskDirs = []string{"relative/dir", "/"}
+	if err := p.Validate(); err == nil || !strings.Contains(err.Error(), "devices.disk_dirs[0]") || !strings.Contains(err.Error(), "devices.disk_dirs[1]") {
+		t.Fatalf("bad disk_dirs validated: %v", err)
 	}
 }

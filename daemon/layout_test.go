@@ -20,7 +20,7 @@ import (
 var allowedEdges = map[string][]string{
 	"daemon": {"config", "daemon/api", "daemon/guestchan", "daemon/launch", "daemon/store",
 		"qmp", "snp", "snp/agentproto", "snp/launch", "systemd"},
-	"daemon/launch":                  {"config", "daemon/api", "qmp", "snp", "snp/launch"},
+	"daemon/launch":                  {"config", "daemon/api", "qmp", "snp", "snp/launch", "snp/uki"},
 	"daemon/store":                   {"daemon/api"},
 	"daemon/guestchan":               {"daemon/api", "snp", "snp/agentproto"},
 	"daemon/guestchan/guestchantest": {"daemon/api", "snp", "snp/agentproto"},
@@ -30,8 +30,9 @@ var allowedEdges = map[string][]string{
 	"qmp/qmptest":                    {"qmp"},
 	"snp":                            {"snp/agentproto", "snp/launch"},
 	"snp/launch":                     {},
+	"snp/uki":                        {},
 	"snp/agentproto":                 {},
-	"snp/snptest":                    {"snp", "snp/agentproto", "snp/launch"},
+	"snp/snptest":                    {"snp", "snp/agentproto", "snp/launch", "snp/uki"},
 	"systemd":                        {},
 	"systemd/systemdtest":            {"systemd"},
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/snpd/snpd/config"
 	"github.com/snpd/snpd/daemon/api"
+	"github.com/snpd/snpd/daemon/launch"
 	"github.com/snpd/snpd/daemon/store"
 )
 
@@ -44,6 +45,10 @@ type startHooks struct {
 	// checked, before the first cont; an error from it aborts the launch (QEMU is
 	// killed).
 	BeforeCont func(*api.LaunchRecord) error
+	// DiskOwner is whose rights the disks are opened with (nil: root's): whoever
+	// defined the VM; DiskRoots the directories the host sanctions for disks.
+	DiskOwner *api.Caller
+	DiskRoots []string
 }
 
 // startFunc launches vm, calling h on the way. The returned process is running
@@ -57,6 +62,7 @@ type Manager struct {
 	start       startFunc
 	log         *slog.Logger
 	runtimeDir  string
+	imageDir    string
 	qemu        string
 	stopTimeout time.Duration
 	// validate checks a decoded definition (defaults applied) before it is stored.
@@ -114,6 +120,9 @@ type ManagerOptions struct {
 	Prepare func(context.Context, *config.VM) (*api.LaunchRecord, error)
 	// RuntimeDir is snpd's runtime directory (per-VM dirs are RuntimeDir/vms/<name>).
 	RuntimeDir string
+	// ImageDir is snpd's image directory (disks are always allowed there; libvirt
+	// domains are checked with it).
+	ImageDir string
 	// QEMU is the configured QEMU binary path (reattach checks /proc/PID/exe against it).
 	QEMU string
 	// StopTimeout is the default graceful-stop timeout.
@@ -129,7 +138,7 @@ func NewManager(o ManagerOptions) *Manager {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	return &Manager{
-		store: o.Store, start: o.Start, log: log, runtimeDir: o.RuntimeDir, qemu: o.QEMU,
+		store: o.Store, start: o.Start, log: log, runtimeDir: o.RuntimeDir, imageDir: o.ImageDir, qemu: o.QEMU,
 		stopTimeout: o.StopTimeout, validate: o.Validate,
 		policy: o.Policy, platform: o.Platform, prepare: o.Prepare,
 		live: map[string]*liveVM{}, subs: map[chan api.Event]string{},
@@ -182,8 +191,10 @@ func (m *Manager) Subscribe(vm string) (<-chan api.Event, func()) {
 	}
 }
 
-// Define decodes req's TOML strictly, validates it and stores it.
-func (m *Manager) Define(req api.DefineRequest) (*api.VMInfo, error) {
+// Define decodes req's TOML strictly, validates it and stores it. owner is who asks
+// (nil: snpd itself, as root): every disk must be one owner may open (read, and write
+// unless read-only), checked now and at every start.
+func (m *Manager) Define(req api.DefineRequest, owner *api.Caller) (*api.VMInfo, error) {
 	file := req.File
 	if file == "" {
 		file = "definition"
@@ -206,6 +217,15 @@ func (m *Manager) Define(req api.DefineRequest) (*api.VMInfo, error) {
 			return nil, fmt.Errorf("validating vm %q: %w: %w", vm.Name, err, api.ErrInvalid)
 		}
 	}
+	for i, d := range vm.Disks {
+		files, _, err := launch.OpenDisk(d.Path, !d.ReadOnly, owner, m.diskRoots()...)
+		for _, f := range files {
+			f.Close()
+		}
+		if err != nil {
+			return nil, fmt.Errorf("validating vm %q: disk %d: %w", vm.Name, i, err)
+		}
+	}
 	def, err := json.Marshal(&vm)
 	if err != nil {
 		return nil, fmt.Errorf("encoding vm %q: %w", vm.Name, err)
@@ -215,11 +235,24 @@ func (m *Manager) Define(req api.DefineRequest) (*api.VMInfo, error) {
 	if _, ok := m.live[vm.Name]; ok && req.Replace {
 		return nil, fmt.Errorf("vm %q is running; stop it before redefining: %w", vm.Name, api.ErrConflict)
 	}
-	sv := store.StoredVM{Name: vm.Name, TOML: req.TOML, File: req.File, Definition: def, DefinedAt: time.Now().UTC()}
+	sv := store.StoredVM{Name: vm.Name, TOML: req.TOML, File: req.File, Definition: def, DefinedAt: time.Now().UTC(), DefinedBy: owner}
 	if err := m.store.PutVM(sv, req.Replace); err != nil {
 		return nil, err
 	}
 	return m.info(vm.Name, nil)
+}
+
+// diskRoots are the directories the host sanctions for disks: the image directory and
+// the policy's devices.disk_dirs (see launch.OpenDisk).
+func (m *Manager) diskRoots() []string {
+	var roots []string
+	if m.imageDir != "" {
+		roots = append(roots, m.imageDir)
+	}
+	if m.policy != nil {
+		roots = append(roots, m.policy.Devices.DiskDirs...)
+	}
+	return roots
 }
 
 // Undefine removes a VM that has no QEMU process, with its run history.
@@ -398,7 +431,7 @@ func (m *Manager) Start(ctx context.Context, name string) (*api.VMInfo, error) {
 		defer l.writeMu.Unlock()
 		return m.store.PutRun(name, &snap)
 	}
-	proc, err := m.start(ctx, &vm, startHooks{Spawned: spawned, BeforeCont: func(rec *api.LaunchRecord) error {
+	proc, err := m.start(ctx, &vm, startHooks{Spawned: spawned, DiskOwner: sv.DefinedBy, DiskRoots: m.diskRoots(), BeforeCont: func(rec *api.LaunchRecord) error {
 		// Durable before cont: a crash of snpd from here on leaves a record reattach can
 		// act on (a QEMU found paused before cont is killed).
 		m.mu.Lock()

@@ -411,7 +411,7 @@ func benchManagerList(b *testing.B, vms, runsPerVM int) {
 	m := NewManager(ManagerOptions{Store: s, Validate: validateDefinition, RuntimeDir: b.TempDir()})
 	for i := range vms {
 		name := fmt.Sprintf("bench%02d", i)
-		if _, err := m.Define(api.DefineRequest{File: name + ".toml", TOML: vmTOML(name, "")}); err != nil {
+		if _, err := m.Define(api.DefineRequest{File: name + ".toml", TOML: vmTOML(name, "")}, nil); err != nil {
 			b.Fatal(err)
 		}
 		for range runsPerVM {

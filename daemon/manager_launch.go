@@ -74,7 +74,7 @@ func launcherStart(l *launch.Launcher, admit func(*config.VM, *launch.Spec, *api
 		var once sync.Once
 		release := func() { once.Do(func() { <-measuring }) }
 		defer release()
-		hooks := launch.LaunchHooks{Spawned: sh.Spawned, BeforeCont: sh.BeforeCont, Admit: func(vm *config.VM, spec *launch.Spec, rec *api.LaunchRecord) error {
+		hooks := launch.LaunchHooks{Spawned: sh.Spawned, BeforeCont: sh.BeforeCont, DiskOwner: sh.DiskOwner, DiskRoots: sh.DiskRoots, Admit: func(vm *config.VM, spec *launch.Spec, rec *api.LaunchRecord) error {
 			defer release()
 			if admit != nil {
 				return admit(vm, spec, rec)

@@ -72,7 +72,7 @@ func TestListMatchesGet(t *testing.T) {
 	for _, d := range []struct{ name, extra string }{
 		{"never", "restart = \"never\"\n"}, {"fails", ""}, {"stopped", "restart = \"on-crash\"\n"}, {"running", "[snp]\nguest_features = 1\n"},
 	} {
-		if _, err := m.Define(api.DefineRequest{File: d.name + ".toml", TOML: vmTOML(d.name, d.extra)}); err != nil {
+		if _, err := m.Define(api.DefineRequest{File: d.name + ".toml", TOML: vmTOML(d.name, d.extra)}, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -137,7 +137,7 @@ func TestListMemoNeverStale(t *testing.T) {
 	}
 	define := func(name string) {
 		t.Helper()
-		if _, err := m.Define(api.DefineRequest{File: name + ".toml", TOML: vmTOML(name, "")}); err != nil {
+		if _, err := m.Define(api.DefineRequest{File: name + ".toml", TOML: vmTOML(name, "")}, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -145,7 +145,7 @@ func TestListMemoNeverStale(t *testing.T) {
 	define("b")
 	check("defined", 2)
 	redef := fmt.Sprintf("name = \"a\"\nvcpus = 3\nmemory_mib = 128\nfirmware = %q\nrestart = \"on-crash\"\n", testFirmware)
-	if _, err := m.Define(api.DefineRequest{File: "a.toml", TOML: redef, Replace: true}); err != nil {
+	if _, err := m.Define(api.DefineRequest{File: "a.toml", TOML: redef, Replace: true}, nil); err != nil {
 		t.Fatal(err)
 	}
 	check("redefined", 2)

@@ -61,13 +61,21 @@ func loadPolicy(cfg *config.Daemon) (*config.Policy, error) {
 }
 
 // admission returns the Admit hook checking p (nil hook for a nil policy). The firmware
-// facts come from the sealed memfd QEMU will load, the QEMU facts from the probed binary.
-func admission(p *config.Policy) admitFunc {
+// facts come from the sealed memfd QEMU will load, the disks' real paths from the
+// descriptors QEMU will get (imageDir is snpd's image_dir), the QEMU facts from the
+// probed binary.
+func admission(p *config.Policy, imageDir string) admitFunc {
 	if p == nil {
 		return nil
 	}
 	return func(vm *config.VM, spec *launch.Spec, rec *api.LaunchRecord) error {
-		f := config.Facts{Platform: rec.Platform, QEMUPath: rec.QEMUPath}
+		f := config.Facts{Platform: rec.Platform, QEMUPath: rec.QEMUPath, ImageDir: imageDir}
+		if spec != nil {
+			// The real paths of the descriptors QEMU will get (launch.OpenDisks).
+			for _, d := range spec.Disks {
+				f.DiskRealPaths = append(f.DiskRealPaths, d.RealPath)
+			}
+		}
 		if v, err := config.ParseVersion(strings.Fields(rec.QEMUVersion + " ")[0]); err == nil {
 			f.QEMUVersion = v
 		}
@@ -98,7 +106,7 @@ func (m *Manager) RegisterLibvirt(ctx context.Context, req api.LibvirtDomainRequ
 	var violations []config.Violation
 	var err error
 	if m.policy != nil {
-		vm, violations, err = launch.CheckLibvirtDomain(ctx, m.policy, []byte(req.XML), m.platform, m.qemu)
+		vm, violations, err = launch.CheckLibvirtDomain(ctx, m.policy, []byte(req.XML), m.platform, m.qemu, m.imageDir)
 	} else {
 		vm, err = config.FromLibvirtXML([]byte(req.XML))
 	}

@@ -64,7 +64,7 @@ func (s *Server) defineVM(w http.ResponseWriter, r *http.Request) error {
 	if err := decodeJSON(r, &req); err != nil {
 		return err
 	}
-	info, err := s.mgr.Define(req)
+	info, err := s.mgr.Define(req, PeerFrom(r.Context()).Caller())
 	if err != nil {
 		return err
 	}

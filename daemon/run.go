@@ -123,9 +123,9 @@ func Run(ctx context.Context, cfg *config.Daemon) error {
 		log.Warn("running WITHOUT a host policy (run_without_policy = true): every definition and libvirt domain is accepted")
 	}
 	mgr := NewManager(ManagerOptions{
-		Store: st, Start: launcherStart(launcher, admission(policy)), Validate: validateDefinition,
+		Store: st, Start: launcherStart(launcher, admission(policy, cfg.ImageDir)), Validate: validateDefinition,
 		Policy: policy, Platform: cfg.Platform, Prepare: launcherPrepare(launcher),
-		RuntimeDir: cfg.RuntimeDir, QEMU: cfg.QEMU, StopTimeout: time.Duration(cfg.StopTimeout), Log: log,
+		RuntimeDir: cfg.RuntimeDir, ImageDir: cfg.ImageDir, QEMU: cfg.QEMU, StopTimeout: time.Duration(cfg.StopTimeout), Log: log,
 	})
 	defer mgr.Close()
 	if cfg.VMDir != "" {
@@ -261,7 +261,7 @@ func importVMDir(m *Manager, dir string, log *slog.Logger) error {
 		if err != nil {
 			return fmt.Errorf("reading vm definition: %w", err)
 		}
-		_, err = m.Define(api.DefineRequest{File: f, TOML: string(b)})
+		_, err = m.Define(api.DefineRequest{File: f, TOML: string(b)}, nil)
 		if errors.Is(err, api.ErrConflict) {
 			continue
 		}

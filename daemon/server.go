@@ -55,6 +55,14 @@ type Peer struct {
 	Role   Role
 }
 
+// Caller is the peer's identity as the API's wire type (nil for a nil peer).
+func (p *Peer) Caller() *api.Caller {
+	if p == nil {
+		return nil
+	}
+	return &api.Caller{UID: p.UID, GID: p.GID, Groups: p.Groups}
+}
+
 type peerKey struct{}
 
 // PeerFrom returns the peer of the connection that carried r's request (nil outside

@@ -43,7 +43,7 @@ func TestGuestSessionsFollowManager(t *testing.T) {
 	}
 	m := NewManager(ManagerOptions{Store: s, Start: start, Validate: validateDefinition, RuntimeDir: t.TempDir()})
 	defer m.Close()
-	if _, err := m.Define(api.DefineRequest{File: "w1.toml", TOML: vmTOML("w1", "")}); err != nil {
+	if _, err := m.Define(api.DefineRequest{File: "w1.toml", TOML: vmTOML("w1", "")}, nil); err != nil {
 		t.Fatal(err)
 	}
 	g := &guestchan.GuestSessions{Record: managerRecord(m)}

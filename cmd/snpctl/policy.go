@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/snpd/snpd/config"
@@ -28,7 +29,7 @@ func newPolicyCmd() *cobra.Command {
 }
 
 func newPolicyCheckCmd() *cobra.Command {
-	var policyPath, libvirtXML, platform, qemu, daemonConfig string
+	var policyPath, libvirtXML, platform, qemu, daemonConfig, imageDir string
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "check [--policy FILE] (VMFILE | --libvirt-xml FILE)",
@@ -38,8 +39,9 @@ host policy locally: reads the firmware and runs the QEMU binary to learn their 
 and version, prints each violation on its own line and exits 1 if there is any, or prints
 "ok: no violations" and exits 0.
 
-With --config the policy file, platform and QEMU binary come from snpd's config (flags
-given on the command line win), so the check is the one snpd would make.`,
+With --config the policy file, platform, QEMU binary and image directory come from
+snpd's config (flags given on the command line win), so the check is the one snpd would
+make.`,
 		Example: `  snpctl policy check --config /etc/snpd/snpd.toml /etc/snpd/vms/web.toml
   snpctl policy check --policy config/examples/policy.toml --platform none config/examples/vm.toml
   snpctl policy check --policy /etc/snpd/policy.toml --libvirt-xml web.xml
@@ -68,6 +70,9 @@ given on the command line win), so the check is the one snpd would make.`,
 				if !fl.Changed("qemu") {
 					qemu = d.QEMU
 				}
+				if !fl.Changed("image-dir") {
+					imageDir = d.ImageDir
+				}
 			}
 			if platform != config.PlatformSEVSNP && platform != config.PlatformNone {
 				return fmt.Errorf("--platform %q: want %q or %q", platform, config.PlatformSEVSNP, config.PlatformNone)
@@ -89,6 +94,7 @@ given on the command line win), so the check is the one snpd would make.`,
 				return errors.New(oneLine(err))
 			}
 			f, ferr := launch.VMFacts(cmd.Context(), vm, platform, qemu)
+			f.ImageDir = imageDir
 			vs := p.Check(vm, f)
 			if asJSON {
 				enc := json.NewEncoder(cmd.OutOrStdout())
@@ -122,6 +128,7 @@ given on the command line win), so the check is the one snpd would make.`,
 	fl.StringVar(&libvirtXML, "libvirt-xml", "", "check this libvirt domain XML file (\"-\": stdin) instead of a VM definition")
 	fl.StringVar(&platform, "platform", config.PlatformSEVSNP, "host platform the VM would run on: sev-snp or none")
 	fl.StringVar(&qemu, "qemu", config.DefaultQEMU, "QEMU binary snpd would run (a libvirt domain's <emulator> wins)")
+	fl.StringVar(&imageDir, "image-dir", filepath.Join(config.DefaultStateDir, "images"), "snpd's image directory, where disks are always allowed (devices.disk_dirs adds others)")
 	fl.BoolVar(&asJSON, "json", false, "print the violations as JSON")
 	fl.StringVar(&daemonConfig, "config", "", "take the policy file, platform and QEMU binary from this snpd.toml (flags given win)")
 	return cmd

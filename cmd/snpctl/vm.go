@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -223,6 +224,19 @@ func printVMInfo(w io.Writer, info *api.VMInfo) {
 			kv("Firmware sha384", rec.FirmwareSHA384)
 		}
 		kv("Kernel sha256", orDash(rec.KernelSHA256))
+		if u := rec.KernelUKI; u != nil {
+			names := make([]string, len(u.Sections))
+			for i, sec := range u.Sections {
+				names[i] = sec.Name
+			}
+			kv("Kernel", "UKI, sections "+strings.Join(names, " "))
+			if u.Cmdline != "" {
+				kv("UKI cmdline", strconv.Quote(u.Cmdline))
+			}
+			if u.Uname != "" {
+				kv("UKI uname", strconv.Quote(u.Uname))
+			}
+		}
 		kv("Initrd sha256", orDash(rec.InitrdSHA256))
 		kv("Cmdline", orDash(rec.Cmdline))
 		kv("vCPUs", fmt.Sprintf("%d x %s (signature %#x)", rec.VCPUs, rec.CPUModel, rec.VCPUSig))

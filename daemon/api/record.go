@@ -32,6 +32,10 @@ type LaunchRecord struct {
 	InitrdSHA256 string `json:"initrd_sha256,omitempty"`
 	// Cmdline is the kernel command line (direct boot only).
 	Cmdline string `json:"cmdline,omitempty"`
+	// KernelUKI describes the kernel when it is a unified kernel image (systemd-stub
+	// with .linux, .initrd, .cmdline, ...), read by snpd from its PE section table; nil
+	// for any other kernel and without one.
+	KernelUKI *UKIInfo `json:"kernel_uki,omitempty"`
 
 	// VCPUs is the vCPU count; CPUModel the QEMU CPU model; VCPUSig its CPUID signature
 	// as placed in every VMSA.
@@ -88,4 +92,30 @@ type LaunchRecord struct {
 	StartTicks uint64 `json:"start_ticks"`
 	// StartedAt is when QEMU was started (wall clock).
 	StartedAt time.Time `json:"started_at"`
+}
+
+// UKIInfo describes a unified kernel image given as the kernel. Its initrd and command
+// line are inside the kernel file, so KernelSHA256 covers them.
+type UKIInfo struct {
+	// Sections lists every PE section in file order.
+	Sections []UKISection `json:"sections"`
+	// Cmdline is the UKI's .cmdline section: what the kernel boots with when the
+	// record's Cmdline is empty (systemd-stub without Secure Boot boots a non-empty
+	// -append instead).
+	Cmdline string `json:"cmdline,omitempty"`
+	// Uname is the .uname section (the kernel release); OSRelease is PRETTY_NAME from
+	// .osrel; Stub is the stub's LoaderInfo from .sdmagic ("systemd-stub 252.39-1~deb12u2").
+	Uname     string `json:"uname,omitempty"`
+	OSRelease string `json:"os_release,omitempty"`
+	Stub      string `json:"stub,omitempty"`
+}
+
+// UKISection is one PE section of a UKI.
+type UKISection struct {
+	// Name is the section name (".linux"), quoted when not printable ASCII.
+	Name string `json:"name"`
+	// Size is the content size in bytes (the raw data trimmed to VirtualSize).
+	Size uint32 `json:"size"`
+	// SHA256 is the lowercase hex SHA-256 of the content.
+	SHA256 string `json:"sha256"`
 }

@@ -212,3 +212,11 @@ type ReattachResult struct {
 	State  State  `json:"state"`
 	Detail string `json:"detail"`
 }
+
+// Caller is who asked for something, as the kernel reported it for the API connection
+// (SO_PEERCRED, SO_PEERGROUPS): uid, primary gid and supplementary groups.
+type Caller struct {
+	UID    int   `json:"uid"`
+	GID    int   `json:"gid"`
+	Groups []int `json:"groups,omitempty"`
+}

@@ -123,8 +123,8 @@ func qemuOptEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 // BuildArgv turns a spec into QEMU's arguments (without the binary itself) and the files
 // QEMU inherits: extraFiles[i] is fd 3+i in QEMU (use as exec.Cmd.ExtraFiles). It is pure:
 // it opens nothing and reads only the spec. The order of extraFiles is: QMP listener,
-// firmware, kernel, initrd, agent listener (absent ones skipped). Entries are nil where
-// the spec's files are nil (tests).
+// firmware, kernel, initrd, each disk's descriptors, agent listener (absent ones
+// skipped). Entries are nil where the spec's files are nil (tests).
 func BuildArgv(s *Spec) (args []string, extraFiles []*os.File) {
 	var fds fdPlan
 	a := func(v ...string) { args = append(args, v...) }
@@ -175,7 +175,19 @@ func BuildArgv(s *Spec) (args []string, extraFiles []*os.File) {
 	for i, d := range s.Disks {
 		file := fmt.Sprintf("disk%d-file", i)
 		node := fmt.Sprintf("disk%d", i)
-		a("-blockdev", mustJSON(blockdevFile{Driver: "file", Filename: d.Path, NodeName: file, ReadOnly: d.ReadOnly}))
+		// QEMU opens the disk only through the descriptors snpd opened and checked
+		// (fdset i): never by path. Tests without files get the same shape.
+		files := d.Files
+		if len(files) == 0 {
+			files = []*os.File{nil}
+			if !d.ReadOnly {
+				files = append(files, nil)
+			}
+		}
+		for _, f := range files {
+			a("-add-fd", fmt.Sprintf("fd=%d,set=%d,opaque=%s", fds.add(f), i, node))
+		}
+		a("-blockdev", mustJSON(blockdevFile{Driver: "file", Filename: fmt.Sprintf("/dev/fdset/%d", i), NodeName: file, ReadOnly: d.ReadOnly}))
 		a("-blockdev", mustJSON(blockdevFormat{NodeName: node, ReadOnly: d.ReadOnly, Driver: d.Format, File: file, backing: d.Format == "qcow2"}))
 		a("-device", mustJSON(virtioDevice("virtio-blk-pci-non-transitional", device{"drive": node, "id": node})))
 	}

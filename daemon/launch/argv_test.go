@@ -93,8 +93,8 @@ func TestBuildArgvGolden(t *testing.T) {
 			if got != string(want) {
 				t.Errorf("argv differs from %s (rerun with -update if intended):\n%s", path, got)
 			}
-			if c.name == "snp-full" && len(files) != 5 {
-				t.Errorf("extra files: %d, want 5 (qmp, firmware, kernel, initrd, agent)", len(files))
+			if c.name == "snp-full" && len(files) != 8 {
+				t.Errorf("extra files: %d, want 8 (qmp, firmware, kernel, initrd, 2+1 for the rw and ro disks, agent)", len(files))
 			}
 		})
 	}
@@ -208,12 +208,14 @@ func TestBuildArgvFragments(t *testing.T) {
 			has("-kernel", "/proc/self/fd/5"), has("-append", "a=b"),
 		}},
 		{"qcow2 never follows backing files", func(v *config.VM) { v.Disks = []config.Disk{{Path: "/d.qcow2", Format: "qcow2"}} }, PlatformNone, AccelTCG, []check{
-			jsonArg("-blockdev", 0, map[string]any{"driver": "file", "filename": "/d.qcow2", "read-only": false}),
+			has("-add-fd", "fd=5,set=0,opaque=disk0"), has("-add-fd", "fd=6,set=0,opaque=disk0"),
+			jsonArg("-blockdev", 0, map[string]any{"driver": "file", "filename": "/dev/fdset/0", "read-only": false}),
 			jsonArg("-blockdev", 1, map[string]any{"driver": "qcow2", "file": "disk0-file", "backing": nil}),
 			jsonArg("-device", 1, map[string]any{"driver": "virtio-blk-pci-non-transitional", "drive": "disk0", "iommu_platform": true}),
 		}},
 		{"read-only raw disk", func(v *config.VM) { v.Disks = []config.Disk{{Path: "/d.img", ReadOnly: true}} }, PlatformNone, AccelTCG, []check{
-			jsonArg("-blockdev", 0, map[string]any{"read-only": true}),
+			has("-add-fd", "fd=5,set=0,opaque=disk0"), hasNot("fd=6"),
+			jsonArg("-blockdev", 0, map[string]any{"filename": "/dev/fdset/0", "read-only": true}),
 			jsonArg("-blockdev", 1, map[string]any{"driver": "raw", "read-only": true}),
 			hasNot("backing"),
 		}},
@@ -276,7 +278,7 @@ func TestBuildArgvRuntimeDirEscaped(t *testing.T) {
 // other argument must be one of the flags below. A fuzzed definition must never make
 // an argument appear in an option position.
 var argvOptions = map[string]bool{
-	"-name": true, "-pidfile": true, "-sandbox": true, "-display": true, "-machine": true, "-accel": true, "-cpu": true,
+	"-name": true, "-pidfile": true, "-add-fd": true, "-sandbox": true, "-display": true, "-machine": true, "-accel": true, "-cpu": true,
 	"-smp": true, "-m": true, "-object": true, "-bios": true, "-kernel": true, "-initrd": true,
 	"-append": true, "-chardev": true, "-mon": true, "-device": true, "-blockdev": true, "-netdev": true,
 }
@@ -331,8 +333,9 @@ func FuzzSpecArgv(f *testing.F) {
 		checkArgvShape(t, args)
 		v, _ := argValue(args, "-blockdev", 0)
 		var bd struct{ Filename string }
-		if err := json.Unmarshal([]byte(v), &bd); err != nil || bd.Filename != disk {
-			t.Fatalf("disk path %q came back as %q (%v)", disk, bd.Filename, err)
+		// QEMU gets the disk as fdset 0, never by path: the path reaches no argument.
+		if err := json.Unmarshal([]byte(v), &bd); err != nil || bd.Filename != "/dev/fdset/0" {
+			t.Fatalf("disk %q: -blockdev file %q (%v), want /dev/fdset/0", disk, bd.Filename, err)
 		}
 		if a, _ := argValue(args, "-append", 0); cmdline != "" && a != cmdline {
 			t.Fatalf("cmdline %q came back as %q", cmdline, a)

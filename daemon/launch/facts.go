@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"time"
 
 	"github.com/snpd/snpd/config"
@@ -27,7 +28,8 @@ const maxFirmwareFileSize = 64 << 20
 
 // VMFacts learns what the host policy needs beyond the definition (see config.Facts):
 // the firmware file's digests and kernel-hashes section, the QEMU binary and its
-// version, and the key digests of a given ID block and ID auth. platform is
+// version, the key digests of a given ID block and ID auth, and the disks' real paths
+// (the caller sets ImageDir). platform is
 // config.PlatformSEVSNP or config.PlatformNone; qemuPath is the QEMU binary snpd would
 // run (a libvirt domain's own emulator is used instead when it names one). What cannot
 // be learned stays unknown, so Check reports it (fail closed), and the reasons are
@@ -56,6 +58,14 @@ func VMFacts(ctx context.Context, vm *config.VM, platform, qemuPath string) (con
 	}
 	if err := IDAuthFacts(vm, &f); err != nil {
 		errs = append(errs, err)
+	}
+	for _, d := range vm.Disks {
+		real, err := filepath.EvalSymlinks(d.Path)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("resolving disk %s: %w", d.Path, err))
+			real = ""
+		}
+		f.DiskRealPaths = append(f.DiskRealPaths, real)
 	}
 	return f, errors.Join(errs...)
 }
@@ -171,13 +181,15 @@ func ParseQEMUVersion(out []byte) ([3]int, error) {
 
 // CheckLibvirtDomain is the server side of the libvirt hook's check: it maps a domain's
 // XML onto the VM spec, learns its facts (VMFacts, with the domain's emulator or
-// qemuPath) and checks it against p. A domain that cannot be mapped is an error; facts
+// qemuPath; imageDir is snpd's image_dir) and checks it against p. A domain that cannot
+// be mapped is an error; facts
 // that cannot be learned are unknown and so show up as violations, never as a pass.
-func CheckLibvirtDomain(ctx context.Context, p *config.Policy, xml []byte, platform, qemuPath string) (*config.VM, []config.Violation, error) {
+func CheckLibvirtDomain(ctx context.Context, p *config.Policy, xml []byte, platform, qemuPath, imageDir string) (*config.VM, []config.Violation, error) {
 	vm, err := config.FromLibvirtXML(xml)
 	if err != nil {
 		return nil, nil, err
 	}
 	f, _ := VMFacts(ctx, vm, platform, qemuPath) // unknown facts fail the check
+	f.ImageDir = imageDir
 	return vm, p.Check(vm, f), nil
 }

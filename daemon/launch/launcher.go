@@ -19,6 +19,7 @@ import (
 	"github.com/snpd/snpd/daemon/api"
 	"github.com/snpd/snpd/qmp"
 	"github.com/snpd/snpd/snp"
+	"github.com/snpd/snpd/snp/uki"
 )
 
 // Launcher starts VMs: it seals the boot files, computes the expected digest, builds the
@@ -65,6 +66,12 @@ type LaunchHooks struct {
 	// expected digest is computed, before QEMU starts: the host policy check. rec is
 	// filled except for the process fields. An error aborts the launch (nothing started).
 	Admit func(vm *config.VM, spec *Spec, rec *api.LaunchRecord) error
+	// DiskOwner is whose rights the disks are opened with: each must be readable (and
+	// writable unless read-only) by it, or the launch fails before QEMU starts. nil:
+	// root's. The daemon passes the credentials of whoever defined the VM. DiskRoots
+	// are the directories the host sanctions for disks (see OpenDisk).
+	DiskOwner *api.Caller
+	DiskRoots []string
 	// Spawned is called right after QEMU started, paused, before its monitor is asked
 	// anything: rec carries the process (PID, StartTicks, RuntimeDir, Argv). An error
 	// kills QEMU and aborts.
@@ -222,13 +229,15 @@ type kvmModel struct {
 	reason string
 }
 
-// Close releases the sealed files of the spec (the memfds). Safe to call twice.
+// Close releases the sealed files of the spec (the memfds) and the disks' descriptors.
+// Safe to call twice.
 func (s *Spec) Close() {
 	for _, f := range []**SealedFile{&s.Firmware, &s.Kernel, &s.Initrd} {
 		if *f != nil && (*f).File != nil {
 			(*f).File.Close()
 		}
 	}
+	s.closeDisks()
 }
 
 func hexOrEmpty(b []byte) string {
@@ -277,6 +286,7 @@ func newRecord(s *Spec, m *measurement) *api.LaunchRecord {
 	}
 	if s.Kernel != nil {
 		r.KernelSHA256 = hex.EncodeToString(s.Kernel.SHA256[:])
+		r.KernelUKI = kernelUKI(s.Kernel)
 	}
 	if s.Initrd != nil {
 		r.InitrdSHA256 = hex.EncodeToString(s.Initrd.SHA256[:])
@@ -326,6 +336,9 @@ func (l *Launcher) Launch(ctx context.Context, vm *config.VM, h LaunchHooks) (*I
 	rec.QEMUPath, rec.QEMUVersion = l.QEMU, caps.Version.String()
 	if caps.Version.Package != "" {
 		rec.QEMUVersion += " (" + caps.Version.Package + ")"
+	}
+	if err := OpenDisks(spec, h.DiskOwner, h.DiskRoots...); err != nil {
+		return nil, fmt.Errorf("launching %s: %w", vm.Name, err)
 	}
 	if h.Admit != nil {
 		if err := h.Admit(vm, spec, rec); err != nil {
@@ -775,4 +788,19 @@ func RecordKeyDigests(block, auth []byte, authorKey bool) (idKey, author string)
 		author = hex.EncodeToString(info.AuthorKeyDigest[:])
 	}
 	return idKey, author
+}
+
+// kernelUKI describes the sealed kernel when it is a unified kernel image (snp/uki reads
+// the same sealed bytes QEMU loads); nil for any other kernel. A kernel whose PE headers
+// do not parse is still launched: it is measured as the bytes it is.
+func kernelUKI(k *SealedFile) *api.UKIInfo {
+	sum, err := uki.Describe(k, k.Size)
+	if err != nil || !sum.UKI {
+		return nil
+	}
+	info := &api.UKIInfo{Cmdline: sum.Cmdline, Uname: sum.Uname, OSRelease: sum.OSRelease, Stub: sum.Stub}
+	for _, sec := range sum.Sections {
+		info.Sections = append(info.Sections, api.UKISection{Name: sec.Name, Size: sec.Size, SHA256: sec.SHA256})
+	}
+	return info
 }

@@ -154,12 +154,17 @@ func (s *SNPSpec) PolicyBits() uint64 { return abi.SnpPolicyToBytes(s.Policy) }
 
 // DiskSpec is one virtio-blk disk over -blockdev.
 type DiskSpec struct {
-	// Path is the absolute host path of the image.
+	// Path is the absolute host path of the image, as the definition names it.
 	Path string
 	// Format is "raw" or "qcow2".
 	Format string
 	// ReadOnly attaches it read-only.
 	ReadOnly bool
+	// Files are the descriptors QEMU gets for it (an fdset: O_RDWR then O_RDONLY, or
+	// only O_RDONLY for a read-only disk) and RealPath what they point at; both set by
+	// OpenDisks (nil and "" in specs built by tests that never start QEMU).
+	Files    []*os.File
+	RealPath string
 }
 
 // NetSpec is one virtio-net NIC.

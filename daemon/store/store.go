@@ -46,6 +46,9 @@ type StoredVM struct {
 	// Definition is the decoded, defaulted config.VM as JSON.
 	Definition json.RawMessage `json:"definition"`
 	DefinedAt  time.Time       `json:"defined_at"`
+	// DefinedBy is who defined it (nil: snpd itself, as root): its disks are opened with
+	// these rights at every start.
+	DefinedBy *api.Caller `json:"defined_by,omitempty"`
 }
 
 // Open opens (creating if needed) the store in stateDir. It fails after one second
