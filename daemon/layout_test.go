@@ -34,6 +34,7 @@ var allowedEdges = map[string][]string{
 	"snp/snptest":                    {"snp", "snp/agentproto", "snp/launch"},
 	"systemd":                        {},
 	"systemd/systemdtest":            {"systemd"},
+	"scripts/testsummary":            {},
 }
 
 // TestImportDirection enforces the layout: every import between the project's own
