@@ -6,6 +6,9 @@
 // reporting), so `make unit` fails with it.
 //
 //	go run ./scripts/testsummary -race -count=1 -timeout 40m ./...
+//
+// With TESTSUMMARY_JSON=path it also writes go test's whole JSON stream there (every
+// test's output and time, for a CI artifact or a closer look).
 package main
 
 import (
@@ -36,7 +39,17 @@ func main() {
 	if m, err := exec.Command("go", "list", "-m").Output(); err == nil {
 		s.module = strings.TrimSpace(string(m))
 	}
-	if err := s.read(out); err != nil {
+	var in io.Reader = out
+	if p := os.Getenv("TESTSUMMARY_JSON"); p != "" {
+		f, err := os.Create(p)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "testsummary:", err)
+			os.Exit(2)
+		}
+		defer f.Close()
+		in = io.TeeReader(out, f)
+	}
+	if err := s.read(in); err != nil {
 		fmt.Fprintln(os.Stderr, "testsummary: reading go test's output:", err)
 	}
 	s.goErr = cmd.Wait()
