@@ -21,12 +21,15 @@ build:
 demo: deps build
 	bash scripts/demo.sh
 
-# test: install, lint, unit + integration tests with the race detector, then a short run
-# of every fuzz target.
-test: deps lint unit fuzz
+# test: install, lint, a short run of every fuzz target, then unit + integration tests
+# with the race detector, last so that make test ends with their one-line count.
+test: deps lint fuzz unit
 
+# unit: go test's usual output (package results, failed tests in full), then the skipped
+# tests with their reasons and one line counting passed, failed and skipped tests
+# (scripts/testsummary); fails if any test failed.
 unit:
-	$(GO) test -race -count=1 -timeout 40m ./...
+	$(GO) run ./scripts/testsummary -race -count=1 -timeout 40m ./...
 
 lint:
 	bash scripts/lint.sh

@@ -35,6 +35,7 @@ var allowedEdges = map[string][]string{
 	"snp/snptest":                    {"snp", "snp/agentproto", "snp/launch", "snp/uki"},
 	"systemd":                        {},
 	"systemd/systemdtest":            {"systemd"},
+	"scripts/testsummary":            {},
 }
 
 // TestImportDirection enforces the layout: every import between the project's own

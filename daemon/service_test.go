@@ -36,8 +36,8 @@ const (
 )
 
 // needQEMU skips when the real QEMU or its firmware is absent (only on machines unlike
-// this one; scripts/install-deps.sh installs them). Without /dev/kvm snpd runs guests
-// on platform "none" under TCG.
+// this one; scripts/install-deps.sh installs them). KVM is not needed: on platform
+// "none" snpd runs guests under TCG when KVM is absent.
 func needQEMU(t testing.TB) {
 	t.Helper()
 	for _, p := range []string{testQEMU, testFirmware} {

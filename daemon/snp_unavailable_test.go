@@ -18,8 +18,8 @@ import (
 const snpUnavailableLine = "SEV-SNP is not available on this host"
 
 // TestStartSNPOnHostWithoutSNP runs the real snpd on platform "sev-snp" on this host
-// (KVM, no /dev/sev) and starts VMs with the real snpctl and QEMU: with the C-bit
-// position left to the host (CPUID reports none here) and with it set in the
+// (no /dev/sev; with or without KVM) and starts VMs with the real snpctl and QEMU: with
+// the C-bit position left to the host (CPUID reports none here) and with it set in the
 // definition, `snpctl vm start` fails with exactly one line saying SEV-SNP is not
 // available and what to check (not a complaint about snp.cbitpos), and leaves nothing
 // behind: no QEMU (snpd has no child process), no runtime directory, no pid recorded.

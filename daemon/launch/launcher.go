@@ -185,9 +185,15 @@ func (l *Launcher) Prepare(ctx context.Context, vm *config.VM) (*Spec, *api.Laun
 
 // hostFor returns the host facts for a launch. With Host unset on platform "none", KVM
 // is used only when it can run the CPU model with all its features (a nested or limited
-// host may not); otherwise TCG, and note says why. Results are cached per model.
+// host may not); otherwise TCG, and note says why. Results are cached per model. On
+// platform "sev-snp" without KVM it fails with what to check on the host.
 func (l *Launcher) hostFor(ctx context.Context, platform Platform, model string) (HostFacts, string, error) {
 	h := l.host()
+	if platform == PlatformSEVSNP && h.Accel != AccelKVM {
+		// Without KVM there is no SEV-SNP: say what to check rather than let a QEMU
+		// probe fail on "-accel kvm".
+		return h, "", fmt.Errorf("SEV-SNP is not available on this host (/dev/kvm is missing or not usable): %s", SNPHostHint)
+	}
 	if l.Host == nil && platform == PlatformSEVSNP && h.CBitPos == 0 {
 		// CPUID did not report SEV (e.g. a hypervisor hides leaf 0x8000001F): ask the
 		// SEV firmware through QEMU, which also tells whether SEV works at all here.

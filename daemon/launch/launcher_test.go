@@ -266,18 +266,17 @@ func TestLaunchAdmitRefusalStartsNothing(t *testing.T) {
 	ltAssertNothingLeft(t, l, "refused")
 }
 
-// TestLaunchSNPWithoutSNPHost starts an SNP VM on this host, which has KVM but no
-// SEV-SNP: one clear line saying what to check, and nothing left behind.
+// TestLaunchSNPWithoutSNPHost starts an SNP VM, with a C-bit position given, on this
+// host, which has no SEV-SNP: one clear line saying what to check, and nothing left
+// behind. With KVM the real QEMU starts and fails on SEV (qemuExitError translates it);
+// without KVM the launcher refuses before starting QEMU.
 func TestLaunchSNPWithoutSNPHost(t *testing.T) {
 	ltNeed(t)
 	if _, err := os.Stat("/dev/sev"); err == nil {
 		t.Skip("this host has /dev/sev: the no-SNP failure cannot be provoked here")
 	}
-	if _, err := os.Stat("/dev/kvm"); err != nil {
-		t.Skipf("/dev/kvm is missing: QEMU would fail on KVM, not on SEV: %v", err)
-	}
 	l := &Launcher{QEMU: ltQEMU, Platform: PlatformSEVSNP, RuntimeDir: ltRuntimeDir(t),
-		Host: &HostFacts{CBitPos: 51, ReducedPhysBits: 1, Accel: AccelKVM}}
+		Host: &HostFacts{CBitPos: 51, ReducedPhysBits: 1, Accel: DetectHost().Accel}}
 	_, err := l.Launch(context.Background(), ltVM("snp"), LaunchHooks{})
 	if err == nil {
 		t.Fatal("SNP launch succeeded on a host without SEV-SNP")
@@ -287,7 +286,11 @@ func TestLaunchSNPWithoutSNPHost(t *testing.T) {
 	if strings.Contains(msg, "\n") {
 		t.Errorf("error is not one line: %q", msg)
 	}
-	for _, want := range []string{"SEV-SNP is not available on this host", "/dev/sev", "sev_snp=1", "6.11"} {
+	wants := []string{"SEV-SNP is not available on this host", "/dev/sev", "sev_snp=1", "6.11"}
+	if l.Host.Accel != AccelKVM {
+		wants = append(wants, "/dev/kvm is missing or not usable")
+	}
+	for _, want := range wants {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error lacks %q", want)
 		}
@@ -432,8 +435,10 @@ func TestLaunchRuntimeDirTooLong(t *testing.T) {
 }
 
 // TestLaunchSNPHostFactsFromQEMU: without explicit host facts and with CPUID silent about
-// SEV (as here), the launcher asks QEMU's query-sev-capabilities, which on this host
-// fails with the same one-line guidance; nothing is left behind.
+// SEV (as here), the launcher asks QEMU's query-sev-capabilities, which on a host with
+// KVM but no SEV-SNP fails with the same one-line guidance; on a host without KVM the
+// launcher gives that guidance before asking (a QEMU without KVM cannot answer).
+// Nothing is left behind.
 func TestLaunchSNPHostFactsFromQEMU(t *testing.T) {
 	ltNeed(t)
 	if _, err := os.Stat("/dev/sev"); err == nil {
@@ -441,9 +446,6 @@ func TestLaunchSNPHostFactsFromQEMU(t *testing.T) {
 	}
 	if _, _, _, ok := hostSEVBits(); ok {
 		t.Skip("CPUID reports SEV here: the QEMU fallback is not used")
-	}
-	if _, err := os.Stat("/dev/kvm"); err != nil {
-		t.Skipf("/dev/kvm is missing: %v", err)
 	}
 	l := &Launcher{QEMU: ltQEMU, Platform: PlatformSEVSNP, RuntimeDir: ltRuntimeDir(t)}
 	_, err := l.Launch(context.Background(), ltVM("snpcaps"), LaunchHooks{})
