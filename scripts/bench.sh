@@ -4,8 +4,8 @@
 # the machine it ran on. A script that is absent is listed as such; one that fails or
 # prints a malformed BENCH line makes bench.sh exit 1 after the table.
 #
-#   scripts/bench-measure.sh   launch-digest computation vs `openssl dgst -sha384` and
-#                              vs the 44 ms reference figure
+#   scripts/bench-measure.sh   launch-digest computation vs `openssl dgst -sha384` of
+#                              the same file (256 MiB random image, 4 MiB OVMF)
 #   scripts/bench-launch.sh    snpd launch overhead vs bare QEMU
 #   scripts/bench-verify.sh    report verification vs bare ECDSA P-384
 #   scripts/bench-cli.sh       `snpctl vm list` as a whole process vs curl on the socket
