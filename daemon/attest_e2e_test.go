@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/snpd/snpd/daemon/api"
-	"github.com/snpd/snpd/daemon/guestchan/guestchantest"
 	"github.com/snpd/snpd/snp"
 	"github.com/snpd/snpd/snp/agentproto"
 	"github.com/snpd/snpd/snp/snptest"
@@ -33,7 +32,7 @@ func buildAgentDisk(t *testing.T) string {
 			t.Skipf("%s not installed (mtools; run scripts/install-deps.sh)", tool)
 		}
 	}
-	initrd := guestchantest.AgentInitrd(t)
+	initrd := snptest.BuildAgentInitrd(t)
 	dir := t.TempDir()
 	img := filepath.Join(dir, "agent-disk.img")
 	f, err := os.Create(img)
@@ -54,7 +53,7 @@ func buildAgentDisk(t *testing.T) string {
 		}
 	}
 	run("mformat", "-i", img, "-F", "::")
-	run("mcopy", "-i", img, filepath.Join(guestchantest.KernelDir(), "vmlinuz"), "::/vmlinuz")
+	run("mcopy", "-i", img, snptest.GuestKernel(t), "::/vmlinuz")
 	run("mcopy", "-i", img, initrd, "::/initrd")
 	run("mcopy", "-i", img, nsh, "::/startup.nsh")
 	return img

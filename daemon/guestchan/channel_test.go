@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/snpd/snpd/daemon/guestchan/guestchantest"
 	"github.com/snpd/snpd/snp/agentproto"
+	"github.com/snpd/snpd/snp/snptest"
 )
 
 // bootAgentGuest boots Debian's cloud kernel with the agent initramfs under plain QEMU
@@ -24,7 +24,7 @@ func bootAgentGuest(t *testing.T, sock string) string {
 	if err != nil {
 		t.Skip("qemu-system-x86_64 not installed; run scripts/install-deps.sh")
 	}
-	initrd := guestchantest.AgentInitrd(t)
+	initrd := snptest.BuildAgentInitrd(t)
 	dir := filepath.Dir(sock)
 	console := filepath.Join(dir, "console.log")
 	// TCG, not KVM: on this nested-KVM host Linux guests hang early under KVM with the
@@ -35,7 +35,7 @@ func bootAgentGuest(t *testing.T, sock string) string {
 		"-machine", "q35", "-accel", accel, "-m", "512", "-smp", "1",
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-serial", "file:" + console,
-		"-kernel", filepath.Join(guestchantest.KernelDir(), "vmlinuz"),
+		"-kernel", snptest.GuestKernel(t),
 		"-initrd", initrd,
 		"-append", "console=ttyS0 panic=-1",
 		"-device", `{"driver":"virtio-serial-pci","id":"virtio-serial0"}`,
