@@ -638,3 +638,35 @@ func TestQEMUInMachineScope(t *testing.T) {
 	}
 	waitGone(t, conn, scope)
 }
+
+// TestMachineNames pins which names systemd-machined (252) accepts for a machine: host
+// names (letters, digits, '-' and '.', labels neither empty nor starting or ending with
+// '-', at most 64 characters). snpd's VM names may have '_' and more: they need mapping.
+func TestMachineNames(t *testing.T) {
+	if !Inside() {
+		Container(t).RunTest(t)
+		return
+	}
+	m, err := machine1.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	for name, ok := range map[string]bool{
+		"web": true, "Web1": true, "1web": true, "web.example": true, "snpd-web": true,
+		strings.Repeat("a", 64): true, strings.Repeat("a", 65): false,
+		"web_1": false, "x-": false, "-x": false, "a..b": false, "a.": false, ".a": false,
+		"a-.b": false, "a.-b": false, "": false,
+	} {
+		proc := startSleeper(t)
+		err := m.CreateMachine(name, nil, "snpd", "vm", proc.Process.Pid, "", nil)
+		if (err == nil) != ok {
+			t.Errorf("CreateMachine(%q): %v; want accepted=%v", name, err, ok)
+		}
+		if err == nil {
+			if err := m.TerminateMachine(name); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+}
