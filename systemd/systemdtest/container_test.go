@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -327,6 +328,11 @@ func TestCreateMachine(t *testing.T) {
 		Container(t).RunTest(t)
 		return
 	}
+	createMachine(t)
+}
+
+// createMachine is the body of TestCreateMachine, also run under snpd.service's sandbox.
+func createMachine(t *testing.T) {
 	conn := systemdConn(t)
 	m, err := machine1.New()
 	if err != nil {
@@ -668,5 +674,109 @@ func TestMachineNames(t *testing.T) {
 				t.Error(err)
 			}
 		}
+	}
+}
+
+// unitEnv is set by the drop-in that runs a test as snpd.service.
+const unitEnv = "SNPD_SYSTEMDTEST_UNIT"
+
+// TestSnpdUnitMayCreateMachines runs TestCreateMachine's checks as snpd.service itself:
+// the repository's unit file, with its sandbox (CapabilityBoundingSet=CAP_NET_ADMIN
+// CAP_CHOWN, SecureBits=noroot-locked, ProtectSystem=strict, ProtectControlGroups,
+// RestrictAddressFamilies=AF_UNIX..., SystemCallFilter, ...), and a drop-in that only
+// swaps ExecStart for this test binary and makes it a oneshot. CreateMachine and
+// StartTransientUnit need no capability beyond those: machined and systemd accept the
+// calls from uid 0. The scope moves the process out of snpd.service's cgroup.
+func TestSnpdUnitMayCreateMachines(t *testing.T) {
+	switch {
+	case !Inside():
+		Container(t).RunTest(t)
+		return
+	case os.Getenv(unitEnv) == "":
+		runAsSnpdUnit(t)
+		return
+	}
+	cg, err := ProcessCgroups("/proc", os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if unitCg := cg["name=systemd"] + cg[""]; !strings.Contains(unitCg, "/system.slice/snpd.service") {
+		t.Fatalf("not running in snpd.service: cgroups %v", cg)
+	}
+	createMachine(t)
+}
+
+// runAsSnpdUnit installs the repository's snpd.service in the container with a drop-in
+// running this test (TestSnpdUnitMayCreateMachines) as its ExecStart, starts it and
+// fails t unless it passed.
+func runAsSnpdUnit(t *testing.T) {
+	unitFile, err := os.ReadFile("../snpd.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Not under /tmp or /var/tmp: PrivateTmp=yes hides those from the unit.
+	bin := "/usr/local/libexec/snpd-systemdtest/" + filepath.Base(exe)
+	if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := copyFile(exe, bin); err != nil {
+		t.Fatal(err)
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dropIn := strings.Join([]string{
+		"[Unit]",
+		"Wants=",
+		"After=",
+		"[Service]",
+		"Type=oneshot",
+		"ExecStart=",
+		"ExecStart=" + bin + " -test.run=^" + t.Name() + "$$ -test.v -test.count=1",
+		"Environment=" + insideEnv + "=1 " + unitEnv + "=1",
+		"WorkingDirectory=" + wd,
+		"WatchdogSec=0",
+		"Restart=no",
+		"TimeoutStartSec=5min",
+		"",
+	}, "\n")
+	for path, content := range map[string][]byte{
+		"/etc/systemd/system/snpd.service":             unitFile,
+		"/etc/systemd/system/snpd.service.d/test.conf": []byte(dropIn),
+	} {
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, content, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		os.Remove("/etc/systemd/system/snpd.service.d/test.conf")
+		os.Remove("/etc/systemd/system/snpd.service")
+		exec.Command("systemctl", "daemon-reload").Run()
+	})
+	run := func(args ...string) string {
+		out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+		if err != nil && args[1] != "start" {
+			t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	run("systemctl", "daemon-reload")
+	startOut := run("systemctl", "start", "snpd.service")
+	journal := run("journalctl", "-u", "snpd.service", "-o", "cat", "--no-pager")
+	for _, line := range strings.Split(journal, "\n") {
+		t.Log("snpd.service: " + line)
+	}
+	show := run("systemctl", "show", "snpd.service", "-p", "Result", "-p", "ExecMainStatus", "-p", "CapabilityBoundingSet")
+	t.Logf("%s", show)
+	if !strings.Contains(show, "Result=success") || !strings.Contains(journal, "--- PASS: "+t.Name()) {
+		t.Fatalf("%s failed as snpd.service: %s\n%s", t.Name(), startOut, show)
 	}
 }
