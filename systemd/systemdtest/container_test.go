@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -328,11 +329,16 @@ func TestCreateMachine(t *testing.T) {
 		Container(t).RunTest(t)
 		return
 	}
-	createMachine(t)
+	createMachine(t, true)
 }
 
 // createMachine is the body of TestCreateMachine, also run under snpd.service's sandbox.
-func createMachine(t *testing.T) {
+// afterSnpd orders the scope After=snpd.service. That deadlocks while snpd.service is
+// still activating (a oneshot running, or Type=notify before READY=1): machined answers
+// CreateMachine only when the scope's start job is done, and that job waits for
+// snpd.service to finish starting, which waits for CreateMachine (seen: the unit's
+// start timed out after 5 minutes).
+func createMachine(t *testing.T, afterSnpd bool) {
 	conn := systemdConn(t)
 	m, err := machine1.New()
 	if err != nil {
@@ -343,7 +349,18 @@ func createMachine(t *testing.T) {
 	pid := proc.Process.Pid
 	name := fmt.Sprintf("snpd-web-%d", pid)
 	props := append([]sddbus.Property{sddbus.PropDescription("snpd guest " + name)}, limitProps()...)
-	if err := m.CreateMachine(name, machineID(t), "snpd", "vm", pid, "", props); err != nil {
+	if afterSnpd {
+		props = append(props, sddbus.PropAfter("snpd.service"))
+	}
+	// Created over a connection closed at once, as by an snpd that then restarts: the
+	// machine does not depend on its creator's connection.
+	creator, err := machine1.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = creator.CreateMachine(name, machineID(t), "snpd", "vm", pid, "", props)
+	creator.Close()
+	if err != nil {
 		t.Fatalf("CreateMachine: %v", err)
 	}
 	scope := "machine-" + unit.UnitNameEscape(name) + ".scope"
@@ -408,6 +425,9 @@ func createMachine(t *testing.T) {
 	}
 	if up["CollectMode"] != "inactive-or-failed" || up["Description"] != "snpd guest "+name {
 		t.Errorf("scope CollectMode = %v, Description = %v", up["CollectMode"], up["Description"])
+	}
+	if after, _ := up["After"].([]string); afterSnpd && !slices.Contains(after, "snpd.service") {
+		t.Errorf("scope After = %v, want snpd.service in it", up["After"])
 	}
 
 	// A second machine for the same leader is refused.
@@ -703,7 +723,7 @@ func TestSnpdUnitMayCreateMachines(t *testing.T) {
 	if unitCg := cg["name=systemd"] + cg[""]; !strings.Contains(unitCg, "/system.slice/snpd.service") {
 		t.Fatalf("not running in snpd.service: cgroups %v", cg)
 	}
-	createMachine(t)
+	createMachine(t, false)
 }
 
 // runAsSnpdUnit installs the repository's snpd.service in the container with a drop-in
