@@ -139,7 +139,7 @@ func boot() (*SystemdContainer, string, error) {
 		return nil, "systemd-nspawn not installed (Debian package systemd-container; run scripts/install-deps.sh)", nil
 	}
 	if _, err := os.Stat("/proc/self/ns/cgroup"); err != nil {
-		return nil, "the kernel has no cgroup namespaces (CONFIG_CGROUPS namespaces): systemd-nspawn cannot give the container its own cgroup tree", nil
+		return nil, "the kernel has no cgroup namespaces (/proc/self/ns/cgroup; Linux >= 4.6 has them): systemd-nspawn cannot give the container its own cgroup tree", nil
 	}
 	root, err := repoRoot()
 	if err != nil {
