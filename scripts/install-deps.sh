@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # install-deps.sh: install what snpd's demo and tests need on a Debian 12 (bookworm) host:
 # QEMU >= 10 from bookworm-backports, OVMF, libvirt, a guest kernel, linters' prerequisites,
-# and what builds a unified kernel image (UKI) for the tests: Debian's systemd-stub
-# (systemd-boot-efi: /usr/lib/systemd/boot/efi/linuxx64.efi.stub) and objcopy (binutils).
+# what builds a unified kernel image (UKI) for the tests: Debian's systemd-stub
+# (systemd-boot-efi: /usr/lib/systemd/boot/efi/linuxx64.efi.stub) and objcopy (binutils),
+# and the rootfs of the systemd container the systemd tests boot (scripts/systemd-container.sh
+# setup: debootstrap + QEMU, about 3 minutes and 290 MB once, in /var/cache/snpd-test).
 # Idempotent: a second run installs nothing. Must run as root (or does nothing and says so).
 #
 # The bookworm-backports entry reuses the archive address already configured on this
@@ -23,7 +25,7 @@ qemu_ok() {
 # bookworm-backports (apt-cache policy systemd-ukify: no candidate), and bookworm's
 # systemd-boot-efi (252) has no dependencies, so it installs beside any systemd (254
 # arrives with bookworm-backports' libvirt).
-for p in ovmf libvirt-daemon-system libvirt-clients cpio openssl mtools systemd-boot-efi binutils; do
+for p in ovmf libvirt-daemon-system libvirt-clients cpio openssl mtools systemd-boot-efi binutils systemd-container debootstrap; do
   have "$p" || need_pkgs+=("$p")
 done
 bp_pkgs=()
@@ -33,7 +35,11 @@ qemu_ok || bp_pkgs+=(qemu-system-x86 qemu-utils)
 KERNEL_DIR=${SNPD_TEST_KERNEL_DIR:-/var/cache/snpd-test/kernel}
 kernel_ok() { [ -s "$KERNEL_DIR/vmlinuz" ] && [ -d "$KERNEL_DIR/modules" ]; }
 
-if [ ${#need_pkgs[@]} -eq 0 ] && [ ${#bp_pkgs[@]} -eq 0 ] && kernel_ok; then
+# The systemd container's rootfs (systemd/systemdtest.Container boots it).
+CONTAINER_SCRIPT="$(dirname "$0")/systemd-container.sh"
+container_ok() { bash "$CONTAINER_SCRIPT" check; }
+
+if [ ${#need_pkgs[@]} -eq 0 ] && [ ${#bp_pkgs[@]} -eq 0 ] && kernel_ok && container_ok; then
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
@@ -78,3 +84,4 @@ if ! kernel_ok; then
   rm -rf "$tmp"
 fi
 qemu_ok || { echo "install-deps: qemu-system-x86_64 >= 10 still missing after install" >&2; exit 1; }
+container_ok || bash "$CONTAINER_SCRIPT" setup

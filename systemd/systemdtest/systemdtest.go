@@ -1,8 +1,16 @@
-// Package systemdtest provides fakes of the two systemd sockets a service talks to, for
-// tests on machines where systemd is not the init: a notify socket (sd_notify(3)
+// Package systemdtest helps test systemd integration on machines where systemd is not
+// the init.
+//
+// Fakes of the two systemd sockets a service talks to: a notify socket (sd_notify(3)
 // receiver, like NOTIFY_SOCKET) and a journal socket speaking journald's native
 // protocol. Both are real unix datagram sockets in t.TempDir(); they record the sender's
 // credentials and decode messages exactly as systemd would receive them.
+//
+// A real systemd for what cannot be faked (transient scopes and their cgroups,
+// systemd-machined): Container boots Debian's systemd as PID 1 of a systemd-nspawn
+// container (scripts/systemd-container.sh), once per test binary; RunTest runs a test
+// again inside it, where the system bus is that systemd's. ReadCgroupLimits reads back
+// from cgroupfs the limits systemd applied to a unit's cgroup (v1 or v2).
 package systemdtest
 
 import (
