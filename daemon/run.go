@@ -110,6 +110,9 @@ func Run(ctx context.Context, cfg *config.Daemon) error {
 		return err
 	}
 	defer st.Close()
+	if st.BackupErr != nil {
+		log.Warn("the backup of the last good state store was not refreshed", "err", st.BackupErr)
+	}
 
 	launcher := &launch.Launcher{QEMU: cfg.QEMU, Platform: launch.Platform(cfg.Platform), RuntimeDir: cfg.RuntimeDir}
 	if cfg.QEMUNice != nil {
