@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -14,10 +15,11 @@ import (
 	"github.com/snpd/snpd/daemon/store"
 )
 
-// validateDefinition applies a definition's defaults and validates it (every problem).
+// validateDefinition applies a definition's defaults and validates it (every problem),
+// refusing boot files that exist but are not regular files (launch.CheckBootFiles).
 func validateDefinition(vm *config.VM) error {
 	vm.SetDefaults()
-	return vm.Validate()
+	return errors.Join(vm.Validate(), launch.CheckBootFiles(vm))
 }
 
 // admitFunc is the Launcher's Admit hook: the host policy check.

@@ -4,7 +4,6 @@ import (
 	"crypto/ecdsa"
 	"fmt"
 	"io"
-	"os"
 
 	"github.com/snpd/snpd/snp"
 	snplaunch "github.com/snpd/snpd/snp/launch"
@@ -115,7 +114,7 @@ func buildIDBlock(s *Spec, m *measurement) error {
 }
 
 func readKey(path string) (*ecdsa.PrivateKey, error) {
-	f, err := os.Open(path)
+	f, _, err := OpenBootFile("key", path)
 	if err != nil {
 		return nil, fmt.Errorf("reading key: %w", err)
 	}
