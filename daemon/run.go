@@ -158,9 +158,10 @@ func Run(ctx context.Context, cfg *config.Daemon) error {
 			}
 		}()
 	}
-	srv := newHTTPServer(newMux(s.routes(), log), Authorizer{OperateGID: operateGID, ReadGID: readGID}, log)
+	auth := Authorizer{OperateGID: operateGID, ReadGID: readGID}
+	srv := newHTTPServer(newMux(s.routes(), log), auth, log)
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
+	go func() { serveErr <- srv.Serve(limitConnections(ln, auth, log)) }()
 
 	if err := waitAnswering(ctx, s.socket); err != nil {
 		return err
