@@ -145,6 +145,9 @@ func (l *Launcher) Prepare(ctx context.Context, vm *config.VM) (*Spec, *api.Laun
 	if err != nil {
 		return nil, nil, err
 	}
+	// Errors are classified for the API: what the definition asks for (its files, its
+	// values, what they measure to) wraps api.ErrInvalid; what the host lacks or fails at
+	// keeps no kind (a 5xx).
 	host, accelNote, err := l.hostFor(ctx, platform, vm.CPUModel)
 	if err != nil {
 		return nil, nil, err
@@ -156,12 +159,12 @@ func (l *Launcher) Prepare(ctx context.Context, vm *config.VM) (*Spec, *api.Laun
 	spec, err := NewSpec(vm, platform, host, files.fw, files.kernel, files.initrd)
 	if err != nil {
 		files.Close()
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("%w: %w", err, api.ErrInvalid)
 	}
 	m, err := l.measured.Measure(spec)
 	if err != nil {
 		spec.Close()
-		return nil, nil, fmt.Errorf("computing launch digest: %w", err)
+		return nil, nil, fmt.Errorf("computing launch digest: %w: %w", err, api.ErrInvalid)
 	}
 	if err := buildIDBlock(spec, m); err != nil {
 		spec.Close()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/snpd/snpd/daemon/api"
 	"github.com/snpd/snpd/snp"
 	snplaunch "github.com/snpd/snpd/snp/launch"
 )
@@ -123,5 +124,9 @@ func readKey(path string) (*ecdsa.PrivateKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading key %s: %w", path, err)
 	}
-	return snp.ParsePrivateKeyPEM(data)
+	k, err := snp.ParsePrivateKeyPEM(data)
+	if err != nil {
+		return nil, fmt.Errorf("reading key %s: %w: %w", path, err, api.ErrInvalid)
+	}
+	return k, nil
 }
