@@ -150,7 +150,7 @@ func Run(ctx context.Context, cfg *config.Daemon) error {
 	s.att.Sessions, sessions.Cache = sessions, s.att.Cache
 	go sessions.Watch(ctx, sessionFleet{mgr})
 	if vl, err := guestchan.VsockListen(cfg.GuestChannel.VsockPort); err != nil {
-		log.Info("guest vsock requests not served (no vsock on this host)", "err", err)
+		logVsockListenFailure(log, cfg.GuestChannel.VsockPort, err)
 	} else {
 		go func() {
 			if err := sessions.ServeGuests(ctx, vl); err != nil {
