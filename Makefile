@@ -6,6 +6,10 @@ GO        ?= go
 BIN       := bin
 FUZZTIME  ?= 5s
 export GOFLAGS ?= -mod=mod
+# VERSION is what --version prints and GET /v1/status reports: git describe of this
+# checkout, "dev" outside one.
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -X main.version=$(VERSION) -X github.com/snpd/snpd/daemon.Version=$(VERSION)
 
 .PHONY: all build deps demo test unit lint fuzz bench install install-hook clean
 
@@ -19,9 +23,9 @@ deps:
 # starts in about half the time, and runs id-block, policy and libvirt-hook through
 # snpctl-full.
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ ./cmd/snpd ./cmd/snp-agent
-	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/snpctl-full ./cmd/snpctl
-	CGO_ENABLED=0 $(GO) build -trimpath -tags snpctl_lean -o $(BIN)/snpctl ./cmd/snpctl
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/snpd ./cmd/snp-agent
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/snpctl-full ./cmd/snpctl
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -tags snpctl_lean -o $(BIN)/snpctl ./cmd/snpctl
 
 demo: deps build
 	bash scripts/demo.sh
