@@ -170,3 +170,12 @@ func (c *limitedConn) Close() error {
 	c.once.Do(func() { c.l.release(c.peer) })
 	return c.Conn.Close()
 }
+
+// CloseWrite shuts down the writing side, as *net.UnixConn does: the HTTP server uses it
+// to let a client read a final answer before the connection closes.
+func (c *limitedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
