@@ -6,6 +6,10 @@ GO        ?= go
 BIN       := bin
 FUZZTIME  ?= 5s
 export GOFLAGS ?= -mod=mod
+# VERSION is what --version prints and GET /v1/status reports: git describe of this
+# checkout, "dev" outside one.
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -X main.version=$(VERSION) -X github.com/snpd/snpd/daemon.Version=$(VERSION)
 
 .PHONY: all build deps demo test unit lint fuzz bench install install-hook clean
 
@@ -16,7 +20,7 @@ deps:
 
 # build: snpd, snpctl (every command, and the libvirt hook) and snp-agent, static.
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ ./cmd/snpd ./cmd/snpctl ./cmd/snp-agent
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/snpd ./cmd/snpctl ./cmd/snp-agent
 
 demo: deps build
 	bash scripts/demo.sh

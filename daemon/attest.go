@@ -19,6 +19,7 @@ import (
 	"github.com/snpd/snpd/config"
 	"github.com/snpd/snpd/daemon/api"
 	"github.com/snpd/snpd/daemon/guestchan"
+	dlaunch "github.com/snpd/snpd/daemon/launch"
 	"github.com/snpd/snpd/snp"
 	"github.com/snpd/snpd/snp/agentproto"
 	"github.com/snpd/snpd/snp/launch"
@@ -355,25 +356,22 @@ func remeasure(vm *config.VM, want []byte) ([]launch.PageUpdate, error) {
 	if err != nil {
 		return nil, fmt.Errorf("vmm type: %w", err)
 	}
-	fw, err := os.Open(vm.Firmware)
+	fw, st, err := dlaunch.OpenBootFile("firmware", vm.Firmware)
 	if err != nil {
 		return nil, fmt.Errorf("opening firmware for the launch log: %w", err)
 	}
 	defer fw.Close()
-	st, err := fw.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("reading firmware: %w", err)
-	}
 	in := launch.MeasureInput{Mode: launch.ModeSNP, Firmware: fw, FirmwareSize: st.Size(), Cmdline: vm.Cmdline,
 		VCPUs: vm.VCPUs, VCPUSig: sig, VMM: vmm, GuestFeatures: vm.SNP.GuestFeatures, Log: true}
 	for _, f := range []struct {
 		path string
 		dst  *io.Reader
-	}{{vm.Kernel, &in.Kernel}, {vm.Initrd, &in.Initrd}} {
+		name string
+	}{{vm.Kernel, &in.Kernel, "kernel"}, {vm.Initrd, &in.Initrd, "initrd"}} {
 		if f.path == "" {
 			continue
 		}
-		h, err := os.Open(f.path)
+		h, _, err := dlaunch.OpenBootFile(f.name, f.path)
 		if err != nil {
 			return nil, fmt.Errorf("opening %s for the launch log: %w", f.path, err)
 		}

@@ -2,14 +2,24 @@ package daemon
 
 import (
 	"os"
+	"path/filepath"
 	"testing"
 )
 
-// TestMain lets tests re-execute the test binary as snpd itself.
+// TestMain lets tests re-execute the test binary as snpd itself, or as a client hogging
+// its connections (hogMain).
 func TestMain(m *testing.M) {
 	if cfg := os.Getenv("SNPD_TEST_DAEMON"); cfg != "" {
 		daemonMain(cfg)
 		return
 	}
-	os.Exit(m.Run())
+	if socket := os.Getenv("SNPD_TEST_HOG"); socket != "" {
+		hogMain(socket)
+		return
+	}
+	code := m.Run()
+	if worldBin != "" {
+		os.RemoveAll(filepath.Dir(worldBin))
+	}
+	os.Exit(code)
 }

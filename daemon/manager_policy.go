@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -14,10 +15,11 @@ import (
 	"github.com/snpd/snpd/daemon/store"
 )
 
-// validateDefinition applies a definition's defaults and validates it (every problem).
+// validateDefinition applies a definition's defaults and validates it (every problem),
+// refusing boot files that exist but are not regular files (launch.CheckBootFiles).
 func validateDefinition(vm *config.VM) error {
 	vm.SetDefaults()
-	return vm.Validate()
+	return errors.Join(vm.Validate(), launch.CheckBootFiles(vm))
 }
 
 // admitFunc is the Launcher's Admit hook: the host policy check.
@@ -124,12 +126,14 @@ func (m *Manager) RegisterLibvirt(ctx context.Context, req api.LibvirtDomainRequ
 		if m.prepare == nil {
 			return nil, fmt.Errorf("no launcher to measure libvirt domains: %w", api.ErrUnavailable)
 		}
+		// The error keeps prepare's kind: a definition problem (its files, its values)
+		// is api.ErrInvalid (400), a host failure has none (500).
 		if rec, err = m.prepare(ctx, vm); err != nil {
-			return nil, fmt.Errorf("computing the expected digest of %q: %w: %w", vm.Name, err, api.ErrInvalid)
+			return nil, fmt.Errorf("computing the expected digest of %q: %w", vm.Name, err)
 		}
 	} else if rec, err = nonConfidentialRecord(vm, m.platform); err != nil {
 		// Only reached when the policy allowed the domain (or there is none).
-		return nil, fmt.Errorf("recording libvirt domain %q: %w: %w", vm.Name, err, api.ErrInvalid)
+		return nil, fmt.Errorf("recording libvirt domain %q: %w", vm.Name, err)
 	}
 	def, err := json.Marshal(vm)
 	if err != nil {

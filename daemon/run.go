@@ -110,6 +110,9 @@ func Run(ctx context.Context, cfg *config.Daemon) error {
 		return err
 	}
 	defer st.Close()
+	if st.BackupErr != nil {
+		log.Warn("the backup of the last good state store was not refreshed", "err", st.BackupErr)
+	}
 
 	launcher := &launch.Launcher{QEMU: cfg.QEMU, Platform: launch.Platform(cfg.Platform), RuntimeDir: cfg.RuntimeDir}
 	if cfg.QEMUNice != nil {
@@ -152,7 +155,7 @@ func Run(ctx context.Context, cfg *config.Daemon) error {
 	s.att.Sessions, sessions.Cache = sessions, s.att.Cache
 	go sessions.Watch(ctx, sessionFleet{mgr})
 	if vl, err := guestchan.VsockListen(cfg.GuestChannel.VsockPort); err != nil {
-		log.Info("guest vsock requests not served (no vsock on this host)", "err", err)
+		logVsockListenFailure(log, cfg.GuestChannel.VsockPort, err)
 	} else {
 		go func() {
 			if err := sessions.ServeGuests(ctx, vl); err != nil {
@@ -160,9 +163,10 @@ func Run(ctx context.Context, cfg *config.Daemon) error {
 			}
 		}()
 	}
-	srv := newHTTPServer(newMux(s.routes(), log), Authorizer{OperateGID: operateGID, ReadGID: readGID}, log)
+	auth := Authorizer{OperateGID: operateGID, ReadGID: readGID}
+	srv := newHTTPServer(newMux(s.routes(), log), auth, log)
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
+	go func() { serveErr <- srv.Serve(limitConnections(ln, auth, log)) }()
 
 	if err := waitAnswering(ctx, s.socket); err != nil {
 		return err

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -243,8 +244,9 @@ func newMux(routes []Route, log *slog.Logger) *http.ServeMux {
 			case p.Role < need:
 				err = fmt.Errorf("uid %d may only read; %s needs root or snpd's operate group: %w", p.UID, r.Method+" "+r.URL.Path, api.ErrForbidden)
 			default:
-				r.Body = http.MaxBytesReader(w, r.Body, api.MaxBodySize)
-				err = h(w, r)
+				if err = readBody(w, r); err == nil {
+					err = h(w, r)
+				}
 			}
 			if err != nil {
 				writeError(w, err)
@@ -321,16 +323,67 @@ func vmName(r *http.Request) (string, error) {
 	return name, api.ValidName(name)
 }
 
+// apiTimeouts bound how long a client may take: to send a request's headers (from the
+// connection's start, or the end of the previous request), to send its body, and to
+// stay connected idle between requests. A handler that runs long (a stop waiting for
+// the guest, an event stream) is not bounded by them. Variables so tests can shorten
+// them.
+var apiTimeouts = struct{ Header, Body, Idle time.Duration }{
+	Header: 10 * time.Second,
+	Body:   10 * time.Second,
+	Idle:   30 * time.Second,
+}
+
+// withReadDeadline sets the read deadline of a request's body before anything else
+// runs: a refused request or a method the mux answers itself (405) leaves it in place,
+// so the server's own reading of an unread body cannot wait forever; readBody clears it
+// once the body is read.
+func withReadDeadline(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(apiTimeouts.Body))
+		h.ServeHTTP(w, r)
+	})
+}
+
+// readBody reads the whole request body (at most api.MaxBodySize bytes) within the
+// read deadline withReadDeadline set, then clears the deadline: the handler may run
+// long, and a read deadline expiring under it would cancel its request context. The
+// handler reads the body from memory.
+func readBody(w http.ResponseWriter, r *http.Request) error {
+	rc := http.NewResponseController(w)
+	if r.Body != nil && r.Body != http.NoBody {
+		b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, api.MaxBodySize))
+		if err != nil {
+			var mbe *http.MaxBytesError
+			switch {
+			case errors.As(err, &mbe):
+				return fmt.Errorf("request body is larger than %d bytes: %w", mbe.Limit, api.ErrTooLarge)
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				return fmt.Errorf("reading request body: not complete within %s: %w", apiTimeouts.Body, api.ErrInvalid)
+			}
+			return fmt.Errorf("reading request body: %v: %w", err, api.ErrInvalid)
+		}
+		r.Body = io.NopCloser(bytes.NewReader(b))
+	}
+	_ = rc.SetReadDeadline(time.Time{})
+	return nil
+}
+
 // newHTTPServer returns the API's http.Server: peer credentials are read once per
-// connection (ConnContext), and connections whose credentials cannot be read are served
-// with RoleNone.
+// connection (by the connLimiter the server is given as its listener, else here in
+// ConnContext), and connections whose credentials cannot be read are served with
+// RoleNone. Headers, bodies and idle keep-alive connections are bounded by apiTimeouts.
 func newHTTPServer(handler http.Handler, auth Authorizer, log *slog.Logger) *http.Server {
 	return &http.Server{
-		Handler:           handler,
-		ReadHeaderTimeout: 10 * time.Second,
+		Handler:           withReadDeadline(handler),
+		ReadHeaderTimeout: apiTimeouts.Header,
+		IdleTimeout:       apiTimeouts.Idle,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if lc, ok := c.(*limitedConn); ok {
+				return context.WithValue(ctx, peerKey{}, lc.peer)
+			}
 			p, err := peerCred(c)
 			if err != nil {
 				log.Warn("reading peer credentials", "err", err)

@@ -53,6 +53,7 @@ func needQEMU(t testing.TB) {
 // once that VM's QEMU started, before its pid is recorded. SNPD_TEST_CPUPROFILE=path
 // writes a CPU profile of the daemon and SNPD_TEST_TRACE=path a runtime trace (`go tool
 // trace -pprof=sched` shows where API requests wait for a P during concurrent starts).
+// SNPD_TEST_API_TIMEOUT=duration sets every apiTimeouts bound to it.
 func daemonMain(cfgPath string) {
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, nil)))
 	cfg, err := config.LoadDaemon(cfgPath)
@@ -75,6 +76,14 @@ func daemonMain(cfgPath string) {
 	}
 	testHookBeforeCont = haltAt("SNPD_TEST_HALT_BEFORE_CONT")
 	testHookAfterSpawn = haltAt("SNPD_TEST_HALT_AFTER_SPAWN")
+	if v := os.Getenv("SNPD_TEST_API_TIMEOUT"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "snpd: SNPD_TEST_API_TIMEOUT:", err)
+			os.Exit(1)
+		}
+		apiTimeouts.Header, apiTimeouts.Body, apiTimeouts.Idle = d, d, d
+	}
 	if p := os.Getenv("SNPD_TEST_CPUPROFILE"); p != "" {
 		if f, err := os.Create(p); err == nil {
 			_ = pprof.StartCPUProfile(f)

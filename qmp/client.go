@@ -70,7 +70,8 @@ type Client struct {
 
 // Dial connects to the QMP unix socket at path and negotiates capabilities. ctx bounds
 // the dial and the handshake; if the greeting does not arrive in time the error wraps
-// ErrNoGreeting (another client probably holds the monitor). After snpd restarts it
+// ErrNoGreeting, and ErrMonitorBusy when QEMU has not accepted the connection because
+// another client holds the monitor; its message says which. After snpd restarts it
 // reattaches to a running QEMU by dialing the same path again. opts may be nil.
 func Dial(ctx context.Context, path string, opts *Options) (*Client, error) {
 	var d net.Dialer
@@ -130,6 +131,7 @@ func NewClient(ctx context.Context, conn net.Conn, opts *Options) (*Client, erro
 // handshake reads the greeting and runs qmp_capabilities, honouring ctx by deadlines on
 // the connection.
 func (c *Client) handshake(ctx context.Context, r *bufio.Reader) (err error) {
+	began := time.Now()
 	if dl, ok := ctx.Deadline(); ok {
 		c.conn.SetDeadline(dl)
 	}
@@ -153,7 +155,11 @@ func (c *Client) handshake(ctx context.Context, r *bufio.Reader) (err error) {
 			if cause == nil {
 				cause = context.DeadlineExceeded
 			}
-			return fmt.Errorf("waiting for QMP greeting: %w (%w)", ErrNoGreeting, cause)
+			ng := &noGreetingError{waited: time.Since(began), cause: cause}
+			if p := remotePath(c.conn); p != "" {
+				ng.state = diagnoseMonitor(p) // while the connection is still open: it is the evidence
+			}
+			return fmt.Errorf("waiting for QMP greeting: %w", ng)
 		}
 		if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
 			err = ErrDisconnected // typically QEMU exited during startup

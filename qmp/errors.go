@@ -43,10 +43,16 @@ var (
 	ErrClosed = errors.New("QMP connection closed")
 
 	// ErrNoGreeting is returned (wrapped, together with the context's error) when the
-	// QMP greeting does not arrive before the context ends. QEMU serves one QMP client
-	// per monitor socket and does not greet a second one until the first disconnects, so
-	// this almost always means another client holds the monitor.
-	ErrNoGreeting = errors.New("no greeting before the deadline: another QMP client probably holds the monitor (QEMU serves one client per socket)")
+	// QMP greeting does not arrive before the context ends. The message says why, as
+	// far as the socket table tells: QEMU serves one QMP client per monitor socket and
+	// does not accept a second one until the first disconnects (then the error also
+	// wraps ErrMonitorBusy); a QEMU that accepted the connection and sent nothing, or
+	// that accepts nothing while no one holds the monitor, is hung or stopped.
+	ErrNoGreeting = errors.New("no QMP greeting before the deadline")
+
+	// ErrMonitorBusy is wrapped with ErrNoGreeting when the connection was not accepted
+	// because another client holds the monitor.
+	ErrMonitorBusy = errors.New("another QMP client holds the monitor (QEMU serves one client per socket)")
 
 	// ErrDisconnected is the cause recorded when QEMU closes the connection (it exited,
 	// or quit ran).

@@ -253,8 +253,8 @@ func TestQEMUSecondClientAndReconnect(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	_, err := qmp.Dial(ctx, path, nil)
-	if !errors.Is(err, qmp.ErrNoGreeting) {
-		t.Fatalf("second client: %v, want ErrNoGreeting", err)
+	if !errors.Is(err, qmp.ErrNoGreeting) || !errors.Is(err, qmp.ErrMonitorBusy) {
+		t.Fatalf("second client: %v, want ErrNoGreeting and ErrMonitorBusy", err)
 	}
 	t.Logf("second client: %v", err)
 	if err := first.Cont(testCtx(t)); err != nil {

@@ -55,7 +55,11 @@ const modulesFile = "/etc/snp-agent/modules"
 // ErrNoDevice is the answer on a guest without SEV-SNP report support.
 var ErrNoDevice = errors.New("guest has no SEV-SNP report device")
 
+// version is snp-agent's version, set by make build (-ldflags -X main.version=...).
+var version = "dev"
+
 func main() {
+	showVersion := flag.Bool("version", false, "print the version and exit")
 	vsockPort := flag.Uint("vsock-port", 5000, "vsock port to listen on when the guest has a vsock device (0: none)")
 	portPath := flag.String("port", "", "virtio-serial port device (default: the port named "+PortName+")")
 	stateDir := flag.String("state-dir", "/run/snp-agent", "where the provisioned record and chain and the control socket are kept")
@@ -67,6 +71,10 @@ func main() {
 		flag.PrintDefaults()
 	}
 	flag.Parse()
+	if *showVersion {
+		fmt.Println("snp-agent " + version)
+		return
+	}
 	log.SetFlags(0)
 	log.SetPrefix("snp-agent: ")
 	// As PID 1 the positional arguments are kernel command line leftovers (the EFI shell

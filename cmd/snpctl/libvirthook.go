@@ -26,6 +26,48 @@ var hookTimeout = 9 * time.Second
 // hookName is the name the hook is installed under (/etc/libvirt/hooks/qemu.d/snpd).
 const hookName = "snpd"
 
+// hookStdinTimeout bounds reading the hook's stdin: libvirt writes the domain XML and
+// closes it at once, so a stdin still open after this is not libvirt's.
+var hookStdinTimeout = 3 * time.Second
+
+// hookStdinMax bounds how much of stdin the hook drains (bytes); libvirt's XML is far
+// smaller.
+const hookStdinMax = 64 << 20
+
+// readHookStdin reads stdin to its end within timeout, keeping the first keep bytes and
+// discarding the rest, and returns what it kept and how many bytes there were. The hook
+// always drains stdin this way before answering: libvirt writes the whole XML before it
+// reads the hook's status, and a hook that exits with XML still unread gives it a broken
+// pipe instead of the hook's answer. Reading stops with an error at hookStdinMax bytes,
+// or at the timeout (a stdin that never closes; the blocked read ends with the process).
+func readHookStdin(stdin io.Reader, keep int64, timeout time.Duration) ([]byte, int64, error) {
+	type result struct {
+		data  []byte
+		total int64
+		err   error
+	}
+	done := make(chan result, 1)
+	go func() {
+		var kept bytes.Buffer
+		n, err := io.Copy(&kept, io.LimitReader(stdin, keep))
+		if err == nil && n == keep {
+			var rest int64
+			rest, err = io.Copy(io.Discard, io.LimitReader(stdin, hookStdinMax-keep+1))
+			n += rest
+			if err == nil && n > hookStdinMax {
+				err = fmt.Errorf("more than %d bytes on stdin", hookStdinMax)
+			}
+		}
+		done <- result{kept.Bytes(), n, err}
+	}()
+	select {
+	case r := <-done:
+		return r.data, r.total, r.err
+	case <-time.After(timeout):
+		return nil, 0, fmt.Errorf("stdin did not end within %s (libvirt writes the domain XML and closes it)", timeout)
+	}
+}
+
 func init() { addCommand(newLibvirtHookCmd) }
 
 // commandArgs returns the arguments snpctl runs with, given its whole argv: invoked as
@@ -110,12 +152,12 @@ func (h *libvirtHook) run(ctx context.Context, domain, op, subop string, stdin i
 	defer cancel()
 	switch {
 	case op == "prepare" && subop == "begin":
-		xml, err := io.ReadAll(io.LimitReader(stdin, config.MaxLibvirtXMLSize+1))
+		xml, total, err := readHookStdin(stdin, config.MaxLibvirtXMLSize+1, hookStdinTimeout)
 		if err != nil {
 			return h.refuse(fmt.Sprintf("refusing domain %s: reading its XML: %v", domain, err))
 		}
-		if len(xml) > config.MaxLibvirtXMLSize {
-			return h.refuse(fmt.Sprintf("refusing domain %s: its XML is more than %d bytes", domain, config.MaxLibvirtXMLSize))
+		if total > config.MaxLibvirtXMLSize {
+			return h.refuse(fmt.Sprintf("refusing domain %s: its XML is %d bytes, more than the %d allowed", domain, total, config.MaxLibvirtXMLSize))
 		}
 		// Map locally first: a domain snpd could not map is refused without asking it.
 		if _, err := config.FromLibvirtXML(xml); err != nil {
@@ -123,11 +165,15 @@ func (h *libvirtHook) run(ctx context.Context, domain, op, subop string, stdin i
 		}
 		return h.register(ctx, domain, xml)
 	case op == "release" && subop == "end":
-		_, _ = io.Copy(io.Discard, io.LimitReader(stdin, config.MaxLibvirtXMLSize))
+		if _, _, err := readHookStdin(stdin, 0, hookStdinTimeout); err != nil {
+			fmt.Fprintf(h.stderr, "snpd: releasing domain %s: %v\n", domain, err)
+		}
 		return h.release(ctx, domain)
 	default:
 		// Drain the XML libvirt writes so it never sees a broken pipe.
-		_, _ = io.Copy(io.Discard, io.LimitReader(stdin, config.MaxLibvirtXMLSize))
+		if _, _, err := readHookStdin(stdin, 0, hookStdinTimeout); err != nil {
+			fmt.Fprintf(h.stderr, "snpd: %s %s %s: %v\n", domain, op, subop, err)
+		}
 		return nil
 	}
 }

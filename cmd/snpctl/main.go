@@ -17,6 +17,9 @@ import (
 	"github.com/spf13/cobra"
 )
 
+// version is snpctl's version, set by make build (-ldflags -X main.version=...).
+var version = "dev"
+
 var subcommands []func() *cobra.Command
 
 // addCommand registers a constructor for a top-level subcommand.
@@ -55,7 +58,9 @@ attest, verify and policy check also exit 1 when a check fails.`,
   snpctl measure --mode snp --vcpus 1 --vcpu-type EPYC-v4 --ovmf /usr/share/ovmf/OVMF.fd`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       version,
 	}
+	root.SetVersionTemplate("snpctl {{.Version}}\n")
 	root.PersistentFlags().String("socket", "", "snpd API socket (default $SNPD_SOCKET, then /run/snpd/snpd.sock)")
 	root.PersistentFlags().Bool("json", false, "print JSON instead of human-readable output (every subcommand)")
 	for _, f := range subcommands {

@@ -2,7 +2,7 @@
 // QEMU, keeps a durable record of every launch, serves its API on a unix socket and
 // reattaches to running guests after a restart.
 //
-// Usage: snpd [--config PATH] [--state-dir DIR] [--runtime-dir DIR]
+// Usage: snpd [--config PATH] [--state-dir DIR] [--runtime-dir DIR] [--debug] [--version]
 package main
 
 import (
@@ -10,6 +10,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -26,14 +27,22 @@ func main() {
 	os.Exit(run(os.Args[1:]))
 }
 
+// stdout is where --version prints (tests capture it).
+var stdout io.Writer = os.Stdout
+
 func run(args []string) int {
 	fl := flag.NewFlagSet("snpd", flag.ContinueOnError)
 	cfgPath := fl.String("config", config.DefaultConfigPath, "configuration file (TOML)")
 	stateDir := fl.String("state-dir", "", "state directory (overrides state_dir)")
 	runtimeDir := fl.String("runtime-dir", "", "runtime directory (overrides runtime_dir; the socket defaults to <runtime-dir>/snpd.sock)")
 	debug := fl.Bool("debug", false, "log debug messages")
+	showVersion := fl.Bool("version", false, "print the version and exit")
 	if err := fl.Parse(args); err != nil {
 		return 2
+	}
+	if *showVersion {
+		fmt.Fprintln(stdout, "snpd "+daemon.Version)
+		return 0
 	}
 	if fl.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "snpd: unexpected argument %q\n", fl.Arg(0))

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"time"
@@ -71,18 +70,11 @@ func VMFacts(ctx context.Context, vm *config.VM, platform, qemuPath string) (con
 }
 
 func firmwareFileFacts(path string, f *config.Facts) error {
-	fd, err := os.Open(path)
+	fd, st, err := OpenBootFile("firmware", path)
 	if err != nil {
 		return fmt.Errorf("reading firmware: %w", err)
 	}
 	defer fd.Close()
-	st, err := fd.Stat()
-	if err != nil {
-		return fmt.Errorf("reading firmware: %w", err)
-	}
-	if !st.Mode().IsRegular() {
-		return fmt.Errorf("reading firmware %s: not a regular file", path)
-	}
 	if st.Size() > maxFirmwareFileSize {
 		return fmt.Errorf("reading firmware %s: %d bytes, more than %d", path, st.Size(), maxFirmwareFileSize)
 	}

@@ -156,6 +156,9 @@ func (l *Launcher) Prepare(ctx context.Context, vm *config.VM) (*Spec, *api.Laun
 	if err != nil {
 		return nil, nil, err
 	}
+	// Errors are classified for the API: what the definition asks for (its files, its
+	// values, what they measure to) wraps api.ErrInvalid; what the host lacks or fails at
+	// keeps no kind (a 5xx).
 	host, accelNote, err := l.hostFor(ctx, platform, vm.CPUModel)
 	if err != nil {
 		return nil, nil, err
@@ -167,12 +170,12 @@ func (l *Launcher) Prepare(ctx context.Context, vm *config.VM) (*Spec, *api.Laun
 	spec, err := NewSpec(vm, platform, host, files.fw, files.kernel, files.initrd)
 	if err != nil {
 		files.Close()
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("%w: %w", err, api.ErrInvalid)
 	}
 	m, err := l.measured.Measure(spec)
 	if err != nil {
 		spec.Close()
-		return nil, nil, fmt.Errorf("computing launch digest: %w", err)
+		return nil, nil, fmt.Errorf("computing launch digest: %w: %w", err, api.ErrInvalid)
 	}
 	if err := buildIDBlock(spec, m); err != nil {
 		spec.Close()
@@ -508,19 +511,48 @@ func (l *Launcher) connect(ctx context.Context, inst *Instance, path string) (*q
 	}
 	select {
 	case <-inst.Done():
-		return nil, qemuExitError(inst.Exit())
+		return nil, l.qemuExitError(inst.Exit())
 	case <-time.After(200 * time.Millisecond):
 		select {
 		case <-inst.Done():
-			return nil, qemuExitError(inst.Exit())
+			return nil, l.qemuExitError(inst.Exit())
 		default:
 		}
 	}
 	return nil, fmt.Errorf("connecting to QEMU's monitor: %w", err)
 }
 
+// qemuExitError is qemuExitError for this launcher's platform: on sev-snp, QEMU failing
+// to initialize KVM also means SEV-SNP is not available here.
+func (l *Launcher) qemuExitError(ex ExitInfo) error {
+	if p, _ := l.platform(); p == PlatformSEVSNP {
+		if line, ok := kvmFailure(ex); ok {
+			return snpUnavailable(line)
+		}
+	}
+	return qemuExitError(ex)
+}
+
+// kvmFailure finds QEMU's line saying KVM could not be used ("Could not access KVM
+// kernel module: No such file or directory", "failed to initialize kvm: ...").
+func kvmFailure(ex ExitInfo) (string, bool) {
+	for i := len(ex.StderrTail) - 1; i >= 0; i-- {
+		l := ex.StderrTail[i]
+		if strings.Contains(l, "failed to initialize kvm") || strings.Contains(l, "Could not access KVM kernel module") {
+			return stripQEMUPrefix(strings.TrimSpace(l)), true
+		}
+	}
+	return "", false
+}
+
+// snpUnavailable is the one line a user sees when SEV-SNP does not work on this host,
+// with QEMU's own words.
+func snpUnavailable(qemuLine string) error {
+	return fmt.Errorf("SEV-SNP is not available on this host (qemu: %s): %s", qemuLine, SNPHostHint)
+}
+
 // SNPHostHint is what to check on a host where SEV-SNP does not work.
-const SNPHostHint = "check that /dev/sev exists, kvm_amd is loaded with sev_snp=1 (/sys/module/kvm_amd/parameters/sev_snp) and the host kernel is >= 6.11"
+const SNPHostHint = "check that /dev/kvm and /dev/sev exist, kvm_amd is loaded with sev_snp=1 (/sys/module/kvm_amd/parameters/sev_snp) and the host kernel is >= 6.11"
 
 // qemuExitError turns an early QEMU exit into one line, with what to check on the host
 // when SEV-SNP is unavailable.
@@ -537,7 +569,7 @@ func qemuExitError(ex ExitInfo) error {
 		// by KVM", "sev_kvm_init: Failed to open /dev/sev ...".
 		if strings.Contains(l, "SEV") && (strings.Contains(l, "KVM") || strings.Contains(l, "/dev/sev")) ||
 			strings.Contains(l, "/dev/sev") {
-			return fmt.Errorf("SEV-SNP is not available on this host (qemu: %s): %s", stripQEMUPrefix(strings.TrimSpace(l)), SNPHostHint)
+			return snpUnavailable(stripQEMUPrefix(strings.TrimSpace(l)))
 		}
 	}
 	if last == "" {

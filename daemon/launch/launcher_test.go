@@ -266,10 +266,11 @@ func TestLaunchAdmitRefusalStartsNothing(t *testing.T) {
 	ltAssertNothingLeft(t, l, "refused")
 }
 
-// TestLaunchSNPWithoutSNPHost starts an SNP VM, with a C-bit position given, on this
-// host, which has no SEV-SNP: one clear line saying what to check, and nothing left
-// behind. With KVM the real QEMU starts and fails on SEV (qemuExitError translates it);
-// without KVM the launcher refuses before starting QEMU.
+// TestLaunchSNPWithoutSNPHost starts an SNP VM on this host, which has no SEV-SNP, with
+// the host facts claiming KVM and a C-bit, so QEMU itself fails: on SEV ("vm-type
+// SEV-SNP not supported by KVM") where KVM works, on KVM ("failed to initialize kvm")
+// where there is no /dev/kvm. Either way: one clear line saying SEV-SNP is not available
+// and what to check, and nothing left behind.
 func TestLaunchSNPWithoutSNPHost(t *testing.T) {
 	ltNeed(t)
 	if _, err := os.Stat("/dev/sev"); err == nil {
@@ -286,11 +287,7 @@ func TestLaunchSNPWithoutSNPHost(t *testing.T) {
 	if strings.Contains(msg, "\n") {
 		t.Errorf("error is not one line: %q", msg)
 	}
-	wants := []string{"SEV-SNP is not available on this host", "/dev/sev", "sev_snp=1", "6.11"}
-	if l.Host.Accel != AccelKVM {
-		wants = append(wants, "/dev/kvm is missing or not usable")
-	}
-	for _, want := range wants {
+	for _, want := range []string{"SEV-SNP is not available on this host", "/dev/kvm", "/dev/sev", "sev_snp=1", "6.11"} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error lacks %q", want)
 		}
@@ -496,5 +493,32 @@ func TestLaunchSameNameConcurrently(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(ok[0].Dir, QMPSocketName)); err != nil {
 		t.Fatalf("winner's QMP socket: %v", err)
+	}
+}
+
+// TestSNPWithoutKVMSaysSNPUnavailable: on platform sev-snp, a host without a usable
+// /dev/kvm (TCG) is refused before anything is sealed or started, with the SEV-SNP hint
+// and as a host failure (no api kind: a 5xx), and QEMU's own "failed to initialize kvm"
+// maps to the same hint; on platform none that QEMU message stays as it is.
+func TestSNPWithoutKVMSaysSNPUnavailable(t *testing.T) {
+	l := &Launcher{QEMU: ltQEMU, Platform: PlatformSEVSNP, RuntimeDir: ltRuntimeDir(t),
+		Host: &HostFacts{CBitPos: 51, ReducedPhysBits: 1, Accel: AccelTCG}}
+	_, _, err := l.Prepare(context.Background(), ltVM("nokvm"))
+	if err == nil || !strings.Contains(err.Error(), "SEV-SNP is not available on this host (/dev/kvm") ||
+		!strings.Contains(err.Error(), SNPHostHint) || errors.Is(err, api.ErrInvalid) {
+		t.Errorf("Prepare on sev-snp without KVM: %v", err)
+	}
+
+	ex := ExitInfo{Known: true, Code: 1, StderrTail: []string{
+		"qemu-system-x86_64: -accel kvm: Could not access KVM kernel module: No such file or directory",
+		"qemu-system-x86_64: -accel kvm: failed to initialize kvm: No such file or directory",
+	}}
+	err = l.qemuExitError(ex)
+	if want := "SEV-SNP is not available on this host (qemu: -accel kvm: failed to initialize kvm: No such file or directory): " + SNPHostHint; err == nil || err.Error() != want {
+		t.Errorf("sev-snp: %v\nwant %s", err, want)
+	}
+	none := &Launcher{Platform: PlatformNone}
+	if err := none.qemuExitError(ex); err == nil || strings.Contains(err.Error(), "SEV-SNP") || !strings.Contains(err.Error(), "failed to initialize kvm") {
+		t.Errorf("platform none: %v", err)
 	}
 }

@@ -4,8 +4,8 @@ import (
 	"crypto/ecdsa"
 	"fmt"
 	"io"
-	"os"
 
+	"github.com/snpd/snpd/daemon/api"
 	"github.com/snpd/snpd/snp"
 	snplaunch "github.com/snpd/snpd/snp/launch"
 )
@@ -115,7 +115,7 @@ func buildIDBlock(s *Spec, m *measurement) error {
 }
 
 func readKey(path string) (*ecdsa.PrivateKey, error) {
-	f, err := os.Open(path)
+	f, _, err := OpenBootFile("key", path)
 	if err != nil {
 		return nil, fmt.Errorf("reading key: %w", err)
 	}
@@ -124,5 +124,9 @@ func readKey(path string) (*ecdsa.PrivateKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading key %s: %w", path, err)
 	}
-	return snp.ParsePrivateKeyPEM(data)
+	k, err := snp.ParsePrivateKeyPEM(data)
+	if err != nil {
+		return nil, fmt.Errorf("reading key %s: %w: %w", path, err, api.ErrInvalid)
+	}
+	return k, nil
 }

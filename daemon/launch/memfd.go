@@ -8,10 +8,15 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/snpd/snpd/config"
+	"github.com/snpd/snpd/daemon/api"
 )
 
 // Size limits for the files snpd seals into memfds (bytes). They bound host memory used
@@ -74,28 +79,106 @@ func SealFile(name, path string, maxSize int64) (*SealedFile, error) {
 	return s, nil
 }
 
-// openSource opens the file to seal and checks it is a regular file of 1..maxSize bytes.
+// openSource opens the file to seal (OpenBootFile) and checks it is 1..maxSize bytes.
 func openSource(name, path string, maxSize int64) (*os.File, error) {
-	src, err := os.Open(path)
+	src, st, err := OpenBootFile(name, path)
 	if err != nil {
-		return nil, fmt.Errorf("opening %s: %w", name, err)
+		return nil, err
 	}
-	st, err := src.Stat()
 	switch {
-	case err != nil:
-		err = fmt.Errorf("reading %s: %w", name, err)
-	case !st.Mode().IsRegular():
-		err = fmt.Errorf("%s %s: not a regular file", name, path)
 	case st.Size() == 0:
-		err = fmt.Errorf("%s %s: file is empty", name, path)
+		err = fmt.Errorf("%s %s: file is empty: %w", name, path, api.ErrInvalid)
 	case st.Size() > maxSize:
-		err = fmt.Errorf("%s %s: %d bytes, more than the %d allowed", name, path, st.Size(), maxSize)
+		err = fmt.Errorf("%s %s: %d bytes, more than the %d allowed: %w", name, path, st.Size(), maxSize, api.ErrInvalid)
 	}
 	if err != nil {
 		src.Close()
 		return nil, err
 	}
 	return src, nil
+}
+
+// OpenBootFile opens a file a definition names (firmware, kernel, initrd, a key; name
+// says which) for reading without ever blocking: anything but a regular file is refused
+// by stat before it is opened, and the open itself is O_NONBLOCK, so a FIFO or device
+// swapped in after that stat is opened at once and refused by fstat instead of hanging
+// the launch (a FIFO opened for reading blocks until a writer appears, forever if none
+// does). A path that is missing or not a regular file is a definition problem: the
+// error wraps api.ErrInvalid and names the file. The caller closes the file.
+func OpenBootFile(name, path string) (*os.File, os.FileInfo, error) {
+	if st, err := os.Stat(path); err == nil && !st.Mode().IsRegular() {
+		return nil, nil, fmt.Errorf("%w: %w", notRegular(name, path, st.Mode()), api.ErrInvalid)
+	}
+	if testHookBeforeOpen != nil {
+		testHookBeforeOpen(path)
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENOTDIR) || errors.Is(err, unix.ELOOP) {
+			return nil, nil, fmt.Errorf("opening %s: %w: %w", name, err, api.ErrInvalid)
+		}
+		return nil, nil, fmt.Errorf("opening %s: %w", name, err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("reading %s %s: %w", name, path, err)
+	}
+	if !st.Mode().IsRegular() {
+		f.Close()
+		return nil, nil, fmt.Errorf("%w: %w", notRegular(name, path, st.Mode()), api.ErrInvalid)
+	}
+	return f, st, nil
+}
+
+// testHookBeforeOpen, when set (tests only), runs between OpenBootFile's stat and open.
+var testHookBeforeOpen func(path string)
+
+// CheckBootFile refuses a boot file path that exists and is not a regular file (by
+// stat: nothing is opened), as OpenBootFile would; a missing file is no error here (it
+// is one at start). For checking definitions when they are defined: the error has no
+// kind (the caller's validation error wraps api.ErrInvalid).
+func CheckBootFile(name, path string) error {
+	if st, err := os.Stat(path); err == nil && !st.Mode().IsRegular() {
+		return notRegular(name, path, st.Mode())
+	}
+	return nil
+}
+
+// CheckBootFiles is CheckBootFile for a definition's firmware, kernel, initrd and key
+// files (absolute paths only; Validate reports the others), every problem joined.
+func CheckBootFiles(vm *config.VM) error {
+	var errs []error
+	for _, f := range []struct{ name, path string }{
+		{"firmware", vm.Firmware}, {"kernel", vm.Kernel}, {"initrd", vm.Initrd},
+		{"snp.id_key_file", vm.SNP.IDKeyFile}, {"snp.author_key_file", vm.SNP.AuthorKeyFile},
+	} {
+		if filepath.IsAbs(f.path) {
+			errs = append(errs, CheckBootFile(f.name, f.path))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func notRegular(name, path string, m fs.FileMode) error {
+	return fmt.Errorf("%s %s: not a regular file (%s)", name, path, fileKind(m))
+}
+
+// fileKind names what a non-regular file is.
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m&fs.ModeNamedPipe != 0:
+		return "a named pipe (FIFO), which would block the launch"
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeCharDevice != 0:
+		return "a character device"
+	case m&fs.ModeDevice != 0:
+		return "a block device"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	}
+	return "mode " + m.Type().String()
 }
 
 // SealBytes is SealFile for bytes already in memory (tests, generated images).

@@ -218,6 +218,13 @@ func SEVCapabilities(ctx context.Context, qemuPath string) (*qmp.SevCapability, 
 		}
 		return err
 	})
+	var pe *probeExitError
+	if errors.As(err, &pe) {
+		// QEMU could not even start on KVM (no /dev/kvm, no access to it).
+		if line, ok := kvmFailure(pe.exit); ok {
+			err = snpUnavailable(line)
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("querying SEV capabilities: %w", err)
 	}

@@ -185,7 +185,7 @@ func TestQEMUExitError(t *testing.T) {
 		tail []string
 		want string
 	}{
-		{[]string{"qemu-system-x86_64: -accel kvm: vm-type SEV-SNP not supported by KVM"}, "SEV-SNP is not available on this host (qemu: -accel kvm: vm-type SEV-SNP not supported by KVM): check that /dev/sev exists"},
+		{[]string{"qemu-system-x86_64: -accel kvm: vm-type SEV-SNP not supported by KVM"}, "SEV-SNP is not available on this host (qemu: -accel kvm: vm-type SEV-SNP not supported by KVM): check that /dev/kvm and /dev/sev exist"},
 		{[]string{"qemu-system-x86_64: sev_kvm_init: SEV is not enabled in KVM"}, "SEV-SNP is not available on this host (qemu: sev_kvm_init: SEV is not enabled in KVM)"},
 		{[]string{"warning: x", "qemu-system-x86_64: -cpu EPYC-v4,enforce: host doesn't support requested feature"}, "qemu exited at start (exit status 1): -cpu EPYC-v4,enforce: host doesn't support requested feature"},
 		{nil, "with no message"},

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -35,6 +36,10 @@ const storeSchema = "1"
 type Store struct {
 	db   *bolt.DB
 	list listMemo // ListRows' decoded rows (list.go)
+
+	// BackupErr is why Open could not refresh the backup of the last good store (nil:
+	// it did). The store works without it; the previous backup, if any, stays.
+	BackupErr error
 }
 
 // StoredVM is a VM definition as stored.
@@ -51,22 +56,95 @@ type StoredVM struct {
 	DefinedBy *api.Caller `json:"defined_by,omitempty"`
 }
 
-// Open opens (creating if needed) the store in stateDir. It fails after one second
-// if another process holds the file's lock (another snpd using the same state directory).
+// Open opens the store in stateDir, creating it when there is none. Nothing is written
+// to an existing file before it is known to be sound: it is first opened read-only and
+// checked (checkLayout without mapping it, then bbolt's Tx.Check, then every stored
+// value decodes as JSON); only then is it opened for writing. A store that fails the
+// check is an error wrapping ErrDamaged that names the recovery step, and the file is
+// left exactly as it was. After a successful check Open keeps a copy of the store
+// beside it (Backup, written with Tx.WriteTo and renamed into place); that copy is also
+// what tells an empty or missing state.db from a new one: with a backup present, the
+// store is expected to hold data.
+//
+// It fails after one second if another process holds the file's lock (another snpd
+// using the same state directory).
 func Open(stateDir string) (*Store, error) {
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating state directory: %w", err)
 	}
 	path := filepath.Join(stateDir, File)
+	backup := path + BackupSuffix
+	_, backupErr := os.Stat(backup)
+	haveBackup := backupErr == nil
+	st, err := os.Stat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist) && haveBackup:
+		return nil, damaged(path, backup, "it is missing, but a backup of it exists, so it held data")
+	case errors.Is(err, fs.ErrNotExist):
+		// A new store.
+	case err != nil:
+		return nil, fmt.Errorf("opening state store: %w", err)
+	case !st.Mode().IsRegular():
+		return nil, fmt.Errorf("opening state store %s: not a regular file", path)
+	case st.Size() == 0 && haveBackup:
+		return nil, damaged(path, backup, "it is empty (0 bytes), but a backup of it exists, so it held data")
+	case st.Size() == 0:
+		// Created, never initialized: snpd stopped during its very first start, before
+		// anything was stored (the backup is written right after initializing).
+	default:
+		if err := verify(path); err != nil {
+			var de *damageError
+			if errors.As(err, &de) {
+				return nil, damaged(path, backup, de.reason)
+			}
+			return nil, err
+		}
+	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
 	if err != nil {
 		if errors.Is(err, berrors.ErrTimeout) {
-			return nil, fmt.Errorf("opening state store %s: locked by another process (is another snpd using this state directory?)", path)
+			return nil, lockedErr(path)
 		}
 		return nil, fmt.Errorf("opening state store %s: %w", path, err)
 	}
 	s := &Store{db: db}
-	err = db.Update(func(tx *bolt.Tx) error {
+	if err := s.initialize(); err != nil {
+		db.Close()
+		return nil, writeErr(fmt.Sprintf("initializing state store %s", path), err)
+	}
+	s.BackupErr = s.writeBackup(backup)
+	return s, nil
+}
+
+func lockedErr(path string) error {
+	return fmt.Errorf("opening state store %s: locked by another process (is another snpd using this state directory?)", path)
+}
+
+// initialize creates the buckets and the schema marker where they are missing and
+// refuses a schema this snpd does not understand; a store that has them all is not
+// written to.
+func (s *Store) initialize() error {
+	ready := false
+	err := s.db.View(func(tx *bolt.Tx) error {
+		ready = true
+		for _, b := range [][]byte{bucketVMs, bucketRuns, bucketMeta, bucketLibvirt} {
+			if tx.Bucket(b) == nil {
+				ready = false
+			}
+		}
+		if meta := tx.Bucket(bucketMeta); meta != nil {
+			v := meta.Get(keySchema)
+			if v != nil && string(v) != storeSchema {
+				return fmt.Errorf("schema %q, this snpd understands %q", v, storeSchema)
+			}
+			ready = ready && v != nil
+		}
+		return nil
+	})
+	if err != nil || ready {
+		return err
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketVMs, bucketRuns, bucketMeta, bucketLibvirt} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
@@ -78,11 +156,6 @@ func Open(stateDir string) (*Store, error) {
 		}
 		return meta.Put(keySchema, []byte(storeSchema))
 	})
-	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("initializing state store %s: %w", path, err)
-	}
-	return s, nil
 }
 
 // writeErr gives a failed write transaction its context; a full state directory is

@@ -82,8 +82,10 @@ func WithVersion(major, minor, micro int) Option {
 	}
 }
 
-// WithoutGreeting makes the server accept connections but never greet, as QEMU does to
-// a second client while another one holds the monitor.
+// WithoutGreeting makes the server accept connections but never greet, as a hung QEMU
+// (or a server that is not QEMU) would. (QEMU does not accept a second client while
+// another one holds the monitor: the server's one-client-at-a-time accept loop does
+// that.)
 func WithoutGreeting() Option { return func(s *Server) { s.greet = false } }
 
 // NewServer starts a server listening on a fresh unix socket (see Path) and closes it
