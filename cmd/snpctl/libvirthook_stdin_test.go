@@ -1,5 +1,3 @@
-//go:build !snpctl_lean
-
 package main
 
 import (

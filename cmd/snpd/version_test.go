@@ -21,8 +21,8 @@ func TestVersionFlag(t *testing.T) {
 }
 
 // TestMakeBuildStampsVersion runs make build with VERSION set and checks every binary it
-// builds reports that version with --version (snpd, snp-agent, snpctl-full and the lean
-// snpctl), and that without VERSION the Makefile takes git describe's.
+// builds reports that version with --version (snpd, snpctl, snp-agent), and that without
+// VERSION the Makefile takes git describe's.
 func TestMakeBuildStampsVersion(t *testing.T) {
 	if _, err := exec.LookPath("make"); err != nil {
 		t.Skipf("make is not installed: %v", err)
@@ -36,11 +36,10 @@ func TestMakeBuildStampsVersion(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("make build: %v\n%s", err, out)
 	}
-	for _, b := range []string{"snpd", "snp-agent", "snpctl-full", "snpctl"} {
+	for _, b := range []string{"snpd", "snp-agent", "snpctl"} {
 		out, err := exec.Command(filepath.Join(bin, b), "--version").CombinedOutput()
-		name := strings.TrimSuffix(b, "-full")
-		if err != nil || string(out) != name+" 1.2.3-test\n" {
-			t.Errorf("%s --version: %v, %q; want %q", b, err, out, name+" 1.2.3-test\n")
+		if err != nil || string(out) != b+" 1.2.3-test\n" {
+			t.Errorf("%s --version: %v, %q; want %q", b, err, out, b+" 1.2.3-test\n")
 		}
 	}
 
