@@ -33,10 +33,6 @@ const (
 	DefaultVsockPort = 5000
 	// DefaultStopTimeout is how long a graceful stop waits before killing QEMU.
 	DefaultStopTimeout = 30 * time.Second
-	// DefaultQEMUNice is the nice value QEMU runs at when qemu_nice is not set: guests
-	// yield the CPU to the host's control plane (snpd, snpctl, sshd) when the host is
-	// oversubscribed, and lose nothing when it is not (nice only weighs contention).
-	DefaultQEMUNice = 10
 )
 
 // Daemon is snpd's own configuration (snpd.toml). Relative paths in the file are resolved
@@ -81,10 +77,6 @@ type Daemon struct {
 	// StopTimeout is how long "vm stop" waits for a guest to power off before killing
 	// QEMU, as a Go duration ("30s"). Default 30s.
 	StopTimeout Duration `toml:"stop_timeout"`
-	// QEMUNice is the nice value (0..19, an absolute value, never below snpd's own)
-	// every QEMU snpd launches runs at, for all its threads and its scheduler autogroup.
-	// nil: DefaultQEMUNice; 0: the same priority as snpd.
-	QEMUNice *int `toml:"qemu_nice"`
 	// GuestChannel configures how snpd reaches guest agents.
 	GuestChannel GuestChannel `toml:"guest_channel"`
 	// Attestation configures report verification and the certificate cache.
@@ -175,10 +167,6 @@ func (d *Daemon) SetDefaults() {
 	if d.StopTimeout == 0 {
 		d.StopTimeout = Duration(DefaultStopTimeout)
 	}
-	if d.QEMUNice == nil {
-		n := DefaultQEMUNice
-		d.QEMUNice = &n
-	}
 	if d.GuestChannel.VsockPort == 0 {
 		d.GuestChannel.VsockPort = DefaultVsockPort
 	}
@@ -242,9 +230,6 @@ func (d *Daemon) Validate() error {
 	}
 	if d.StopTimeout < 0 || time.Duration(d.StopTimeout) > time.Hour {
 		errs = append(errs, fmt.Errorf("stop_timeout %s: must be between 0 and 1h", time.Duration(d.StopTimeout)))
-	}
-	if d.QEMUNice != nil && (*d.QEMUNice < 0 || *d.QEMUNice > 19) {
-		errs = append(errs, fmt.Errorf("qemu_nice %d: must be between 0 and 19", *d.QEMUNice))
 	}
 	if d.GuestChannel.VsockPort == 0xFFFFFFFF {
 		errs = append(errs, errors.New("guest_channel.vsock_port: 0xFFFFFFFF is VMADDR_PORT_ANY"))

@@ -24,15 +24,16 @@ const DefaultPolicyPath = "/etc/snpd/policy.toml"
 // Lists of allowed values that are left out of the file get the defaults documented on
 // each field; an empty list written in the file ("[]") allows nothing.
 type Policy struct {
-	Firmware FirmwarePolicy `toml:"firmware" json:"firmware"`
-	SNP      SNPPolicy      `toml:"snp" json:"snp"`
-	VCPU     VCPUPolicy     `toml:"vcpu" json:"vcpu"`
-	Memory   MemoryPolicy   `toml:"memory" json:"memory"`
-	IDBlock  IDBlockPolicy  `toml:"id_block" json:"id_block"`
-	HostData HostDataPolicy `toml:"host_data" json:"host_data"`
-	Devices  DevicePolicy   `toml:"devices" json:"devices"`
-	QEMU     QEMUPolicy     `toml:"qemu" json:"qemu"`
-	Libvirt  LibvirtPolicy  `toml:"libvirt" json:"libvirt"`
+	Firmware  FirmwarePolicy `toml:"firmware" json:"firmware"`
+	SNP       SNPPolicy      `toml:"snp" json:"snp"`
+	VCPU      VCPUPolicy     `toml:"vcpu" json:"vcpu"`
+	Memory    MemoryPolicy   `toml:"memory" json:"memory"`
+	IDBlock   IDBlockPolicy  `toml:"id_block" json:"id_block"`
+	HostData  HostDataPolicy `toml:"host_data" json:"host_data"`
+	Devices   DevicePolicy   `toml:"devices" json:"devices"`
+	QEMU      QEMUPolicy     `toml:"qemu" json:"qemu"`
+	Resources ResourcePolicy `toml:"resources" json:"resources"`
+	Libvirt   LibvirtPolicy  `toml:"libvirt" json:"libvirt"`
 }
 
 // FirmwarePolicy allowlists firmware images by digest of the whole file.
@@ -138,6 +139,20 @@ type QEMUPolicy struct {
 	MinVersion string `toml:"min_version" json:"min_version"`
 }
 
+// ResourcePolicy bounds the per-VM cgroup settings (vm.toml's cpu_weight,
+// memory_max_mib, tasks_max).
+type ResourcePolicy struct {
+	// MaxCPUWeight is the largest cpu_weight a VM may ask for (1..10000). Default 10000.
+	MaxCPUWeight uint64 `toml:"max_cpu_weight" json:"max_cpu_weight"`
+	// MaxMemoryMaxMiB is the largest memory_max_mib (MiB); 0: no bound.
+	MaxMemoryMaxMiB uint64 `toml:"max_memory_max_mib" json:"max_memory_max_mib,omitempty"`
+	// MaxTasksMax is the largest tasks_max; 0: no bound.
+	MaxTasksMax uint64 `toml:"max_tasks_max" json:"max_tasks_max,omitempty"`
+	// RequireMemoryMax refuses VMs that set no memory_max_mib (whose QEMU could then use
+	// any amount of host memory).
+	RequireMemoryMax bool `toml:"require_memory_max" json:"require_memory_max,omitempty"`
+}
+
 // LibvirtPolicy holds rules only libvirt domains can break.
 type LibvirtPolicy struct {
 	// AllowNonConfidential accepts libvirt domains without launchSecurity on a sev-snp
@@ -224,6 +239,9 @@ func (p *Policy) SetDefaults() {
 	if p.Devices.ChannelTypes == nil {
 		p.Devices.ChannelTypes = []string{"vsock", "serial"}
 	}
+	if p.Resources.MaxCPUWeight == 0 {
+		p.Resources.MaxCPUWeight = MaxCPUWeight
+	}
 	if p.QEMU.Binaries == nil {
 		p.QEMU.Binaries = []string{DefaultQEMU}
 	}
@@ -252,6 +270,9 @@ func (p *Policy) Validate() error {
 		if err := checkHexDigest(d, 48); err != nil {
 			bad("firmware.sha384[%d]: %w", i, err)
 		}
+	}
+	if p.Resources.MaxCPUWeight > MaxCPUWeight {
+		bad("resources.max_cpu_weight %d: want 1..%d", p.Resources.MaxCPUWeight, MaxCPUWeight)
 	}
 	for i, d := range p.Devices.DiskDirs {
 		if !filepath.IsAbs(d) || filepath.Clean(d) == "/" {
@@ -514,6 +535,19 @@ func (p *Policy) Check(vm *VM, f Facts) []Violation {
 	}
 	out = append(out, p.checkDevices(vm)...)
 	out = append(out, p.checkDiskDirs(vm, f)...)
+	r := &p.Resources
+	if vm.CPUWeight > r.MaxCPUWeight {
+		add("resources.max_cpu_weight", strconv.FormatUint(vm.CPUWeight, 10), "cpu_weight %d is above %d", vm.CPUWeight, r.MaxCPUWeight)
+	}
+	if r.MaxMemoryMaxMiB != 0 && vm.MemoryMaxMiB > r.MaxMemoryMaxMiB {
+		add("resources.max_memory_max_mib", strconv.FormatUint(vm.MemoryMaxMiB, 10), "memory_max_mib %d is above %d", vm.MemoryMaxMiB, r.MaxMemoryMaxMiB)
+	}
+	if r.MaxTasksMax != 0 && vm.TasksMax > r.MaxTasksMax {
+		add("resources.max_tasks_max", strconv.FormatUint(vm.TasksMax, 10), "tasks_max %d is above %d", vm.TasksMax, r.MaxTasksMax)
+	}
+	if r.RequireMemoryMax && vm.MemoryMaxMiB == 0 {
+		add("resources.require_memory_max", "0", "memory_max_mib is not set: the host requires a memory limit per guest")
+	}
 	switch {
 	case f.QEMUPath == "":
 		add("qemu.binaries", "unknown", "QEMU binary is unknown")

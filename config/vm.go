@@ -40,6 +40,16 @@ type VM struct {
 	// snpd) or "none".
 	Console string `toml:"console,omitempty" json:"console,omitempty"`
 
+	// CPUWeight, MemoryMaxMiB and TasksMax are applied to the guest's own cgroup (a
+	// systemd scope in machine.slice, or snpd's delegated cgroup subtree): the CPU weight
+	// against other guests and the host (1..10000; the cgroup default is 100), the most
+	// memory QEMU may use in MiB (guest RAM plus QEMU's own; at least MemoryMiB), and the
+	// most threads (at least VCPUs + 16). 0: not set (the default of the cgroup). The host
+	// policy bounds them ([resources]).
+	CPUWeight    uint64 `toml:"cpu_weight,omitempty" json:"cpu_weight,omitempty"`
+	MemoryMaxMiB uint64 `toml:"memory_max_mib,omitempty" json:"memory_max_mib,omitempty"`
+	TasksMax     uint64 `toml:"tasks_max,omitempty" json:"tasks_max,omitempty"`
+
 	// Libvirt is set only for a VM mapped from a libvirt domain (FromLibvirtXML): what
 	// libvirt would launch beyond this spec, for the host policy to judge. nil for
 	// snpd's own definitions; never read from TOML.

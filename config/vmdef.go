@@ -32,9 +32,11 @@ const (
 
 // Limits checked by (*VM).Validate.
 const (
-	MaxVCPUs      = 512
-	MaxMemoryMiB  = 4 << 20 // 4 TiB
-	MaxCmdlineLen = 4096    // bytes, without the terminating NUL
+	MaxVCPUs     = 512
+	MaxMemoryMiB = 4 << 20 // 4 TiB
+	// MaxCPUWeight is the largest cgroup CPU weight (cpu.weight, systemd's CPUWeight=).
+	MaxCPUWeight  = 10000
+	MaxCmdlineLen = 4096 // bytes, without the terminating NUL
 	// Sizes fixed by the SEV-SNP ABI (SNP_LAUNCH_FINISH) and QEMU's sev-snp-guest object.
 	IDBlockSize                 = 96
 	IDAuthSize                  = 4096
@@ -154,6 +156,15 @@ func (vm *VM) Validate() error {
 	}
 	if vm.MemoryMiB < 1 || vm.MemoryMiB > MaxMemoryMiB {
 		bad("memory_mib %d: want 1..%d", vm.MemoryMiB, MaxMemoryMiB)
+	}
+	if vm.CPUWeight > MaxCPUWeight {
+		bad("cpu_weight %d: want 1..%d (0: not set)", vm.CPUWeight, MaxCPUWeight)
+	}
+	if vm.MemoryMaxMiB != 0 && (vm.MemoryMaxMiB < vm.MemoryMiB || vm.MemoryMaxMiB > 2*MaxMemoryMiB) {
+		bad("memory_max_mib %d: want at least memory_mib (%d): QEMU needs the guest's RAM and its own", vm.MemoryMaxMiB, vm.MemoryMiB)
+	}
+	if vm.TasksMax != 0 && vm.TasksMax < uint64(vm.VCPUs)+16 {
+		bad("tasks_max %d: want at least vcpus + 16 (%d): QEMU runs a thread per vCPU and its own", vm.TasksMax, vm.VCPUs+16)
 	}
 	if vm.Firmware == "" {
 		bad("firmware: required (path of the OVMF image loaded with -bios)")

@@ -4,6 +4,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/snpd/snpd/systemd/systemdtest"
 )
 
 // TestMain lets tests re-execute the test binary as snpd itself, or as a client hogging
@@ -18,6 +20,7 @@ func TestMain(m *testing.M) {
 		return
 	}
 	code := m.Run()
+	systemdtest.Shutdown() // the systemd container, if a test booted it
 	if worldBin != "" {
 		os.RemoveAll(filepath.Dir(worldBin))
 	}

@@ -115,9 +115,9 @@ func Run(ctx context.Context, cfg *config.Daemon) error {
 	}
 
 	launcher := &launch.Launcher{QEMU: cfg.QEMU, Platform: launch.Platform(cfg.Platform), RuntimeDir: cfg.RuntimeDir}
-	if cfg.QEMUNice != nil {
-		launcher.Nice = *cfg.QEMUNice
-	}
+	placer, where, closePlacer := guestCgroups(ctx, log)
+	defer closePlacer()
+	launcher.Placer, launcher.NoPlacer = placer, where
 	policy, err := loadPolicy(cfg)
 	if err != nil {
 		return err
@@ -217,6 +217,41 @@ func Run(ctx context.Context, cfg *config.Daemon) error {
 		srv.Close()
 	}
 	return nil
+}
+
+// guestCgroups decides where guests' QEMUs run, and says it once in the log: under
+// systemd, a scope each in machine.slice (registered with systemd-machined when it
+// runs); else, when snpd's cgroup v2 is delegated to it, a cgroup each under it; else in
+// snpd's own cgroup, their limits not applied (where then says why, for the records).
+func guestCgroups(ctx context.Context, log *slog.Logger) (p launch.Placer, where string, closeFn func()) {
+	m, err := systemd.DetectMachines(ctx)
+	if err == nil {
+		if m.Registered() {
+			log.Info("guests run in scopes of their own in machine.slice, registered with systemd-machined")
+		} else {
+			log.Info("guests run in scopes of their own in machine.slice (systemd-machined is not running: install systemd-container to register them)")
+		}
+		return machinePlacer{m}, "", m.Close
+	}
+	if !errors.Is(err, systemd.ErrNoSystemd) {
+		log.Warn("systemd is the init system but does not answer on the system bus", "err", err)
+	}
+	reason := err.Error()
+	c, cerr := launch.NewCgroupPlacer("")
+	if cerr == nil {
+		log.Info("guests run in cgroups of their own under snpd's delegated cgroup", "cgroup", c.Dir)
+		return c, "", func() {}
+	}
+	reason = "no cgroup of its own (" + reason + "; " + cerr.Error() + "): cpu_weight, memory_max_mib and tasks_max are not applied"
+	log.Warn("guests run in snpd's own cgroup", "why", reason)
+	return nil, reason, func() {}
+}
+
+// machinePlacer adapts systemd.Machines to launch.Placer.
+type machinePlacer struct{ m *systemd.Machines }
+
+func (p machinePlacer) Place(ctx context.Context, name string, pid int, lim launch.Limits) (string, error) {
+	return p.m.Place(ctx, name, pid, lim.CPUWeight, lim.MemoryMax, lim.TasksMax)
 }
 
 // waitAnswering returns once the API socket accepts connections (READY=1 must mean it).

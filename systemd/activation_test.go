@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snpd/snpd/systemd/systemdtest"
 	"golang.org/x/sys/unix"
 )
 
@@ -58,7 +59,9 @@ func TestMain(m *testing.M) {
 		activatedChild()
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	systemdtest.Shutdown() // the systemd container, if a test booted it
+	os.Exit(code)
 }
 
 // childReport is what the activated child tells the test, as one JSON line on stdout.

@@ -40,7 +40,7 @@ func TestServiceUnitSettings(t *testing.T) {
 		"Service.WatchdogSec":              "30",
 		"Service.ExecStart":                "/usr/local/bin/snpd --config /etc/snpd/snpd.toml",
 		"Service.Restart":                  "on-failure",
-		"Service.KillMode":                 "process",
+		"Service.CPUWeight":                "200",
 		"Service.OOMPolicy":                "continue",
 		"Service.StateDirectory":           "snpd",
 		"Service.RuntimeDirectory":         "snpd",

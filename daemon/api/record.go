@@ -74,6 +74,10 @@ type LaunchRecord struct {
 	QEMUPath    string   `json:"qemu_path"`
 	QEMUVersion string   `json:"qemu_version"`
 	Argv        []string `json:"argv"`
+	// Cgroup is where the QEMU process runs: its systemd unit ("machine-snpd-web.scope")
+	// or cgroup path, or "snpd's own: <why>" when snpd has no cgroup to give guests
+	// (their limits are then not applied).
+	Cgroup string `json:"cgroup,omitempty"`
 	// QEMUExe is the executable the QEMU process runs (/proc/PID/exe once its monitor
 	// answered): QEMUPath itself, or the binary a wrapper script named as qemu exec'd.
 	// Reattach checks the process against it.

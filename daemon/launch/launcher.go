@@ -36,9 +36,11 @@ type Launcher struct {
 	// Host are the host facts; nil means DetectHost() at each launch, and on platform
 	// "none" TCG instead of KVM when KVM cannot run the CPU model (see KVMRunsModel).
 	Host *HostFacts
-	// Nice is the CPU priority QEMU runs at, 0..MaxQEMUNice (0: snpd's own); see
-	// startProcessNiced. snpd's config sets it from qemu_nice.
-	Nice int
+	// Placer puts each QEMU in a cgroup of its own with the VM's limits (nil: QEMU stays
+	// in snpd's cgroup and the limits are not applied); see Placer.
+	Placer Placer
+	// NoPlacer says why there is no Placer, for the launch records ("" with a Placer).
+	NoPlacer string
 	// QMPTimeout bounds connecting to QEMU's monitor and each verification command;
 	// 0 means 10 s.
 	QMPTimeout time.Duration
@@ -398,7 +400,7 @@ func (l *Launcher) start(ctx context.Context, spec *Spec, rec *api.LaunchRecord,
 	rec.Argv = append([]string{l.QEMU}, args...)
 	rec.RuntimeDir = dir
 	rec.StartedAt = time.Now().UTC()
-	inst, _, err = startProcessNiced(l.Nice, l.QEMU, args, extra, filepath.Join(dir, StderrName))
+	inst, err = spawnQEMU(l.QEMU, args, extra, filepath.Join(dir, StderrName))
 	if err != nil {
 		return nil, err
 	}
@@ -408,6 +410,15 @@ func (l *Launcher) start(ctx context.Context, spec *Spec, rec *api.LaunchRecord,
 		if err := h.Spawned(rec); err != nil {
 			return nil, fmt.Errorf("recording the qemu process: %w", err)
 		}
+	}
+	// Into its own cgroup while it is paused before its first instruction (-S), and
+	// still snpd's unreaped child, so the pid cannot name another process.
+	if l.Placer != nil {
+		if rec.Cgroup, err = l.Placer.Place(ctx, spec.Name, inst.PID, spec.Limits); err != nil {
+			return nil, fmt.Errorf("placing qemu in its cgroup: %w", err)
+		}
+	} else if l.NoPlacer != "" {
+		rec.Cgroup = "snpd's own: " + l.NoPlacer
 	}
 
 	inst.QMP, err = l.connect(ctx, inst, filepath.Join(dir, QMPSocketName))

@@ -102,6 +102,9 @@ type Spec struct {
 	// port at all).
 	Console bool
 
+	// Limits are applied to the guest's own cgroup (Launcher.Placer).
+	Limits Limits
+
 	// Runtime is what the Launcher creates per launch (zero in pure tests).
 	Runtime Runtime
 }
@@ -218,6 +221,7 @@ func NewSpec(vm *config.VM, platform Platform, host HostFacts, fw, kernel, initr
 		Initrd:    initrd,
 		Cmdline:   vm.Cmdline,
 		Console:   vm.Console != "none",
+		Limits:    Limits{CPUWeight: vm.CPUWeight, MemoryMax: vm.MemoryMaxMiB << 20, TasksMax: vm.TasksMax},
 	}
 	if platform != PlatformSEVSNP && platform != PlatformNone {
 		bad("platform %q: want %q or %q", platform, PlatformSEVSNP, PlatformNone)
