@@ -24,6 +24,8 @@ var allowedEdges = map[string][]string{
 	"daemon/store":                   {"daemon/api"},
 	"daemon/guestchan":               {"daemon/api", "snp", "snp/agentproto"},
 	"daemon/guestchan/guestchantest": {"daemon/api", "snp", "snp/agentproto"},
+	"daemon/metrics":                 {"daemon/api"},
+	"daemon/metrics/metricstest":     {},
 	"daemon/api":                     {},
 	"config":                         {},
 	"qmp":                            {},
