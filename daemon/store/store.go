@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -35,6 +36,9 @@ const storeSchema = "1"
 type Store struct {
 	db   *bolt.DB
 	list listMemo // ListRows' decoded rows (list.go)
+	// lastWrite is when a write transaction last committed, in Unix nanoseconds
+	// (stats.go).
+	lastWrite atomic.Int64
 }
 
 // StoredVM is a VM definition as stored.
@@ -79,6 +83,7 @@ func Open(stateDir string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("initializing state store %s: %w", path, err)
 	}
+	s.wrote()
 	return s, nil
 }
 
@@ -113,7 +118,7 @@ func (s *Store) PutVM(vm StoredVM, replace bool) error {
 	if err != nil {
 		return fmt.Errorf("encoding vm %q: %w", vm.Name, err)
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.update(func(tx *bolt.Tx) error {
 		vms := tx.Bucket(bucketVMs)
 		if vms.Get([]byte(vm.Name)) != nil && !replace {
 			return fmt.Errorf("vm %q is already defined (undefine it first, or redefine with --replace): %w", vm.Name, api.ErrConflict)
@@ -164,7 +169,7 @@ func (s *Store) ListVMs() ([]StoredVM, error) {
 
 // DeleteVM removes a definition and all its runs in one transaction.
 func (s *Store) DeleteVM(name string) error {
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		vms := tx.Bucket(bucketVMs)
 		if vms.Get([]byte(name)) == nil {
 			return fmt.Errorf("vm %q is not defined: %w", name, api.ErrNotFound)
@@ -193,7 +198,7 @@ func seqKey(seq int) []byte {
 // NewRun allocates the next run of a defined VM (Seq = last + 1), stores run with that
 // Seq and returns it.
 func (s *Store) NewRun(name string, run api.Run) (api.Run, error) {
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		if tx.Bucket(bucketVMs).Get([]byte(name)) == nil {
 			return fmt.Errorf("vm %q is not defined: %w", name, api.ErrNotFound)
 		}
@@ -223,7 +228,7 @@ func (s *Store) PutRun(name string, run *api.Run) error {
 	if err != nil {
 		return fmt.Errorf("encoding run %d of vm %q: %w", run.Seq, name, err)
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.update(func(tx *bolt.Tx) error {
 		rb := tx.Bucket(bucketRuns).Bucket([]byte(name))
 		if rb == nil || tx.Bucket(bucketVMs).Get([]byte(name)) == nil {
 			return fmt.Errorf("vm %q is not defined: %w", name, api.ErrNotFound)
