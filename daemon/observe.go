@@ -229,7 +229,7 @@ func (o *observer) launchDone(vm, failedStep string, took time.Duration, err err
 		o.refused(metrics.PointRuntime, launch.StepVerify, vm, vs, me.Error())
 	default:
 		if failedStep == "" {
-			failedStep = "launch"
+			failedStep = metrics.StepBeforeSteps
 		}
 		o.metrics.LaunchFailed(failedStep)
 	}

@@ -51,7 +51,7 @@ func TestObserverClassifiesLaunchEnds(t *testing.T) {
 	o.launchDone("d", launch.StepSpawn, 0, errors.New("qemu exited at start"))
 	o.launchDone("e", "", 0, errors.New("launching e: another launch of it is in progress"))
 
-	got := metricstest.Delta(before, scrapeHandler(t, o.metrics), "snpd_launches_total", "snpd_policy_refusals_total", "snpd_launch_duration_seconds_count")
+	got := metricstest.Delta(before, scrapeHandler(t, o.metrics), "snpd_launches_total", "snpd_policy_", "snpd_launch_duration_seconds_count")
 	want := map[string]float64{
 		mk("snpd_launches_total", "result", "started", "step", "", "rule", ""):                    1,
 		"snpd_launch_duration_seconds_count":                                                      1,
@@ -59,10 +59,12 @@ func TestObserverClassifiesLaunchEnds(t *testing.T) {
 		mk("snpd_launches_total", "result", "refused", "step", "verify", "rule", "runtime.vcpus"): 1,
 		mk("snpd_launches_total", "result", "failed", "step", "spawn", "rule", ""):                1,
 		mk("snpd_launches_total", "result", "failed", "step", "launch", "rule", ""):               1,
-		mk("snpd_policy_refusals_total", "point", "definition", "rule", "vcpu.models"):            1,
-		mk("snpd_policy_refusals_total", "point", "definition", "rule", "memory.size"):            1,
-		mk("snpd_policy_refusals_total", "point", "runtime", "rule", "runtime.vcpus"):             1,
-		mk("snpd_policy_refusals_total", "point", "runtime", "rule", "runtime.pci"):               1,
+		mk("snpd_policy_refusals_total", "point", "definition"):                                   1,
+		mk("snpd_policy_refusals_total", "point", "runtime"):                                      1,
+		mk("snpd_policy_violations_total", "point", "definition", "rule", "vcpu.models"):          1,
+		mk("snpd_policy_violations_total", "point", "definition", "rule", "memory.size"):          1,
+		mk("snpd_policy_violations_total", "point", "runtime", "rule", "runtime.vcpus"):           1,
+		mk("snpd_policy_violations_total", "point", "runtime", "rule", "runtime.pci"):             1,
 	}
 	for key, w := range want {
 		if got[key] != w {
@@ -104,6 +106,16 @@ func TestObserverClassifiesLaunchEnds(t *testing.T) {
 
 // TestObserverCountsStateEventsOnly: state changes count as transitions, the observer's
 // own policy and attestation events do not.
+// TestLaunchStepLabels: the steps package metrics gives a series from the start are
+// exactly the launch package's, in order, and the label of a failure before any step.
+func TestLaunchStepLabels(t *testing.T) {
+	want := []string{launch.StepMeasure, launch.StepProbe, launch.StepAdmit, launch.StepSpawn, launch.StepVerify,
+		launch.StepRecord, launch.StepCont, metrics.StepBeforeSteps}
+	if !slices.Equal(metrics.LaunchSteps, want) {
+		t.Fatalf("metrics.LaunchSteps %q, want %q", metrics.LaunchSteps, want)
+	}
+}
+
 func TestObserverCountsStateEventsOnly(t *testing.T) {
 	srv, cleanup := testServer(t)
 	defer cleanup()
@@ -123,7 +135,8 @@ func TestObserverCountsStateEventsOnly(t *testing.T) {
 		mk("snpd_attestations_total", "source", "attest", "result", "failed"):                   1,
 		mk("snpd_attestations_total", "source", "attest", "result", "error"):                    1,
 		mk("snpd_attestation_check_failures_total", "source", "attest", "check", "measurement"): 1,
-		mk("snpd_policy_refusals_total", "point", "libvirt_hook", "rule", "vcpu.models"):        1,
+		mk("snpd_policy_refusals_total", "point", "libvirt_hook"):                               1,
+		mk("snpd_policy_violations_total", "point", "libvirt_hook", "rule", "vcpu.models"):      1,
 	}
 	for key, w := range want {
 		if got[key] != w {

@@ -32,7 +32,8 @@ import (
 // Path is the only path the metrics listener answers (GET and HEAD).
 const Path = "/metrics"
 
-// Enforcement points of the host policy (label point of snpd_policy_refusals_total).
+// Enforcement points of the host policy (label point of snpd_policy_refusals_total and
+// snpd_policy_violations_total).
 const (
 	// PointDefinition is snpd's own launches: a VM definition, its sealed boot files and
 	// the QEMU binary checked against the policy at vm start (the Admit step).
@@ -65,6 +66,14 @@ const (
 	VerdictFailed = "failed"
 	VerdictError  = "error"
 )
+
+// StepBeforeSteps is the step label of a launch that failed before its first step
+// (another launch of the VM was running, the wait for the measuring slot ended).
+const StepBeforeSteps = "launch"
+
+// LaunchSteps are the steps a launch can fail at, each with a series from the start:
+// launch.Step* in order (package metrics does not import launch), then StepBeforeSteps.
+var LaunchSteps = []string{"measure", "probe", "admit", "spawn", "verify", "record", "cont", StepBeforeSteps}
 
 // vmStates are the states of a VM, in lifecycle order: every one has a series.
 var vmStates = []api.State{api.StateStopped, api.StateStarting, api.StateRunning, api.StateStopping,
@@ -135,6 +144,7 @@ type Metrics struct {
 	launchSteps   *prometheus.HistogramVec
 	launchSeconds prometheus.Histogram
 	refusals      *prometheus.CounterVec
+	violations    *prometheus.CounterVec
 	transitions   *prometheus.CounterVec
 	attestations  *prometheus.CounterVec
 	checkFailures *prometheus.CounterVec
@@ -186,7 +196,11 @@ func New(o Options) *Metrics {
 	})
 	m.refusals = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "snpd_policy_refusals_total",
-		Help: "Host-policy rules broken by refused VMs and libvirt domains, by enforcement point (definition, libvirt_hook, runtime) and rule; a refusal breaking two rules adds one to each.",
+		Help: "VMs and libvirt domains the host policy refused, by enforcement point: definition (vm start), libvirt_hook, runtime (the paused QEMU differed from its spec).",
+	}, []string{"point"})
+	m.violations = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "snpd_policy_violations_total",
+		Help: "Host-policy rules broken by refused VMs and libvirt domains, by enforcement point and rule; a refusal breaking two rules adds one to each.",
 	}, []string{"point", "rule"})
 	m.transitions = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "snpd_vm_transitions_total",
@@ -223,6 +237,12 @@ func New(o Options) *Metrics {
 	// Series that exist from the start at 0, so rate() and increase() see their first
 	// increment and alerts can tell "none" from "no data".
 	m.launches.WithLabelValues(ResultStarted, "", "")
+	for _, step := range LaunchSteps {
+		m.launches.WithLabelValues(ResultFailed, step, "")
+	}
+	for _, p := range []string{PointDefinition, PointLibvirtHook, PointRuntime} {
+		m.refusals.WithLabelValues(p)
+	}
 	for _, s := range vmStates {
 		m.transitions.WithLabelValues(string(s))
 		m.reattached.WithLabelValues(string(s))
@@ -233,7 +253,7 @@ func New(o Options) *Metrics {
 		}
 	}
 
-	m.reg.MustRegister(m.launches, m.launchSteps, m.launchSeconds, m.refusals, m.transitions,
+	m.reg.MustRegister(m.launches, m.launchSteps, m.launchSeconds, m.refusals, m.violations, m.transitions,
 		m.attestations, m.checkFailures, m.apiRequests, m.apiSeconds, m.reattached, build,
 		&stateCollector{m: m},
 		collectors.NewGoCollector(),
@@ -275,7 +295,8 @@ func (m *Metrics) LaunchStarted(took time.Duration) {
 }
 
 // LaunchRefused counts a launch the policy refused at step (admit or verify) with rule
-// the first rule broken (every broken rule goes to PolicyRefusal).
+// the first rule broken (the refusal itself, with every broken rule, goes to
+// PolicyRefusal).
 func (m *Metrics) LaunchRefused(step, rule string) {
 	if m == nil {
 		return
@@ -291,13 +312,14 @@ func (m *Metrics) LaunchFailed(step string) {
 	m.launches.WithLabelValues(ResultFailed, step, "").Inc()
 }
 
-// PolicyRefusal counts one refusal at point: one increment per rule broken.
+// PolicyRefusal counts one refusal at point, and each rule it broke.
 func (m *Metrics) PolicyRefusal(point string, rules []string) {
 	if m == nil {
 		return
 	}
+	m.refusals.WithLabelValues(point).Inc()
 	for _, r := range rules {
-		m.refusals.WithLabelValues(point, r).Inc()
+		m.violations.WithLabelValues(point, r).Inc()
 	}
 }
 

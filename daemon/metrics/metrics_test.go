@@ -50,12 +50,17 @@ func TestCountersMoveByWhatHappened(t *testing.T) {
 			t.Errorf("%s: type %v, want %v", name, types[name], typ)
 		}
 	}
-	// Present at 0 before anything happened.
+	// Present at 0 before anything happened: increase() and rate() then see the first
+	// event (a series born with the value 1 shows no increase).
 	for _, key := range []string{
 		k("snpd_launches_total", "result", "started", "step", "", "rule", ""),
 		k("snpd_vm_transitions_total", "state", "crashed"),
 		k("snpd_attestations_total", "source", "verify", "result", "failed"),
 		k("snpd_reattached_guests", "state", "running"),
+		k("snpd_launches_total", "result", "failed", "step", "spawn", "rule", ""),
+		k("snpd_launches_total", "result", "failed", "step", "launch", "rule", ""),
+		k("snpd_policy_refusals_total", "point", "runtime"),
+		k("snpd_policy_refusals_total", "point", "libvirt_hook"),
 	} {
 		if v, ok := before[key]; !ok || v != 0 {
 			t.Errorf("%s = %v (present %v), want 0 from the start", key, v, ok)
@@ -92,9 +97,11 @@ func TestCountersMoveByWhatHappened(t *testing.T) {
 		k("snpd_launches_total", "result", "started", "step", "", "rule", ""):                      1,
 		k("snpd_launches_total", "result", "refused", "step", "admit", "rule", "snp.forbid_debug"): 1,
 		k("snpd_launches_total", "result", "failed", "step", "spawn", "rule", ""):                  1,
-		k("snpd_policy_refusals_total", "point", "definition", "rule", "snp.forbid_debug"):         1,
-		k("snpd_policy_refusals_total", "point", "definition", "rule", "vcpu.models"):              1,
-		k("snpd_policy_refusals_total", "point", "libvirt_hook", "rule", "vcpu.models"):            1,
+		k("snpd_policy_refusals_total", "point", "definition"):                                     1,
+		k("snpd_policy_refusals_total", "point", "libvirt_hook"):                                   1,
+		k("snpd_policy_violations_total", "point", "definition", "rule", "snp.forbid_debug"):       1,
+		k("snpd_policy_violations_total", "point", "definition", "rule", "vcpu.models"):            1,
+		k("snpd_policy_violations_total", "point", "libvirt_hook", "rule", "vcpu.models"):          1,
 		k("snpd_vm_transitions_total", "state", "starting"):                                        1,
 		k("snpd_vm_transitions_total", "state", "running"):                                         1,
 		k("snpd_vm_transitions_total", "state", "crashed"):                                         1,
