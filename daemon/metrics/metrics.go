@@ -154,6 +154,34 @@ type Metrics struct {
 
 	mu  sync.Mutex
 	src Sources
+
+	// apiSeries caches the series of each route and status (apiKey -> *apiSeries), so
+	// that a request costs no label hashing.
+	apiSeriesCache sync.Map
+}
+
+type apiKey struct {
+	route string
+	code  int
+}
+
+type apiSeries struct {
+	requests prometheus.Counter
+	seconds  prometheus.Observer // nil: a stream, counted only
+}
+
+// apiSeriesFor returns the series of route and code.
+func (m *Metrics) apiSeriesFor(route string, code int, stream bool) *apiSeries {
+	k := apiKey{route, code}
+	if s, ok := m.apiSeriesCache.Load(k); ok {
+		return s.(*apiSeries)
+	}
+	s := &apiSeries{requests: m.apiRequests.WithLabelValues(route, strconv.Itoa(code))}
+	if !stream {
+		s.seconds = m.apiSeconds.WithLabelValues(route)
+	}
+	v, _ := m.apiSeriesCache.LoadOrStore(k, s)
+	return v.(*apiSeries)
 }
 
 // Buckets, in seconds.
@@ -399,9 +427,10 @@ func (m *Metrics) InstrumentAPI(h http.Handler, streams ...string) http.Handler 
 		if status == 0 {
 			status = http.StatusOK
 		}
-		m.apiRequests.WithLabelValues(route, strconv.Itoa(status)).Inc()
-		if !slices.Contains(streams, route) {
-			m.apiSeconds.WithLabelValues(route).Observe(time.Since(t0).Seconds())
+		s := m.apiSeriesFor(route, status, slices.Contains(streams, route))
+		s.requests.Inc()
+		if s.seconds != nil {
+			s.seconds.Observe(time.Since(t0).Seconds())
 		}
 	})
 }
