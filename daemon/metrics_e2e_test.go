@@ -672,7 +672,7 @@ func loadTestConfig(t *testing.T, e *testEnv) *config.Daemon {
 
 // testServer is the API's Server over a fresh store and Manager, without QEMU or
 // attestation (those routes answer 503).
-func testServer(t *testing.T) (*Server, func()) {
+func testServer(t testing.TB) (*Server, func()) {
 	t.Helper()
 	st, err := store.Open(t.TempDir())
 	if err != nil {
