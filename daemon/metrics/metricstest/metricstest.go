@@ -25,6 +25,36 @@ type Samples map[string]float64
 // Types maps a family name to its type (COUNTER, GAUGE, HISTOGRAM, ...).
 type Types map[string]dto.MetricType
 
+// Family is one metric family of a scrape: its type and the names of the labels its
+// series carry (sorted, each once).
+type Family struct {
+	Type   dto.MetricType
+	Labels []string
+}
+
+// ParseFamilies reads one scrape in the text format into its families by name.
+func ParseFamilies(r io.Reader) (map[string]Family, error) {
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(r)
+	if err != nil {
+		return nil, fmt.Errorf("parsing the metrics exposition: %w", err)
+	}
+	out := map[string]Family{}
+	for name, f := range fams {
+		fam := Family{Type: f.GetType()}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if !slices.Contains(fam.Labels, l.GetName()) {
+					fam.Labels = append(fam.Labels, l.GetName())
+				}
+			}
+		}
+		sort.Strings(fam.Labels)
+		out[name] = fam
+	}
+	return out, nil
+}
+
 // Parse reads one scrape in the text format.
 func Parse(r io.Reader) (Samples, Types, error) {
 	p := expfmt.NewTextParser(model.UTF8Validation)
