@@ -81,6 +81,8 @@ type Daemon struct {
 	GuestChannel GuestChannel `toml:"guest_channel"`
 	// Attestation configures report verification and the certificate cache.
 	Attestation Attestation `toml:"attestation"`
+	// Metrics configures the Prometheus endpoint (off unless metrics.listen is set).
+	Metrics Metrics `toml:"metrics"`
 }
 
 // Attestation configures how snpd verifies guests' attestation reports.
@@ -144,6 +146,7 @@ func (d *Daemon) ResolvePaths(dir string) {
 			*p = filepath.Join(dir, *p)
 		}
 	}
+	d.Metrics.resolvePath(dir)
 }
 
 // SetDefaults fills every empty setting with its documented default. Call it after
@@ -237,6 +240,7 @@ func (d *Daemon) Validate() error {
 	if d.GuestChannel.Timeout < 0 {
 		errs = append(errs, errors.New("guest_channel.timeout: must not be negative"))
 	}
+	errs = append(errs, d.Metrics.validate(d.Socket)...)
 	if d.QEMU != "" && filepath.IsAbs(d.QEMU) {
 		if st, err := os.Stat(d.QEMU); err != nil {
 			errs = append(errs, fmt.Errorf("qemu: %w", err))

@@ -57,6 +57,9 @@ type Attestor struct {
 	// Sessions, when set, is told the chain that verified each VM's report, which its
 	// guest may then ask for (nil: not kept).
 	Sessions *guestchan.GuestSessions
+	// Observe, when set, is told how each Attest ("attest") and VerifyReport ("verify")
+	// ended: the verdict, or the error when there is none (metrics, event stream).
+	Observe func(source, vm string, v *api.Verdict, err error)
 }
 
 // NewAttestor builds the Attestor from the daemon config: trusted roots (AMD's, or
@@ -114,7 +117,16 @@ func (a *Attestor) roots() *snp.Roots {
 // report against the launch record. A guest that cannot produce a report (no SEV-SNP
 // device, no agent, timeout) is an error wrapping api.ErrUnavailable; a report that fails
 // verification is a response whose Verdict is not OK.
-func (a *Attestor) Attest(ctx context.Context, name string, nonce []byte) (*api.AttestResponse, error) {
+func (a *Attestor) Attest(ctx context.Context, name string, nonce []byte) (out *api.AttestResponse, err error) {
+	defer func() {
+		if a.Observe != nil {
+			var v *api.Verdict
+			if out != nil {
+				v = &out.Verdict
+			}
+			a.Observe("attest", name, v, err)
+		}
+	}()
 	if len(nonce) < agentproto.MinNonce || len(nonce) > agentproto.MaxNonce {
 		return nil, fmt.Errorf("nonce is %d bytes, want %d..%d: %w", len(nonce), agentproto.MinNonce, agentproto.MaxNonce, api.ErrInvalid)
 	}
@@ -141,7 +153,7 @@ func (a *Attestor) Attest(ctx context.Context, name string, nonce []byte) (*api.
 	}
 	exp.Nonce = nonce
 	vd := a.Verifier.Verify(ctx, resp.Report, resp.CertTable, exp)
-	out := &api.AttestResponse{
+	out = &api.AttestResponse{
 		VM: name, Nonce: hex.EncodeToString(nonce), Report: resp.Report, CertTable: resp.CertTable,
 		ChainPEM: vd.ChainPEM, Reference: ref, Verdict: wireVerdict(vd), At: a.now().UTC(),
 	}
@@ -162,7 +174,16 @@ func (a *Attestor) Attest(ctx context.Context, name string, nonce []byte) (*api.
 }
 
 // VerifyReport checks a report a verifier obtained elsewhere against VM's launch record.
-func (a *Attestor) VerifyReport(ctx context.Context, req *api.VerifyRequest) (*api.VerifyResponse, error) {
+func (a *Attestor) VerifyReport(ctx context.Context, req *api.VerifyRequest) (out *api.VerifyResponse, err error) {
+	defer func() {
+		if a.Observe != nil {
+			var v *api.Verdict
+			if out != nil {
+				v = &out.Verdict
+			}
+			a.Observe("verify", req.VM, v, err)
+		}
+	}()
 	if err := api.ValidName(req.VM); err != nil {
 		return nil, err
 	}
@@ -205,7 +226,7 @@ func (a *Attestor) VerifyReport(ctx context.Context, req *api.VerifyRequest) (*a
 		raw, certs = raw[:snp.ReportSize], raw[snp.ReportSize:]
 	}
 	vd := a.Verifier.Verify(ctx, raw, certs, exp)
-	out := &api.VerifyResponse{VM: req.VM, ChainPEM: vd.ChainPEM, Reference: ref, Verdict: wireVerdict(vd)}
+	out = &api.VerifyResponse{VM: req.VM, ChainPEM: vd.ChainPEM, Reference: ref, Verdict: wireVerdict(vd)}
 	if vd.Report != nil {
 		out.Decoded, _ = json.Marshal(vd.Report)
 	}

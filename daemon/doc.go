@@ -6,7 +6,8 @@
 //
 // It composes its subpackages and nothing composes it but cmd/snpd: launch (the launch
 // path: spec, argv, sealed files, QEMU probe, facts, QMP verification, QEMU processes),
-// store (the durable state) and guestchan (snpd's end of the guests' agent channel).
-// Imports flow one way, daemon -> {launch, store, guestchan} -> {config, snp, qmp,
-// daemon/api}; the subpackages never import daemon or each other (layout_test.go).
+// store (the durable state), guestchan (snpd's end of the guests' agent channel) and
+// metrics (the Prometheus metrics, fed by observe.go, on a listener of their own).
+// Imports flow one way, daemon -> {launch, store, guestchan, metrics} -> {config, snp,
+// qmp, daemon/api}; the subpackages never import daemon or each other (layout_test.go).
 package daemon

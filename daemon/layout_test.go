@@ -13,17 +13,19 @@ import (
 // layout allows, for the packages under daemon/ and the shared ones below them (a
 // package not listed may import none of the project's packages). Imports flow one way:
 //
-//	cmd -> daemon -> {daemon/launch, daemon/store, daemon/guestchan} -> {config, snp, qmp, daemon/api}
+//	cmd -> daemon -> {daemon/launch, daemon/store, daemon/guestchan, daemon/metrics} -> {config, snp, qmp, daemon/api}
 //
 // The daemon's subpackages never import daemon or each other; snp knows nothing of QEMU.
 // Fakes in *test packages may import what their package may, and their package.
 var allowedEdges = map[string][]string{
-	"daemon": {"config", "daemon/api", "daemon/guestchan", "daemon/launch", "daemon/store",
+	"daemon": {"config", "daemon/api", "daemon/guestchan", "daemon/launch", "daemon/metrics", "daemon/store",
 		"qmp", "snp", "snp/agentproto", "snp/launch", "systemd"},
 	"daemon/launch":                  {"config", "daemon/api", "qmp", "snp", "snp/launch", "snp/uki"},
 	"daemon/store":                   {"daemon/api"},
 	"daemon/guestchan":               {"daemon/api", "snp", "snp/agentproto"},
 	"daemon/guestchan/guestchantest": {"daemon/api", "snp", "snp/agentproto"},
+	"daemon/metrics":                 {"daemon/api"},
+	"daemon/metrics/metricstest":     {},
 	"daemon/api":                     {},
 	"config":                         {},
 	"qmp":                            {},

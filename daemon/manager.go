@@ -81,6 +81,8 @@ type Manager struct {
 	closed bool
 	// crashRestarts counts on-crash restarts per VM within restartWindow.
 	crashRestarts map[string][]time.Time
+	// onEvent, when set (observe.go), sees every published event, under mu.
+	onEvent func(api.Event)
 }
 
 // liveVM is a VM with a QEMU process (starting, running or stopping), or reserved for
@@ -487,6 +489,9 @@ func (m *Manager) Start(ctx context.Context, name string) (*api.VMInfo, error) {
 func (m *Manager) publishLocked(ev api.Event) {
 	m.seq++
 	ev.Seq = m.seq
+	if m.onEvent != nil {
+		m.onEvent(ev)
+	}
 	for ch, filter := range m.subs {
 		if filter == "" || filter == ev.VM {
 			select {

@@ -3,8 +3,11 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -30,6 +33,13 @@ import (
 //     cgroup CPU controller, in an autogroup of its own; so does each QEMU: 20 guests
 //     get 20 CPU shares (weighted by qemu_nice) against the one of snpd and the one of
 //     the operator's session (the bench driver and every snpctl it spawns).
+//   - flat, qemu_nice default, snpctl-full (when SNPCTL_FULL is set): the same, timing
+//     the full build of snpctl (every command linked) instead of the shipped lean one
+//     (cmd/snpctl/commands.go), side by side.
+//   - flat, qemu_nice default, metrics: the same with [metrics] on a unix socket and
+//     per_vm, the API instrumented, and a scraper reading /metrics every second (a
+//     Prometheus scrapes every 15 to 60 s): what metrics cost the API, side by side with
+//     "flat, qemu_nice default".
 //   - deployed, qemu_nice default: the layout of a host running systemd/snpd.service.
 //     A fresh CPU cgroup stands in for snpd.service: a child of the bench's own cgroup
 //     (on cgroup v2, when that cgroup holds processes and so cannot pass the cpu
@@ -47,6 +57,10 @@ import (
 //     the wrong cgroup. If no cgroup can be made (no cpu controller, not root) it prints
 //     why and measures only the flat layout. The cgroup is removed afterwards.
 //
+// The variants take turns round by round, in order in odd rounds and in reverse in even
+// ones (A B C, C B A, A B C...), so that a change in the host's load during the run
+// falls on all of them alike.
+//
 // Both samplers are closed loops: snpctl runs back to back, the API client pauses 2 ms
 // between calls. Spaced-out calls see a heavier tail on a host this oversubscribed:
 // with SNPD_BENCH_THINK=20ms (a pause after each snpctl call) and SNPD_BENCH_NOAPI=1
@@ -54,7 +68,7 @@ import (
 // calls where the closed loop gave 15.8 ms over 3218 (the kernel's scheduling of a
 // session that wakes from idle among 20 busy TCG guests on 2 CPUs; see the issue notes).
 func BenchmarkStart20WhileListing(b *testing.B) {
-	needQEMU(b)
+	needQEMUBinary(b) // no KVM needed: the guests run under TCG where KVM is missing
 	var snpctl string
 	if p := os.Getenv("SNPCTL"); p != "" {
 		snpctl = p
@@ -66,6 +80,8 @@ func BenchmarkStart20WhileListing(b *testing.B) {
 	variants := []variant{
 		{name: "flat, qemu_nice=0 (qemu at snpd's priority)", tag: "nice0", config: "qemu_nice = 0\n"},
 		{name: "flat, qemu_nice default (10)", tag: "default"},
+		{name: "flat, qemu_nice default (10), metrics on a unix socket with per_vm, scraped every 1 s", tag: "metrics",
+			config: "[metrics]\nlisten = \"unix:run/metrics.sock\"\nper_vm = true\n"},
 	}
 	// SNPD_BENCH_NICE="5,19" adds flat variants with those qemu_nice values (exploration).
 	if extra := os.Getenv("SNPD_BENCH_NICE"); extra != "" {
@@ -95,11 +111,12 @@ func BenchmarkStart20WhileListing(b *testing.B) {
 	}
 	for it := 0; it < b.N; it++ {
 		res := map[string]start20Result{}
+		cgs := map[string]*benchCgroup{}
+		var run []variant
 		for _, v := range variants {
-			var cg *benchCgroup
 			if v.deployed {
-				var err error
-				if cg, err = newBenchCgroup(fmt.Sprintf("%d-%s", it, v.tag)); err != nil {
+				cg, err := newBenchCgroup(fmt.Sprintf("%d-%s", it, v.tag))
+				if err != nil {
 					fmt.Printf("== %s\nnot measured: no CPU cgroup for snpd: %v\n", v.name, err)
 					continue
 				}
@@ -110,33 +127,75 @@ func BenchmarkStart20WhileListing(b *testing.B) {
 						b.Error(err)
 					}
 				})
+				cgs[v.tag] = cg
 			}
+			run = append(run, v)
+		}
+		rs := map[string][]start20Result{}
+		loads := map[string][]string{}
+		for i := range rounds {
+			order := slices.Clone(run)
+			if i%2 == 1 {
+				slices.Reverse(order)
+			}
+			for _, v := range order {
+				cli := snpctl
+				if v.full {
+					cli = full
+				}
+				r, err := start20WhileListing(b, v.config, v.tag, cli, cgs[v.tag], i == 0)
+				for retry := 1; err != nil && retry <= maxRoundRetries; retry++ {
+					// A start that failed (on a loaded host without KVM, a TCG QEMU that
+					// does not greet QMP within 10 s) spoils the round's load: run it again.
+					fmt.Printf("round %d of %s discarded, run again: %v\n", i+1, v.tag, err)
+					r, err = start20WhileListing(b, v.config, v.tag, cli, cgs[v.tag], false)
+				}
+				if err != nil {
+					b.Fatalf("round %d of %s: %v", i+1, v.tag, err)
+				}
+				rs[v.tag] = append(rs[v.tag], r)
+				load, _ := os.ReadFile("/proc/loadavg")
+				loads[v.tag] = append(loads[v.tag], strings.Fields(string(load) + " -")[0])
+			}
+		}
+		for _, v := range run {
 			fmt.Printf("== %s\n", v.name)
-			var rs []start20Result
-			for i := range rounds {
-				rs = append(rs, start20WhileListing(b, v.config, v.tag, snpctl, cg, i == 0))
-			}
-			r := pool(rs)
+			r := pool(rs[v.tag])
 			res[v.tag] = r
-			load, _ := os.ReadFile("/proc/loadavg")
-			fmt.Printf("host load average (1/5/15 min, ...): %s", load)
+			fmt.Printf("host load average (1 min) after each round: %s\n", strings.Join(loads[v.tag], " "))
 			r.print()
 		}
 		base, def := res["nice0"], res["default"]
 		dep, haveDep := res["deployed"]
 		b.ReportMetric(def.apiP99, "api-list-p99-ms")
 		b.ReportMetric(def.wall.Seconds(), "start20-s")
-		fmt.Printf("ratios flat qemu_nice=0 / flat default: API list p99 %.1fx, snpctl vm list p99 %.1fx, start wall %.2fx\n",
-			base.apiP99/def.apiP99, base.cliP99/max(def.cliP99, 1e-3), base.wall.Seconds()/def.wall.Seconds())
+		if _, ok := res["nice0"]; ok {
+			fmt.Printf("ratios flat qemu_nice=0 / flat default: API list p99 %.1fx, snpctl vm list p99 %.1fx, start wall %.2fx\n",
+				base.apiP99/def.apiP99, base.cliP99/max(def.cliP99, 1e-3), base.wall.Seconds()/def.wall.Seconds())
+		}
+		if f, ok := res["default-full"]; ok {
+			fmt.Printf("ratios flat default, snpctl-full / snpctl: snpctl vm list p99 %.2fx, p50 %.2fx\n",
+				f.cliP99/max(def.cliP99, 1e-3), f.cliP50/max(def.cliP50, 1e-3))
+		}
 		if haveDep {
 			fmt.Printf("ratios flat default / deployed: API list p99 %.1fx, snpctl vm list p99 %.1fx, start wall %.2fx\n",
 				def.apiP99/dep.apiP99, def.cliP99/max(dep.cliP99, 1e-3), def.wall.Seconds()/dep.wall.Seconds())
+		}
+		met, haveMet := res["metrics"]
+		if haveMet {
+			fmt.Printf("ratios flat default with metrics / without: API list p99 %.2fx, p50 %.2fx, snpctl vm list p99 %.2fx, start wall %.2fx\n",
+				met.apiP99/def.apiP99, met.apiP50/def.apiP50, met.cliP99/max(def.cliP99, 1e-3), met.wall.Seconds()/def.wall.Seconds())
 		}
 		fmt.Printf("BENCH service_start20_ok %d count >=20\n", def.ok)
 		fmt.Printf("BENCH service_start20_wall %.2f s -\n", def.wall.Seconds())
 		fmt.Printf("BENCH service_api_list_p99_during_start20 %.2f ms <=20\n", def.apiP99)
 		if snpctl != "" {
 			fmt.Printf("BENCH service_snpctl_list_p99_during_start20 %.2f ms <=20\n", def.cliP99)
+		}
+		if haveMet {
+			fmt.Printf("BENCH service_api_list_p99_metrics %.2f ms <=20\n", met.apiP99)
+			fmt.Printf("BENCH service_api_list_p99_metrics_ratio %.2f x <=1.25\n", met.apiP99/def.apiP99)
+			fmt.Printf("BENCH service_metrics_scrape_p99 %.2f ms -\n", met.scrapeP99)
 		}
 		if haveDep {
 			fmt.Printf("BENCH service_start20_ok_deployed %d count >=20\n", dep.ok)
@@ -149,6 +208,10 @@ func BenchmarkStart20WhileListing(b *testing.B) {
 	}
 }
 
+// maxRoundRetries is how many times a round whose starts did not all succeed is run
+// again before the benchmark fails.
+const maxRoundRetries = 3
+
 // start20Result is one run of the start20WhileListing scenario, or several pooled.
 type start20Result struct {
 	rounds                 int
@@ -158,6 +221,9 @@ type start20Result struct {
 	apiN, cliN             int
 	apiP50, apiP99, apiMax float64 // ms
 	cliP50, cliP99, cliMax float64 // ms; cliN 0: snpctl not measured
+	// scrapeLat are the GET /metrics latencies (metrics variant only); scrapeP99 in ms.
+	scrapeLat []time.Duration
+	scrapeP99 float64
 	// snpd's threads while the starts ran, from /proc/PID/task/*/schedstat (threads
 	// alive at both reads): time on a CPU and time runnable but waiting for one
 	// (pooled: summed over the rounds).
@@ -177,6 +243,7 @@ func (r *start20Result) percentiles() {
 	r.apiN, r.cliN = len(r.apiLat), len(r.cliLat)
 	r.apiP50, r.apiP99, r.apiMax = p(r.apiLat, 0.5), p(r.apiLat, 0.99), p(r.apiLat, 1)
 	r.cliP50, r.cliP99, r.cliMax = p(r.cliLat, 0.5), p(r.cliLat, 0.99), p(r.cliLat, 1)
+	r.scrapeP99 = p(r.scrapeLat, 0.99)
 }
 
 // pool merges rounds of one variant: all latency samples together.
@@ -188,6 +255,7 @@ func pool(rs []start20Result) start20Result {
 		walls = append(walls, r.wall)
 		out.apiLat = append(out.apiLat, r.apiLat...)
 		out.cliLat = append(out.cliLat, r.cliLat...)
+		out.scrapeLat = append(out.scrapeLat, r.scrapeLat...)
 		out.snpdRun += r.snpdRun
 		out.snpdWait += r.snpdWait
 	}
@@ -202,6 +270,9 @@ func (r start20Result) print() {
 	fmt.Printf("API list while starting: %d calls, p50 %.2f ms, p99 %.2f ms, max %.2f ms\n", r.apiN, r.apiP50, r.apiP99, r.apiMax)
 	if r.cliN > 0 {
 		fmt.Printf("snpctl vm list while starting: %d calls, p50 %.2f ms, p99 %.2f ms, max %.2f ms\n", r.cliN, r.cliP50, r.cliP99, r.cliMax)
+	}
+	if len(r.scrapeLat) > 0 {
+		fmt.Printf("GET /metrics while starting: %d scrapes, p99 %.2f ms\n", len(r.scrapeLat), r.scrapeP99)
 	}
 	fmt.Printf("snpd while starting (schedstat, all rounds): %d ms on a CPU, %d ms runnable waiting for a CPU\n", r.snpdRun.Milliseconds(), r.snpdWait.Milliseconds())
 }
@@ -241,10 +312,11 @@ func schedDelta(before, after map[string][2]time.Duration) (run, wait time.Durat
 // start20WhileListing runs the scenario once against a fresh snpd whose config gets
 // extra appended; snpctl ("" : skip) is the binary timed per call; cg (nil: the flat
 // layout) is the cgroup snpd is moved into before any VM is defined; first (the first
-// round of a variant) also times snpctl on the idle daemon. With
+// round of a variant) also times snpctl on the idle daemon. It returns an error when a
+// start failed (the caller may run the round again). With
 // SNPD_TEST_TRACE or SNPD_TEST_CPUPROFILE set, that snpd writes them to the path plus
 // "."+tag.
-func start20WhileListing(b *testing.B, extra, tag, snpctl string, cg *benchCgroup, first bool) start20Result {
+func start20WhileListing(b *testing.B, extra, tag, snpctl string, cg *benchCgroup, first bool) (start20Result, error) {
 	const n = 20
 	// Exploration knobs (see BenchmarkStart20WhileListing): a pause after each snpctl
 	// call, and no API sampler.
@@ -338,6 +410,37 @@ func start20WhileListing(b *testing.B, extra, tag, snpctl string, cg *benchCgrou
 				}
 			})
 		}
+		var scrapeLat []time.Duration
+		if sock := filepath.Join(e.RuntimeDir, "metrics.sock"); strings.Contains(extra, "[metrics]") {
+			mc := httpOver("unix", sock)
+			listers.Go(func() {
+				tick := time.NewTicker(time.Second)
+				defer tick.Stop()
+				for {
+					select {
+					case <-done:
+						return
+					case <-tick.C:
+					}
+					t0 := time.Now()
+					resp, err := mc.Get("http://snpd/metrics")
+					if err == nil {
+						_, err = io.Copy(io.Discard, resp.Body)
+						resp.Body.Close()
+						if err == nil && resp.StatusCode != http.StatusOK {
+							err = fmt.Errorf("GET /metrics: %s", resp.Status)
+						}
+					}
+					if err != nil {
+						b.Errorf("scraping metrics: %v", err)
+						return
+					}
+					mu.Lock()
+					scrapeLat = append(scrapeLat, time.Since(t0))
+					mu.Unlock()
+				}
+			})
+		}
 		sched0 := schedstat(d.cmd.Process.Pid)
 		t0 := time.Now()
 		for i := range n {
@@ -371,7 +474,7 @@ func start20WhileListing(b *testing.B, extra, tag, snpctl string, cg *benchCgrou
 		}
 		cgv.report()
 		if len(failures) > 0 {
-			b.Fatalf("%d of %d starts failed, first: %v", len(failures), n, failures[0])
+			return start20Result{}, fmt.Errorf("%d of %d starts failed, first: %w", len(failures), n, failures[0])
 		}
 		vms, err := d.Client.List(context.Background())
 		if err != nil {
@@ -384,12 +487,12 @@ func start20WhileListing(b *testing.B, extra, tag, snpctl string, cg *benchCgrou
 			}
 		}
 		if running != n {
-			b.Fatalf("%d of %d vms were started", running, n)
+			return start20Result{}, fmt.Errorf("%d of %d vms were started", running, n)
 		}
 		r := start20Result{rounds: 1, ok: len(pids), wall: wall, apiLat: apiLat, cliLat: cliLat,
-			snpdRun: snpdRun, snpdWait: snpdWait}
+			snpdRun: snpdRun, snpdWait: snpdWait, scrapeLat: scrapeLat}
 		r.percentiles()
-		return r
+		return r, nil
 	}
 }
 

@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/snpd/snpd/daemon/api"
@@ -190,13 +192,18 @@ func (s *Server) killVM(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, info)
 }
 
-// getEvents streams state changes as server-sent events until the client leaves.
+// getEvents streams events (state changes, policy refusals, attestation verdicts) as
+// server-sent events until the client leaves.
 func (s *Server) getEvents(w http.ResponseWriter, r *http.Request) error {
 	vm := r.URL.Query().Get("vm")
 	if vm != "" {
 		if err := api.ValidName(vm); err != nil {
 			return err
 		}
+	}
+	kinds, err := eventKinds(r.URL.Query().Get("kind"))
+	if err != nil {
+		return err
 	}
 	fl, ok := w.(http.Flusher)
 	if !ok {
@@ -221,11 +228,32 @@ func (s *Server) getEvents(w http.ResponseWriter, r *http.Request) error {
 			if !ok {
 				return nil
 			}
+			kind := ev.KindName()
+			if kinds != nil && !kinds[kind] {
+				continue
+			}
+			ev.Kind = kind
 			b, _ := jsonLine(ev)
-			fmt.Fprintf(w, "id: %d\nevent: state\ndata: %s\n\n", ev.Seq, b)
+			fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", ev.Seq, kind, b)
 		}
 		fl.Flush()
 	}
+}
+
+// eventKinds parses the kind query of GET /v1/events: a comma-separated list of event
+// kinds; nil (every kind) when empty.
+func eventKinds(q string) (map[string]bool, error) {
+	if q == "" {
+		return nil, nil
+	}
+	out := map[string]bool{}
+	for _, k := range strings.Split(q, ",") {
+		if !slices.Contains(api.EventKinds, k) {
+			return nil, fmt.Errorf("query kind=%q: %q is not an event kind (want %s): %w", q, k, strings.Join(api.EventKinds, ", "), api.ErrInvalid)
+		}
+		out[k] = true
+	}
+	return out, nil
 }
 
 func queryInt(r *http.Request, key string, def, lo, hi int) (int, error) {
@@ -246,6 +274,7 @@ func (s *Server) registerLibvirt(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	reg, err := s.mgr.RegisterLibvirt(r.Context(), req)
+	s.obs.libvirtChecked(req.Name, err)
 	if err != nil {
 		return err
 	}

@@ -36,6 +36,7 @@ type Server struct {
 	started  time.Time
 	reattach *Reattaching // the VMs found with a QEMU at start
 	att      *Attestor    // attestation (daemon/attest.go); nil: routes answer unavailable
+	obs      *observer    // metrics and non-state events (daemon/observe.go); nil: none
 	// socket is the path of the API socket actually served: the one systemd passed when
 	// socket-activated (snpd.socket's ListenStream), else cfg.Socket. "" outside Run.
 	socket string
@@ -104,6 +105,12 @@ func Run(ctx context.Context, cfg *config.Daemon) error {
 		}
 	}
 	defer ln.Close()
+	// The metrics listener too (when [metrics] is configured), before the store.
+	obs, err := newObserver(cfg, operateGID, readGID, log)
+	if err != nil {
+		return err
+	}
+	defer obs.close()
 
 	st, err := store.Open(cfg.StateDir)
 	if err != nil {
@@ -126,11 +133,12 @@ func Run(ctx context.Context, cfg *config.Daemon) error {
 		log.Warn("running WITHOUT a host policy (run_without_policy = true): every definition and libvirt domain is accepted")
 	}
 	mgr := NewManager(ManagerOptions{
-		Store: st, Start: launcherStart(launcher, admission(policy, cfg.ImageDir)), Validate: validateDefinition,
+		Store: st, Start: obs.wrapStart(launcherStart(launcher, admission(policy, cfg.ImageDir))), Validate: validateDefinition,
 		Policy: policy, Platform: cfg.Platform, Prepare: launcherPrepare(launcher),
 		RuntimeDir: cfg.RuntimeDir, ImageDir: cfg.ImageDir, QEMU: cfg.QEMU, StopTimeout: time.Duration(cfg.StopTimeout), Log: log,
 	})
 	defer mgr.Close()
+	obs.watch(mgr)
 	if cfg.VMDir != "" {
 		if err := importVMDir(mgr, cfg.VMDir, log); err != nil {
 			return err
@@ -144,7 +152,7 @@ func Run(ctx context.Context, cfg *config.Daemon) error {
 	}
 
 	s := &Server{cfg: cfg, mgr: mgr, store: st, log: log, started: time.Now().UTC(), reattach: reattach,
-		socket: ln.Addr().String()}
+		socket: ln.Addr().String(), obs: obs}
 	// Guest sessions: snpd's end of each VM's serial channel, and the vsock listener for
 	// guest-initiated requests (fails soft on hosts without vsock).
 	sessions := &guestchan.GuestSessions{Record: managerRecord(mgr), Log: log}
@@ -163,8 +171,9 @@ func Run(ctx context.Context, cfg *config.Daemon) error {
 			}
 		}()
 	}
+	obs.attach(ctx, st, sessions, s.att, reattach)
 	auth := Authorizer{OperateGID: operateGID, ReadGID: readGID}
-	srv := newHTTPServer(newMux(s.routes(), log), auth, log)
+	srv := newHTTPServer(obs.instrumentAPI(newMux(s.routes(), log)), auth, log)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(limitConnections(ln, auth, log)) }()
 

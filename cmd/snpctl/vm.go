@@ -1,12 +1,10 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -373,37 +371,18 @@ func vmLogCmd() *cobra.Command {
 func vmEventsCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "events [NAME]",
-		Short: "Stream VM state changes until interrupted",
-		Example: `  # Every VM's state changes, one line each, until Ctrl-C
+		Short: "Stream snpd's events (of one VM) until interrupted; same as snpctl events [--vm NAME]",
+		Example: `  # Every VM's events, one line each, until Ctrl-C
   snpctl vm events
   # One VM's, as JSON lines
   snpctl --json vm events example`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			name := ""
+			o := api.EventsOptions{}
 			if len(args) == 1 {
-				name = args[0]
+				o.VM = args[0]
 			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
-			defer stop()
-			asJSON := jsonOutput(cmd)
-			out := cmd.OutOrStdout()
-			err := apiClient(cmd).Events(ctx, name, func(ev api.Event) error {
-				if asJSON {
-					b, err := json.Marshal(ev)
-					if err != nil {
-						return err
-					}
-					_, err = fmt.Fprintf(out, "%s\n", b)
-					return err
-				}
-				_, err := fmt.Fprintf(out, "%s %s %s pid=%d %s\n", ev.At.Format(time.RFC3339Nano), ev.VM, ev.State, ev.PID, ev.Reason)
-				return err
-			})
-			if err == context.Canceled {
-				return nil
-			}
-			return err
+			return followEvents(cmd, o)
 		},
 	}
 }

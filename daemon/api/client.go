@@ -241,18 +241,57 @@ func (c *Client) Log(ctx context.Context, name string, maxBytes int, w io.Writer
 	return c.Do(ctx, http.MethodGet, p, nil, w)
 }
 
-// Events streams state changes (of VM vm, or all if empty) to fn until ctx ends, fn
-// returns an error, or the server closes the stream.
+// Events streams events (of VM vm, or all if empty) to fn until ctx ends, fn returns an
+// error, or the server closes the stream (then it returns nil, as before event kinds).
 func (c *Client) Events(ctx context.Context, vm string, fn func(Event) error) error {
+	err := c.FollowEvents(ctx, EventsOptions{VM: vm}, fn)
+	if err == ErrEventsEnded { // a clean end; a broken connection stays an error
+		return nil
+	}
+	return err
+}
+
+// EventsOptions select the events of GET /v1/events.
+type EventsOptions struct {
+	// VM keeps only the events about this VM ("": every VM).
+	VM string
+	// Kinds keeps only events of these kinds (EventState, EventPolicy,
+	// EventAttestation; nil: every kind).
+	Kinds []string
+	// Connected, when set, is called once snpd has subscribed the stream: every event
+	// from then on is delivered.
+	Connected func()
+}
+
+// ErrEventsEnded is what FollowEvents returns when the event stream ends from snpd's
+// side: snpd closed it (stopping or restarting), or the connection broke.
+var ErrEventsEnded = errors.New("snpd ended the event stream (it stopped or restarted)")
+
+// FollowEvents streams the events o selects to fn until ctx ends (it returns ctx.Err()),
+// fn returns an error (it returns that), or the stream ends from snpd's side:
+// ErrEventsEnded itself when snpd closed it, an error wrapping it and naming the read
+// error when the connection broke (snpd killed).
+func (c *Client) FollowEvents(ctx context.Context, o EventsOptions, fn func(Event) error) error {
+	q := url.Values{}
+	if o.VM != "" {
+		q.Set("vm", o.VM)
+	}
+	if len(o.Kinds) > 0 {
+		q.Set("kind", strings.Join(o.Kinds, ","))
+	}
 	p := "/v1/events"
-	if vm != "" {
-		p += "?vm=" + url.QueryEscape(vm)
+	if len(q) > 0 {
+		p += "?" + q.Encode()
 	}
 	resp, err := c.send(ctx, http.MethodGet, p, nil)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
+	// snpd answers once it has subscribed the stream (its first line is a comment).
+	if o.Connected != nil {
+		o.Connected()
+	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
@@ -268,8 +307,11 @@ func (c *Client) Events(ctx context.Context, vm string, fn func(Event) error) er
 			return err
 		}
 	}
-	if err := sc.Err(); err != nil && ctx.Err() == nil {
-		return fmt.Errorf("reading events: %w", err)
+	if ctx.Err() != nil {
+		return ctx.Err()
 	}
-	return ctx.Err()
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("%w: %v", ErrEventsEnded, err)
+	}
+	return ErrEventsEnded
 }

@@ -168,16 +168,59 @@ type StopRequest struct {
 	TimeoutSeconds float64 `json:"timeout_seconds,omitempty"`
 }
 
-// Event is one state change on GET /v1/events (server-sent events, one JSON per
-// "data:" line).
+// Event kinds on GET /v1/events: Event.Kind, and the server-sent event's "event:" name.
+const (
+	// EventState is a VM's state change: State, PID, Reason.
+	EventState = "state"
+	// EventPolicy is the host policy refusing a VM or libvirt domain: Point,
+	// Violations, Reason.
+	EventPolicy = "policy"
+	// EventAttestation is a report checked against a VM's launch record: Source, OK,
+	// Failed.
+	EventAttestation = "attestation"
+)
+
+// EventKinds lists every event kind.
+var EventKinds = []string{EventState, EventPolicy, EventAttestation}
+
+// Event is one event on GET /v1/events (server-sent events, one JSON per "data:" line).
+// State changes were the only kind before Kind existed, and their JSON is unchanged
+// apart from "kind"; a client that knows only state events can ask for them alone
+// (?kind=state) or skip events whose Kind is not EventState.
 type Event struct {
 	// Seq increases by one per event since snpd started.
-	Seq    uint64    `json:"seq"`
-	VM     string    `json:"vm"`
-	State  State     `json:"state"`
-	At     time.Time `json:"at"`
-	PID    int       `json:"pid,omitempty"`
-	Reason string    `json:"reason,omitempty"`
+	Seq uint64 `json:"seq"`
+	// Kind is EventState, EventPolicy or EventAttestation ("" means EventState).
+	Kind string `json:"kind,omitempty"`
+	// VM names the VM (or libvirt domain) the event is about.
+	VM string `json:"vm"`
+	// State is the state entered (state events).
+	State State     `json:"state,omitempty"`
+	At    time.Time `json:"at"`
+	// PID is QEMU's process id (state events; 0 when none).
+	PID int `json:"pid,omitempty"`
+	// Reason says why, in one line (state and policy events).
+	Reason string `json:"reason,omitempty"`
+	// Point is where the policy refused (policy events): "definition" (vm start),
+	// "libvirt_hook" or "runtime" (the paused QEMU differed from the spec).
+	Point string `json:"point,omitempty"`
+	// Violations are the broken rules, in the policy's order (policy events).
+	Violations []Violation `json:"violations,omitempty"`
+	// Source is how the report came (attestation events): "attest" (snpd challenged
+	// the guest) or "verify" (POST /v1/verify).
+	Source string `json:"source,omitempty"`
+	// OK is the verdict: true only when every check passed (attestation events).
+	OK *bool `json:"ok,omitempty"`
+	// Failed names the checks that failed (attestation events).
+	Failed []string `json:"failed,omitempty"`
+}
+
+// KindName is e's kind, EventState when Kind is empty.
+func (e *Event) KindName() string {
+	if e.Kind == "" {
+		return EventState
+	}
+	return e.Kind
 }
 
 // Status is the body of GET /v1/status.

@@ -330,19 +330,21 @@ func (l *Launcher) Launch(ctx context.Context, vm *config.VM, h LaunchHooks) (*I
 		delete(l.busy, vm.Name)
 		l.busyMu.Unlock()
 	}()
+	tr, t0 := traceFrom(ctx), time.Now()
 	spec, rec, err := l.Prepare(ctx, vm)
+	tr.done(StepMeasure, t0, err)
 	if err != nil {
 		return nil, fmt.Errorf("launching %s: %w", vm.Name, err)
 	}
 	defer spec.Close()
+	t0 = time.Now()
 	caps, err := l.Caps(ctx)
+	if err == nil && spec.Platform == PlatformSEVSNP {
+		err = caps.CheckSNP()
+	}
+	tr.done(StepProbe, t0, err)
 	if err != nil {
 		return nil, fmt.Errorf("launching %s: %w", vm.Name, err)
-	}
-	if spec.Platform == PlatformSEVSNP {
-		if err := caps.CheckSNP(); err != nil {
-			return nil, fmt.Errorf("launching %s: %w", vm.Name, err)
-		}
 	}
 	rec.QEMUPath, rec.QEMUVersion = l.QEMU, caps.Version.String()
 	if caps.Version.Package != "" {
@@ -352,7 +354,10 @@ func (l *Launcher) Launch(ctx context.Context, vm *config.VM, h LaunchHooks) (*I
 		return nil, fmt.Errorf("launching %s: %w", vm.Name, err)
 	}
 	if h.Admit != nil {
-		if err := h.Admit(vm, spec, rec); err != nil {
+		t0 = time.Now()
+		err := h.Admit(vm, spec, rec)
+		tr.done(StepAdmit, t0, err)
+		if err != nil {
 			return nil, fmt.Errorf("launching %s: %w", vm.Name, err)
 		}
 	}
@@ -365,6 +370,12 @@ func (l *Launcher) Launch(ctx context.Context, vm *config.VM, h LaunchHooks) (*I
 
 // start runs the steps that create host state; on error it undoes all of them.
 func (l *Launcher) start(ctx context.Context, spec *Spec, rec *api.LaunchRecord, h LaunchHooks) (_ *Instance, err error) {
+	tr, t0, step := traceFrom(ctx), time.Now(), StepSpawn
+	defer func() {
+		if err != nil {
+			tr.done(step, t0, err)
+		}
+	}()
 	dir := l.VMDir(spec.Name)
 	if err := l.makeVMDir(dir); err != nil {
 		return nil, err
@@ -430,6 +441,8 @@ func (l *Launcher) start(ctx context.Context, spec *Spec, rec *api.LaunchRecord,
 	if exe, _, err := ProcExe(inst.PID); err == nil {
 		rec.QEMUExe = exe
 	}
+	tr.done(step, t0, nil)
+	t0, step = time.Now(), StepVerify
 	exp := expectFromSpec(spec)
 	if l.perturb != nil {
 		l.perturb(&exp)
@@ -437,11 +450,15 @@ func (l *Launcher) start(ctx context.Context, spec *Spec, rec *api.LaunchRecord,
 	if err := verify(ctx, inst.QMP, exp, l.qmpTimeout()); err != nil {
 		return nil, err
 	}
+	tr.done(step, t0, nil)
 	if h.BeforeCont != nil {
+		t0, step = time.Now(), StepRecord
 		if err := h.BeforeCont(rec); err != nil {
 			return nil, fmt.Errorf("recording launch: %w", err)
 		}
+		tr.done(step, t0, nil)
 	}
+	t0, step = time.Now(), StepCont
 	cctx, cancel := context.WithTimeout(ctx, l.qmpTimeout())
 	defer cancel()
 	if err := inst.QMP.Cont(cctx); err != nil {
@@ -454,6 +471,7 @@ func (l *Launcher) start(ctx context.Context, spec *Spec, rec *api.LaunchRecord,
 	if !st.Running {
 		return nil, fmt.Errorf("guest is %q after cont, not running", st.Status)
 	}
+	tr.done(step, t0, nil)
 	return inst, nil
 }
 
@@ -661,8 +679,10 @@ var q35Base = map[PCIDevice]int{
 func verify(ctx context.Context, c *qmp.Client, exp expectation, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	var diffs []string
-	add := func(format string, a ...any) { diffs = append(diffs, fmt.Sprintf(format, a...)) }
+	var diffs []Mismatch
+	add := func(check, format string, a ...any) {
+		diffs = append(diffs, Mismatch{Check: check, Detail: fmt.Sprintf(format, a...)})
+	}
 
 	// All queries are sent at once (the client pipelines them; QEMU answers in order):
 	// one round trip's latency instead of one per command. Evaluation below is in a
@@ -693,49 +713,53 @@ func verify(ctx context.Context, c *qmp.Client, exp expectation, timeout time.Du
 		return fmt.Errorf("verifying machine: query-status: %w", stErr)
 	}
 	if st.Running || (st.Status != qmp.RunStatePrelaunch && st.Status != qmp.RunStatePaused) {
-		add("status is %q (running %v), want prelaunch or paused", st.Status, st.Running)
+		add("status", "status is %q (running %v), want prelaunch or paused", st.Status, st.Running)
 	}
 	var qe *qmp.Error
 	switch {
 	case exp.SNP == nil && sevErr == nil && sev.Enabled:
-		add("query-sev reports a %s guest on platform none", sev.SevType)
+		add("sev", "query-sev reports a %s guest on platform none", sev.SevType)
 	case exp.SNP == nil:
 	case errors.As(sevErr, &qe):
-		add("query-sev: %s, want sev-type sev-snp", qe.Desc)
+		add("sev", "query-sev: %s, want sev-type sev-snp", qe.Desc)
 	case sevErr != nil:
 		return fmt.Errorf("verifying machine: query-sev: %w", sevErr)
 	default:
 		if sev.SevType != qmp.SevTypeSNP {
-			add("sev-type is %q, want %q", sev.SevType, qmp.SevTypeSNP)
+			add("sev", "sev-type is %q, want %q", sev.SevType, qmp.SevTypeSNP)
 		}
 		if sev.SNPPolicy == nil {
-			add("snp-policy missing, want %#x", exp.SNP.Policy)
+			add("sev", "snp-policy missing, want %#x", exp.SNP.Policy)
 		} else if *sev.SNPPolicy != exp.SNP.Policy {
-			add("snp-policy is %#x, want %#x", *sev.SNPPolicy, exp.SNP.Policy)
+			add("sev", "snp-policy is %#x, want %#x", *sev.SNPPolicy, exp.SNP.Policy)
 		}
 	}
-	diffs = append(diffs, objDiffs...)
+	for _, d := range objDiffs {
+		add("snp-object", "%s", d)
+	}
 	if cpusErr != nil {
 		return fmt.Errorf("verifying machine: query-cpus-fast: %w", cpusErr)
 	}
 	if len(cpus) != exp.VCPUs {
-		add("vCPUs: %d, want %d", len(cpus), exp.VCPUs)
+		add("vcpus", "vCPUs: %d, want %d", len(cpus), exp.VCPUs)
 	}
 	if memErr != nil {
 		return fmt.Errorf("verifying machine: query-memory-size-summary: %w", memErr)
 	}
 	if mem.BaseMemory != exp.MemoryBytes {
-		add("base memory: %d bytes, want %d", mem.BaseMemory, exp.MemoryBytes)
+		add("memory", "base memory: %d bytes, want %d", mem.BaseMemory, exp.MemoryBytes)
 	}
 	if mem.PluggedMemory != nil && *mem.PluggedMemory != 0 {
-		add("plugged memory: %d bytes, want 0", *mem.PluggedMemory)
+		add("memory", "plugged memory: %d bytes, want 0", *mem.PluggedMemory)
 	}
 	if pciErr != nil {
 		return fmt.Errorf("verifying machine: query-pci: %w", pciErr)
 	}
-	diffs = append(diffs, comparePCI(buses, exp.PCI)...)
+	for _, d := range comparePCI(buses, exp.PCI) {
+		add("pci", "%s", d)
+	}
 	if len(diffs) > 0 {
-		return fmt.Errorf("the paused machine differs from the spec: %s", strings.Join(diffs, "; "))
+		return &MismatchError{Diffs: diffs}
 	}
 	return nil
 }

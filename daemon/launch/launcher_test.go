@@ -217,7 +217,8 @@ func TestLaunchVerificationMismatchKills(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	_, err := l.Launch(ctx, ltVM("mismatch"), LaunchHooks{BeforeCont: func(*api.LaunchRecord) error {
+	steps := &ltSteps{}
+	_, err := l.Launch(WithTrace(ctx, steps.trace()), ltVM("mismatch"), LaunchHooks{BeforeCont: func(*api.LaunchRecord) error {
 		t.Error("BeforeCont called for a machine that failed verification")
 		return nil
 	}})
@@ -230,7 +231,87 @@ func TestLaunchVerificationMismatchKills(t *testing.T) {
 			t.Errorf("error lacks %q", want)
 		}
 	}
+	// The refusal is typed, each difference named by what was compared (snpd counts
+	// them as runtime policy refusals), and the trace ends at the verify step.
+	var me *MismatchError
+	if !errors.As(err, &me) {
+		t.Fatalf("error is not a *MismatchError: %T", err)
+	}
+	var checks []string
+	for _, d := range me.Diffs {
+		checks = append(checks, d.Check)
+	}
+	if strings.Join(checks, ",") != "vcpus,memory,pci" {
+		t.Errorf("mismatch checks %q, want vcpus,memory,pci", checks)
+	}
+	if got := steps.String(); got != "measure,probe,spawn,verify!" {
+		t.Errorf("trace %q, want measure,probe,spawn,verify! (! marks the step that failed)", got)
+	}
 	ltAssertNothingLeft(t, l, "mismatch")
+}
+
+// ltSteps records what a Trace reports: step names in order, "!" after a failed one.
+type ltSteps struct {
+	names []string
+	took  []time.Duration
+}
+
+func (s *ltSteps) trace() *Trace {
+	return &Trace{StepDone: func(step string, took time.Duration, err error) {
+		if err != nil {
+			step += "!"
+		}
+		s.names = append(s.names, step)
+		s.took = append(s.took, took)
+	}}
+}
+
+func (s *ltSteps) String() string { return strings.Join(s.names, ",") }
+
+// TestLaunchTraceReportsEveryStep: a launch that succeeds reports its seven steps in
+// order, each once, with durations that add up to no more than the launch took.
+func TestLaunchTraceReportsEveryStep(t *testing.T) {
+	ltNeed(t)
+	l := &Launcher{QEMU: ltQEMU, Platform: PlatformNone, RuntimeDir: ltRuntimeDir(t)}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	steps := &ltSteps{}
+	hooks := LaunchHooks{
+		Admit:      func(*config.VM, *Spec, *api.LaunchRecord) error { return nil },
+		BeforeCont: func(*api.LaunchRecord) error { time.Sleep(20 * time.Millisecond); return nil },
+	}
+	t0 := time.Now()
+	inst, err := l.Launch(WithTrace(ctx, steps.trace()), ltVM("traced"), hooks)
+	took := time.Since(t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inst.Kill()
+	if got := steps.String(); got != "measure,probe,admit,spawn,verify,record,cont" {
+		t.Fatalf("trace %q", got)
+	}
+	var sum time.Duration
+	for i, d := range steps.took {
+		if d < 0 {
+			t.Errorf("step %s took %v", steps.names[i], d)
+		}
+		sum += d
+	}
+	if sum > took {
+		t.Errorf("steps add up to %v, more than the launch's %v", sum, took)
+	}
+	if steps.took[5] < 20*time.Millisecond {
+		t.Errorf("record took %v, but BeforeCont slept 20ms", steps.took[5])
+	}
+
+	// A refusal by Admit ends the trace there.
+	steps = &ltSteps{}
+	_, err = l.Launch(WithTrace(ctx, steps.trace()), ltVM("refused"), LaunchHooks{Admit: func(*config.VM, *Spec, *api.LaunchRecord) error {
+		return errors.New("rule x: no")
+	}})
+	if err == nil || steps.String() != "measure,probe,admit!" {
+		t.Fatalf("refused launch: %v, trace %q", err, steps)
+	}
 }
 
 // TestLaunchBeforeContErrorKills: a failing durable record must not leave a guest.

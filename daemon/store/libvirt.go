@@ -33,7 +33,7 @@ func (s *Store) PutLibvirt(reg *LibvirtRegistration) error {
 	if err != nil {
 		return fmt.Errorf("encoding libvirt domain %q: %w", reg.Name, err)
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.update(func(tx *bolt.Tx) error {
 		bk, err := tx.CreateBucketIfNotExists(bucketLibvirt)
 		if err != nil {
 			return err
@@ -68,7 +68,7 @@ func (s *Store) LibvirtDomain(name string) (*LibvirtRegistration, error) {
 
 // DeleteLibvirt removes a libvirt domain's registration.
 func (s *Store) DeleteLibvirt(name string) error {
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		bk := tx.Bucket(bucketLibvirt)
 		if bk == nil || bk.Get([]byte(name)) == nil {
 			return fmt.Errorf("libvirt domain %q is not registered: %w", name, api.ErrNotFound)

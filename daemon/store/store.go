@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -40,6 +41,9 @@ type Store struct {
 	// BackupErr is why Open could not refresh the backup of the last good store (nil:
 	// it did). The store works without it; the previous backup, if any, stays.
 	BackupErr error
+	// lastWrite is when a write transaction last committed, in Unix nanoseconds
+	// (stats.go).
+	lastWrite atomic.Int64
 }
 
 // StoredVM is a VM definition as stored.
@@ -112,6 +116,7 @@ func Open(stateDir string) (*Store, error) {
 		db.Close()
 		return nil, writeErr(fmt.Sprintf("initializing state store %s", path), err)
 	}
+	s.wrote() // opening counts as a write (Stats)
 	s.BackupErr = s.writeBackup(backup)
 	return s, nil
 }
@@ -189,7 +194,7 @@ func (s *Store) PutVM(vm StoredVM, replace bool) error {
 	if err != nil {
 		return fmt.Errorf("encoding vm %q: %w", vm.Name, err)
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.update(func(tx *bolt.Tx) error {
 		vms := tx.Bucket(bucketVMs)
 		if vms.Get([]byte(vm.Name)) != nil && !replace {
 			return fmt.Errorf("vm %q is already defined (undefine it first, or redefine with --replace): %w", vm.Name, api.ErrConflict)
@@ -240,7 +245,7 @@ func (s *Store) ListVMs() ([]StoredVM, error) {
 
 // DeleteVM removes a definition and all its runs in one transaction.
 func (s *Store) DeleteVM(name string) error {
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		vms := tx.Bucket(bucketVMs)
 		if vms.Get([]byte(name)) == nil {
 			return fmt.Errorf("vm %q is not defined: %w", name, api.ErrNotFound)
@@ -269,7 +274,7 @@ func seqKey(seq int) []byte {
 // NewRun allocates the next run of a defined VM (Seq = last + 1), stores run with that
 // Seq and returns it.
 func (s *Store) NewRun(name string, run api.Run) (api.Run, error) {
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		if tx.Bucket(bucketVMs).Get([]byte(name)) == nil {
 			return fmt.Errorf("vm %q is not defined: %w", name, api.ErrNotFound)
 		}
@@ -299,7 +304,7 @@ func (s *Store) PutRun(name string, run *api.Run) error {
 	if err != nil {
 		return fmt.Errorf("encoding run %d of vm %q: %w", run.Seq, name, err)
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.update(func(tx *bolt.Tx) error {
 		rb := tx.Bucket(bucketRuns).Bucket([]byte(name))
 		if rb == nil || tx.Bucket(bucketVMs).Get([]byte(name)) == nil {
 			return fmt.Errorf("vm %q is not defined: %w", name, api.ErrNotFound)
