@@ -33,9 +33,6 @@ import (
 //     cgroup CPU controller, in an autogroup of its own; so does each QEMU: 20 guests
 //     get 20 CPU shares (weighted by qemu_nice) against the one of snpd and the one of
 //     the operator's session (the bench driver and every snpctl it spawns).
-//   - flat, qemu_nice default, snpctl-full (when SNPCTL_FULL is set): the same, timing
-//     the full build of snpctl (every command linked) instead of the shipped lean one
-//     (cmd/snpctl/commands.go), side by side.
 //   - flat, qemu_nice default, metrics: the same with [metrics] on a unix socket and
 //     per_vm, the API instrumented, and a scraper reading /metrics every second (a
 //     Prometheus scrapes every 15 to 60 s): what metrics cost the API, side by side with
@@ -140,9 +137,6 @@ func BenchmarkStart20WhileListing(b *testing.B) {
 			}
 			for _, v := range order {
 				cli := snpctl
-				if v.full {
-					cli = full
-				}
 				r, err := start20WhileListing(b, v.config, v.tag, cli, cgs[v.tag], i == 0)
 				for retry := 1; err != nil && retry <= maxRoundRetries; retry++ {
 					// A start that failed (on a loaded host without KVM, a TCG QEMU that
@@ -172,10 +166,6 @@ func BenchmarkStart20WhileListing(b *testing.B) {
 		if _, ok := res["nice0"]; ok {
 			fmt.Printf("ratios flat qemu_nice=0 / flat default: API list p99 %.1fx, snpctl vm list p99 %.1fx, start wall %.2fx\n",
 				base.apiP99/def.apiP99, base.cliP99/max(def.cliP99, 1e-3), base.wall.Seconds()/def.wall.Seconds())
-		}
-		if f, ok := res["default-full"]; ok {
-			fmt.Printf("ratios flat default, snpctl-full / snpctl: snpctl vm list p99 %.2fx, p50 %.2fx\n",
-				f.cliP99/max(def.cliP99, 1e-3), f.cliP50/max(def.cliP50, 1e-3))
 		}
 		if haveDep {
 			fmt.Printf("ratios flat default / deployed: API list p99 %.1fx, snpctl vm list p99 %.1fx, start wall %.2fx\n",

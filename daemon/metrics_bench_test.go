@@ -21,7 +21,7 @@ func BenchmarkAPIInstrumentation(b *testing.B) {
 	defer cleanup()
 	for i := range 20 {
 		name := fmt.Sprintf("bench%02d", i)
-		if _, err := srv.mgr.Define(api.DefineRequest{File: name + ".toml", TOML: vmTOML(name, "")}); err != nil {
+		if _, err := srv.mgr.Define(api.DefineRequest{File: name + ".toml", TOML: vmTOML(name, "")}, nil); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -175,7 +175,7 @@ func TestEventsCommandFollowsAndEnds(t *testing.T) {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	bin := filepath.Join(dir, "bin")
 	goBuild(t, filepath.Join(bin, "snpd"), "../snpd")
-	goBuild(t, filepath.Join(bin, "snpctl"), ".", "snpctl_lean")
+	goBuild(t, filepath.Join(bin, "snpctl"), ".")
 	policy := "[firmware]\nallow_any = true\n[snp]\nforbid = [\"debug\"]\n[vcpu]\nmodels = [\"EPYC-v4\"]\n[memory]\nmax_mib = 1024\n"
 	cfg := "platform = \"none\"\npolicy_file = \"policy.toml\"\nstop_timeout = \"2s\"\n"
 	for name, text := range map[string]string{"policy.toml": policy, "snpd.toml": cfg} {
