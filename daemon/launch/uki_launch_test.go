@@ -208,3 +208,64 @@ func TestLaunchUKIBootDiskToAgent(t *testing.T) {
 		snptest.KernelCmdlinePrefix+cmdline+"\n", snptest.EFIStubInitrdLine, "snp-agent: serving on /dev/")
 	t.Logf("snp-agent up %v after launch", time.Since(start).Round(100*time.Millisecond))
 }
+
+// TestAmdSevSNPPathUpToCont is the sev-snp side of measured direct boot as far as a host
+// without SEV-SNP allows: a VM with kernel, initrd and cmdline on the 2025.02 AmdSev
+// build gets the digest of snp/testdata/vectors-amdsev.tsv, its argv carries the
+// kernel, initrd, append and a sev-snp-guest object with kernel-hashes on, and a real
+// QEMU accepts that object and reads back exactly what the pre-cont check expects.
+func TestAmdSevSNPPathUpToCont(t *testing.T) {
+	ltNeed(t)
+	l := &Launcher{QEMU: ltQEMU, Platform: PlatformSEVSNP, RuntimeDir: ltRuntimeDir(t),
+		Host: &HostFacts{Accel: AccelKVM, CBitPos: 51, ReducedPhysBits: 1}}
+	vm := &config.VM{Name: "amdsev", VCPUs: 1, CPUModel: "EPYC-v4",
+		Firmware: committed(t, "firmware/ovmf-amdsev-debian-2025.02.fd"),
+		Kernel:   committed(t, "inputs/kernel-synthetic.bin"), Initrd: committed(t, "inputs/initrd-synthetic.bin"),
+		Cmdline: "console=ttyS0 loglevel=7"}
+	spec, rec, err := l.Prepare(t.Context(), vm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer spec.Close()
+	want := vectorDigest(t, "snp-amdsev-2025.02-kernel+initrd+append")
+	if rec.ExpectedDigest != want || !rec.KernelHashes || rec.Cmdline != "console=ttyS0 loglevel=7" {
+		t.Errorf("record: digest %s (vector %s), kernel-hashes %v, cmdline %q", rec.ExpectedDigest, want, rec.KernelHashes, rec.Cmdline)
+	}
+	args, _ := BuildArgv(spec)
+	joined := strings.Join(args, " ")
+	for _, a := range []string{"-kernel /proc/self/fd/", "-initrd /proc/self/fd/", "-append console=ttyS0 loglevel=7", `"kernel-hashes":true`, `"qom-type":"sev-snp-guest"`, "confidential-guest-support=lsec0"} {
+		if !strings.Contains(joined, a) {
+			t.Errorf("argv lacks %q: %s", a, joined)
+		}
+	}
+	c := ltObjectQEMU(t, mustJSON(spec.snpObject()))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	props := snpProps(spec)
+	if props["kernel-hashes"] != true {
+		t.Fatalf("expected properties %v lack kernel-hashes", props)
+	}
+	if diffs := verifySNPObject(ctx, c, props); len(diffs) > 0 {
+		t.Fatalf("QEMU reads the sev-snp-guest object back differently: %q", diffs)
+	}
+}
+
+// vectorDigest returns the stdout of row name of snp/testdata/vectors-amdsev.tsv.
+func vectorDigest(t *testing.T, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(committed(t, "vectors-amdsev.tsv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(string(b), "\n")
+	cols := strings.Split(lines[0], "\t")
+	out := slices.Index(cols, "stdout")
+	for _, l := range lines[1:] {
+		f := strings.Split(l, "\t")
+		if len(f) > out && f[0] == name {
+			return f[out]
+		}
+	}
+	t.Fatalf("no row %s in vectors-amdsev.tsv", name)
+	return ""
+}
