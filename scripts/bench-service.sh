@@ -5,8 +5,7 @@
 # Runs the scenario in five variants side by side (each 5 rounds, taken in turns, samples pooled;
 # SNPD_BENCH_ROUNDS changes that) and prints the ratios: the flat layout (snpd
 # and its QEMUs in the bench's own cgroup, each QEMU in its own autogroup) with QEMU at
-# snpd's priority (qemu_nice = 0) and at the default qemu_nice, the latter again timing
-# snpctl-full instead of the shipped lean snpctl, the same with metrics enabled ([metrics]
+# snpd's priority (qemu_nice = 0) and at the default qemu_nice, the same with metrics enabled ([metrics]
 # on a unix socket with per_vm, /metrics scraped every second; the ratio of its API list
 # p99 to the default's is the cost of metrics), and the deployed layout
 # (default qemu_nice; snpd and its QEMUs in a fresh CPU cgroup standing in for
@@ -24,10 +23,9 @@ cd "$(dirname "$0")/.."
 bin=$(mktemp -d)
 trap 'rm -rf "$bin"' EXIT
 chmod 755 "$bin"
-# Built as `make build` ships them: snpctl lean (API commands only) and snpctl-full, both
-# static, no cgo (a cgo build loads libc through ld.so and costs ~1.4 ms more CPU per call).
-CGO_ENABLED=0 go build -trimpath -tags snpctl_lean -o "$bin/snpctl" ./cmd/snpctl
-CGO_ENABLED=0 go build -trimpath -o "$bin/snpctl-full" ./cmd/snpctl
-CGO_ENABLED=1 go build -tags snpctl_lean -o "$bin/snpctl-cgo" ./cmd/snpctl
-SNPCTL="$bin/snpctl" SNPCTL_FULL="$bin/snpctl-full" SNPCTL_CGO="$bin/snpctl-cgo" go test -count=1 -run '^$' -bench '^BenchmarkStart20WhileListing$' -benchtime 1x ./daemon/ \
+# Built as `make build` ships it: static, no cgo (a cgo build loads libc through ld.so and
+# costs ~1.4 ms more CPU per call).
+CGO_ENABLED=0 go build -trimpath -o "$bin/snpctl" ./cmd/snpctl
+CGO_ENABLED=1 go build -o "$bin/snpctl-cgo" ./cmd/snpctl
+SNPCTL="$bin/snpctl" SNPCTL_CGO="$bin/snpctl-cgo" go test -count=1 -run '^$' -bench '^BenchmarkStart20WhileListing$' -benchtime 1x ./daemon/ \
   | grep -E '^(BENCH |== |not measured|cgroups|host load|ratios|[0-9]+ rounds of 20|API list|snpctl vm list|GET /metrics|round [0-9]+ of|snpd while|--- FAIL|FAIL|[[:space:]]+[A-Za-z0-9_]+_test\.go:[0-9]+:)'
