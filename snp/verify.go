@@ -222,18 +222,21 @@ func (v *Verifier) Verify(ctx context.Context, raw, certTable []byte, exp Expect
 	wantRD := exp.ReportData
 	rdWhat := "binds the nonce"
 	var rderr error
-	if wantRD == nil {
-		if len(exp.Nonce) == 0 {
-			rderr = errors.New("no nonce given: the report's freshness cannot be established")
-		} else {
-			b := agentproto.ReportData(exp.Nonce, exp.UserData)
-			wantRD = b[:]
-		}
-	} else {
+	switch {
+	case wantRD != nil:
 		rdWhat = "equals the expected REPORT_DATA"
-	}
-	if rderr == nil {
-		if !bytes.Equal(p.GetReportData(), wantRD) {
+		if len(wantRD) != 64 {
+			rderr = fmt.Errorf("the expected REPORT_DATA is %d bytes, want 64", len(wantRD))
+		} else if !bytes.Equal(p.GetReportData(), wantRD) {
+			rderr = fmt.Errorf("REPORT_DATA %s… differs from the expected REPORT_DATA %s…", short(hex.EncodeToString(p.GetReportData())), short(hex.EncodeToString(wantRD)))
+		}
+	case len(exp.Nonce) == 0:
+		rderr = errors.New("no nonce given: the report's freshness cannot be established")
+	default:
+		b, err := agentproto.BindReportData(exp.Nonce, exp.UserData)
+		if err != nil {
+			rderr = err
+		} else if wantRD = b[:]; !bytes.Equal(p.GetReportData(), wantRD) {
 			rderr = fmt.Errorf("REPORT_DATA %s… does not bind the nonce (want %s…)", short(hex.EncodeToString(p.GetReportData())), short(hex.EncodeToString(wantRD)))
 		}
 	}

@@ -42,7 +42,11 @@ func newFixture(t testing.TB) *fixture {
 		t.Fatal(err)
 	}
 	nonce := []byte("verifier-nonce-0123456789abcdef")
-	f := snptest.Fields{Policy: testPolicy, ReportData: agentproto.ReportData(nonce, nil)}
+	rd, err := agentproto.BindReportData(nonce, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := snptest.Fields{Policy: testPolicy, ReportData: rd}
 	f.Measurement = sha512.Sum384([]byte("launch digest"))
 	copy(f.HostData[:], bytes.Repeat([]byte{0x5a}, 32))
 	exp := snp.Expected{
@@ -295,5 +299,31 @@ func TestVerifyFetchesFromKDSOnlyWhenConfigured(t *testing.T) {
 	// Now offline works from the cache.
 	if vd := offline.Verify(context.Background(), raw, nil, fx.exp); !vd.OK {
 		t.Fatalf("offline after caching: %+v", vd.Failed())
+	}
+}
+
+// TestVerifyReportDataRefusals: an out-of-range nonce is refused by the binding itself
+// (its 16-bit length would wrap at 65536 bytes), and an exact REPORT_DATA that differs is
+// reported as such, not as a nonce problem.
+func TestVerifyReportDataRefusals(t *testing.T) {
+	fx := newFixture(t)
+	raw := fx.report(t, fx.fields)
+	for _, n := range []int{65, 65536, 65536 + 31} {
+		e := fx.exp
+		e.Nonce = bytes.Repeat([]byte{'n'}, n)
+		vd := fx.verifier().Verify(context.Background(), raw, fx.signer.CertTable(), e)
+		if got := vd.Get(snp.CheckReportData); vd.OK || got.OK || !strings.Contains(got.Reason, "want 1..64") {
+			t.Fatalf("%d-byte nonce: %+v", n, got)
+		}
+	}
+	e := fx.exp
+	e.Nonce, e.ReportData = nil, bytes.Repeat([]byte{1}, 64)
+	vd := fx.verifier().Verify(context.Background(), raw, fx.signer.CertTable(), e)
+	if got := vd.Get(snp.CheckReportData); got.OK || !strings.Contains(got.Reason, "differs from the expected REPORT_DATA 0101") || strings.Contains(got.Reason, "nonce") {
+		t.Fatalf("exact REPORT_DATA: %+v", got)
+	}
+	e.ReportData = fx.fields.ReportData[:]
+	if vd := fx.verifier().Verify(context.Background(), raw, fx.signer.CertTable(), e); !vd.OK {
+		t.Fatalf("matching exact REPORT_DATA: %+v", vd.Failed())
 	}
 }
