@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -370,8 +371,19 @@ func idKeys(p *spb.Report, exp Expected) error {
 		return err
 	}
 	if exp.IDKeyDigest == nil {
-		if !allZero(p.GetIdKeyDigest()) || !allZero(p.GetAuthorKeyDigest()) || si.AuthorKeyEn {
-			return errors.New("the report carries ID key digests but the launch record has no ID block")
+		// Name exactly what the report carries that a launch without an ID block cannot.
+		var got []string
+		if !allZero(p.GetIdKeyDigest()) {
+			got = append(got, "ID_KEY_DIGEST "+short(hex.EncodeToString(p.GetIdKeyDigest()))+"…")
+		}
+		if !allZero(p.GetAuthorKeyDigest()) {
+			got = append(got, "AUTHOR_KEY_DIGEST "+short(hex.EncodeToString(p.GetAuthorKeyDigest()))+"…")
+		}
+		if si.AuthorKeyEn {
+			got = append(got, "AUTHOR_KEY_EN set")
+		}
+		if len(got) > 0 {
+			return fmt.Errorf("the launch record has no ID block but the report has %s", strings.Join(got, ", "))
 		}
 		return nil
 	}
@@ -381,6 +393,9 @@ func idKeys(p *spb.Report, exp Expected) error {
 	if exp.AuthorKeyDigest == nil {
 		if si.AuthorKeyEn {
 			return errors.New("AUTHOR_KEY_EN is set but the launch record has no author key")
+		}
+		if !allZero(p.GetAuthorKeyDigest()) {
+			return fmt.Errorf("AUTHOR_KEY_DIGEST is %s… but the launch record has no author key", short(hex.EncodeToString(p.GetAuthorKeyDigest())))
 		}
 		return nil
 	}

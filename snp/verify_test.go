@@ -302,6 +302,45 @@ func TestVerifyFetchesFromKDSOnlyWhenConfigured(t *testing.T) {
 	}
 }
 
+// TestVerifyIDKeyRefusalsNameTheField: with no ID block in the launch record, each field
+// of the report that says otherwise is named, alone: AUTHOR_KEY_EN alone is not "ID key
+// digests".
+func TestVerifyIDKeyRefusalsNameTheField(t *testing.T) {
+	fx := newFixture(t)
+	for _, c := range []struct {
+		name    string
+		mutate  func(*snptest.Fields)
+		want    string
+		notWant string
+	}{
+		{"AUTHOR_KEY_EN only", func(f *snptest.Fields) { f.AuthorKeyEn = true }, "the launch record has no ID block but the report has AUTHOR_KEY_EN set", "DIGEST"},
+		{"ID key digest only", func(f *snptest.Fields) { f.IDKeyDigest[3] = 7 }, "the report has ID_KEY_DIGEST 000000070000", "AUTHOR"},
+		{"author key digest only", func(f *snptest.Fields) { f.AuthorKeyDigest[0] = 9 }, "the report has AUTHOR_KEY_DIGEST 0900", "ID_KEY"},
+		{"all three", func(f *snptest.Fields) { f.IDKeyDigest[0], f.AuthorKeyDigest[0], f.AuthorKeyEn = 1, 1, true },
+			"ID_KEY_DIGEST 0100000000000000…, AUTHOR_KEY_DIGEST 0100000000000000…, AUTHOR_KEY_EN set", "carries"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := fx.fields
+			c.mutate(&f)
+			vd := fx.verifier().Verify(context.Background(), fx.report(t, f), fx.signer.CertTable(), fx.exp)
+			got := vd.Get(snp.CheckIDKeys)
+			if vd.OK || got.OK || !strings.Contains(got.Reason, c.want) || strings.Contains(got.Reason, c.notWant) {
+				t.Fatalf("%s = %+v, want %q and not %q", snp.CheckIDKeys, got, c.want, c.notWant)
+			}
+		})
+	}
+	// With an ID block but no author key, an author key digest without AUTHOR_KEY_EN is
+	// named too.
+	f := fx.fields
+	f.IDKeyDigest[0], f.AuthorKeyDigest[0] = 1, 2
+	e := fx.exp
+	e.IDKeyDigest = f.IDKeyDigest[:]
+	vd := fx.verifier().Verify(context.Background(), fx.report(t, f), fx.signer.CertTable(), e)
+	if got := vd.Get(snp.CheckIDKeys); got.OK || !strings.Contains(got.Reason, "AUTHOR_KEY_DIGEST is 0200") {
+		t.Fatalf("author key digest without author key: %+v", got)
+	}
+}
+
 // TestVerifyReportDataRefusals: an out-of-range nonce is refused by the binding itself
 // (its 16-bit length would wrap at 65536 bytes), and an exact REPORT_DATA that differs is
 // reported as such, not as a nonce problem.
