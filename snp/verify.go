@@ -119,7 +119,13 @@ func (v *Verdict) add(name string, err error, okReason string) {
 // Verifier verifies reports offline: the chain comes from the report's certificate table
 // or from Cache, checked against Roots; AMD's key server is asked only when Getter is set.
 // Verified endorsement-key chains are cached in memory until the earliest NotAfter, so a
-// steady stream of reports from known chips costs one ECDSA verification each.
+// steady stream of reports from known chips costs one ECDSA verification each. The cache
+// holds only what depends on the certificate bytes and the Verifier's fixed roots alone
+// (parsing, the KDS certificate profile, the RSA-PSS signatures VCEK <- ASK <- ARK): it
+// can never change a verdict. Everything that involves the report or the clock runs for
+// every report, cached chain or not: validity at Now, the signing key kind, the product
+// line the report's CPUID names against the chain's, TCB and chip id against the VCEK,
+// and the report's signature.
 // Safe for concurrent use.
 type Verifier struct {
 	// Roots are the trusted AMD roots (nil: DefaultRoots).
@@ -139,7 +145,8 @@ type Verifier struct {
 
 type chainEntry struct {
 	key       [32]byte
-	fresh     bool // verified now, not yet confirmed by go-sev-guest and cached
+	fresh     bool             // verified now, not yet confirmed by go-sev-guest and cached
+	signer    abi.ReportSigner // the signing key the report names (per report, not cached)
 	cert      *x509.Certificate
 	chainPEM  string
 	info      *CertInfo
@@ -183,10 +190,15 @@ func (v *Verifier) Verify(ctx context.Context, raw, certTable []byte, exp Expect
 	p := rep.Proto()
 	now := v.now()
 
-	// Endorsement key and chain.
+	// Endorsement key and chain: the chain may come from the cache of verified chains,
+	// but what ties it to this report is checked for every report.
 	ek, err := v.endorsementKey(ctx, p, certTable, now)
+	if err == nil {
+		err = ek.endorses(p)
+	}
 	if err != nil {
 		vd.add(CheckCertificate, err, "")
+		ek = nil
 	} else {
 		vd.Endorsement = ek.info
 		vd.add(CheckCertificate, nil, fmt.Sprintf("%s %s chains to the trusted ARK-%s, valid until %s", ek.info.Kind, short(ek.info.SHA256), ek.info.ProductLine, ek.notAfter.UTC().Format(time.RFC3339)))
@@ -481,6 +493,7 @@ func (v *Verifier) endorsementKey(ctx context.Context, p *spb.Report, certTable 
 	e, ok := v.chains[key]
 	v.mu.Unlock()
 	if ok && !now.Before(e.notBefore) && !now.After(e.notAfter) {
+		e.signer = si.SigningKey
 		return &e, nil
 	}
 	cert, err := x509.ParseCertificate(der)
@@ -490,9 +503,6 @@ func (v *Verifier) endorsementKey(ctx context.Context, p *spb.Report, certTable 
 	info, err := v.trusted().VerifyCert(cert, now)
 	if err != nil {
 		return nil, err
-	}
-	if (info.Kind == KindVCEK) != (si.SigningKey == abi.VcekReportSigner) {
-		return nil, fmt.Errorf("report signed by %v but the certificate is a %s", si.SigningKey, info.Kind)
 	}
 	pc := v.trusted().Line(info.ProductLine)
 	e = chainEntry{cert: cert, info: info, notBefore: cert.NotBefore, notAfter: cert.NotAfter,
@@ -508,8 +518,31 @@ func (v *Verifier) endorsementKey(ctx context.Context, p *spb.Report, certTable 
 			e.notAfter = c.NotAfter
 		}
 	}
-	e.key, e.fresh = key, true
+	e.key, e.fresh, e.signer = key, true, si.SigningKey
 	return &e, nil
+}
+
+// endorses checks what ties the verified chain e to report p, for every report whether
+// the chain came from the cache or not: the report's signing key kind (VCEK or VLEK) is
+// the certificate's, and the product line the report's CPUID names (version 3 and later)
+// is the one the certificate chains to. go-sev-guest's verify does the latter only when
+// it verifies a chain, i.e. on first sight of a VCEK here; without this a report claiming
+// another product line would pass once its VCEK was cached.
+func (e *chainEntry) endorses(p *spb.Report) error {
+	if (e.info.Kind == KindVCEK) != (e.signer == abi.VcekReportSigner) {
+		return fmt.Errorf("the report is signed by its %v but the certificate given for it is a %s", e.signer, e.info.Kind)
+	}
+	if p.GetVersion() < 3 || p.GetCpuid1EaxFms() == 0 {
+		return nil
+	}
+	line, err := ProductLineFromCPUID(p.GetCpuid1EaxFms())
+	if err != nil {
+		return fmt.Errorf("the report's %w", err)
+	}
+	if line != e.info.ProductLine {
+		return fmt.Errorf("the report's CPUID says %s but it is endorsed by a %s %s chaining to ARK-%s", line, e.info.ProductLine, e.info.Kind, e.info.ProductLine)
+	}
+	return nil
 }
 
 func (v *Verifier) remember(e *chainEntry) {

@@ -302,6 +302,63 @@ func TestVerifyFetchesFromKDSOnlyWhenConfigured(t *testing.T) {
 	}
 }
 
+// TestVerifyProductLineOnEveryReport: a report whose CPUID says Genoa but that is signed
+// with a Milan VCEK is refused by a fresh Verifier, and still refused after a correct
+// report has put that VCEK's verified chain in the cache (go-sev-guest v0.15.0 ties a
+// report's product line to its roots only when it verifies a chain, i.e. the first time).
+func TestVerifyProductLineOnEveryReport(t *testing.T) {
+	fx := newFixture(t)
+	certs := fx.signer.CertTable()
+	genoa := fx.fields
+	genoa.CPUID = [3]byte{0x19, 0x11, 0x1} // Genoa B1
+	bad := fx.report(t, genoa)
+	milan := fx.fields
+	milan.Version3 = true
+	good := fx.report(t, milan)
+	refused := func(v *snp.Verifier, when string) {
+		t.Helper()
+		vd := v.Verify(context.Background(), bad, certs, fx.exp)
+		if vd.OK {
+			t.Fatalf("%s: a report claiming Genoa, signed by a Milan VCEK, passed", when)
+		}
+		c := vd.Get(snp.CheckCertificate)
+		if c.OK || !strings.Contains(c.Reason, "CPUID says Genoa") || !strings.Contains(c.Reason, "Milan VCEK") {
+			t.Fatalf("%s: %s = %+v, want the product line named; failures %+v", when, snp.CheckCertificate, c, vd.Failed())
+		}
+	}
+	v := fx.verifier()
+	refused(v, "fresh verifier")
+	for i := 0; i < 2; i++ { // the second pass is served from the cache
+		if vd := v.Verify(context.Background(), good, certs, fx.exp); !vd.OK {
+			t.Fatalf("correct Milan report, pass %d: %+v", i, vd.Failed())
+		}
+	}
+	refused(v, "after a correct report cached the chain")
+	// A report naming no known product line at all.
+	odd := fx.fields
+	odd.CPUID = [3]byte{0x17, 0x31, 0x0} // Zen 2 (Rome): no SEV-SNP
+	if vd := v.Verify(context.Background(), fx.report(t, odd), certs, fx.exp); vd.OK || !strings.Contains(vd.Get(snp.CheckCertificate).Reason, "no known SEV-SNP product line") {
+		t.Fatalf("report from an unknown family: %+v", vd.Get(snp.CheckCertificate))
+	}
+}
+
+// TestVerifySignerKindOnEveryReport: a VLEK-signed report given the (cached, verified)
+// VCEK as its VLEK is refused with both kinds named, not merely on the signature.
+func TestVerifySignerKindOnEveryReport(t *testing.T) {
+	fx := newFixture(t)
+	v := fx.verifier()
+	if vd := v.Verify(context.Background(), fx.report(t, fx.fields), fx.signer.CertTable(), fx.exp); !vd.OK {
+		t.Fatalf("%+v", vd.Failed())
+	}
+	f := fx.fields
+	f.SignWithVLEK = true
+	swapped := (&snp.CertTable{ARK: fx.signer.Ark.Raw, ASK: fx.signer.Ask.Raw, VLEK: fx.signer.Vcek.Raw}).Marshal()
+	vd := v.Verify(context.Background(), fx.report(t, f), swapped, fx.exp)
+	if c := vd.Get(snp.CheckCertificate); vd.OK || c.OK || !strings.Contains(c.Reason, "signed by its VLEK but the certificate given for it is a VCEK") {
+		t.Fatalf("VLEK report with a VCEK: %+v", c)
+	}
+}
+
 // TestVerifyIDKeyRefusalsNameTheField: with no ID block in the launch record, each field
 // of the report that says otherwise is named, alone: AUTHOR_KEY_EN alone is not "ID key
 // digests".
@@ -365,4 +422,31 @@ func TestVerifyReportDataRefusals(t *testing.T) {
 	if vd := fx.verifier().Verify(context.Background(), raw, fx.signer.CertTable(), e); !vd.OK {
 		t.Fatalf("matching exact REPORT_DATA: %+v", vd.Failed())
 	}
+}
+
+// FuzzVerify: arbitrary report and certificate-table bytes never panic the Verifier, and
+// with no trusted roots nothing ever passes. (No roots keeps RSA out of the loop: under the
+// fuzzer's coverage instrumentation one RSA-4096 operation takes seconds. The chain checks
+// themselves are covered by the tests above.)
+func FuzzVerify(f *testing.F) {
+	raw := testdata.AttestationBytes[:abi.ReportSize]
+	f.Add(raw, (&snp.CertTable{VCEK: testdata.VcekBytes}).Marshal())
+	f.Add(raw, []byte(nil))
+	rep, err := snp.DecodeReport(raw)
+	if err != nil {
+		f.Fatal(err)
+	}
+	exp := snp.Expected{Policy: rep.Policy, ReportData: rep.Proto().GetReportData(), Measurement: rep.Proto().GetMeasurement(), IDKeyDigest: make([]byte, 48)}
+	v := &snp.Verifier{Roots: &snp.Roots{}, Now: func() time.Time { return time.Date(2023, 6, 1, 0, 0, 0, 0, time.UTC) }}
+	f.Fuzz(func(t *testing.T, raw, table []byte) {
+		vd := v.Verify(context.Background(), raw, table, exp)
+		if vd.OK {
+			t.Fatalf("a report passed with no trusted roots: %+v", vd.Checks)
+		}
+		for _, c := range vd.Checks {
+			if c.Name == "" || strings.Contains(c.Reason, "\n") {
+				t.Fatalf("check %+v: unnamed or more than one line", c)
+			}
+		}
+	})
 }
