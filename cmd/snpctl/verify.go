@@ -1,8 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/snpd/snpd/daemon/api"
+	"github.com/snpd/snpd/snp/agentproto"
 )
 
 func init() { addCommand(newVerifyCmd) }
@@ -49,8 +53,10 @@ func newVerifyCmd() *cobra.Command {
 		Short: "Verify a report obtained elsewhere against a VM's launch record",
 		Long: "verify sends FILE (a raw 1184-byte report, optionally followed by a certificate\n" +
 			"table) to snpd, which runs the same checks as attest. --certs DIR adds the\n" +
-			"certificates found in DIR (PEM/DER/table files). Exit 0 only when every check\n" +
-			"passes; otherwise each failed check is printed on its own line.",
+			"certificates found in DIR (PEM/DER/table files). REPORT_DATA must bind --nonce\n" +
+			"(1..64 bytes) and --user-data (0..64 bytes), or equal --report-data; with both,\n" +
+			"they must agree. Exit 0 only when every check passes; otherwise each failed check\n" +
+			"is printed on its own line.",
 		Example: `  # A report a guest requested with nonce 0011...eeff, with its certificate table appended
   snpctl verify --vm example --report report.bin --nonce 00112233445566778899aabbccddeeff
   # With the VCEK and chain from a directory, and the exact REPORT_DATA
@@ -59,6 +65,9 @@ func newVerifyCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if vm == "" || report == "" {
 				return fmt.Errorf("--vm and --report are required")
+			}
+			if err := checkBindingFlags(nonce, userData, reportData); err != nil {
+				return err
 			}
 			raw, err := readBounded(report, maxReportFile)
 			if err != nil {
@@ -95,11 +104,54 @@ func newVerifyCmd() *cobra.Command {
 	c.Flags().StringVar(&vm, "vm", "", "VM whose launch record the report must match")
 	c.Flags().StringVar(&report, "report", "", "raw report file (optionally followed by its certificate table)")
 	c.Flags().StringVar(&certs, "certs", "", "directory of certificates (PEM, DER or certificate tables) to import first")
-	c.Flags().StringVar(&nonce, "nonce", "", "nonce the report was requested with (hex)")
-	c.Flags().StringVar(&userData, "user-data", "", "user data bound with the nonce (hex)")
-	c.Flags().StringVar(&reportData, "report-data", "", "exact expected REPORT_DATA (hex, 64 bytes) instead of --nonce")
+	c.Flags().StringVar(&nonce, "nonce", "", "nonce the report was requested with (hex, 1..64 bytes)")
+	c.Flags().StringVar(&userData, "user-data", "", "user data bound with the nonce (hex, 0..64 bytes)")
+	c.Flags().StringVar(&reportData, "report-data", "", "exact expected REPORT_DATA (hex, 64 bytes); with --nonce it must be their binding")
 	c.Flags().BoolVar(&asJSON, "json", false, "print the answer as JSON")
 	return c
+}
+
+// checkBindingFlags checks --nonce, --user-data and --report-data before anything is
+// sent: sizes (the binding hashes the nonce's length in 16 bits, so it is bounded to
+// 1..64 bytes), and, when both a nonce and an exact REPORT_DATA are given, that the one is
+// the binding of the other, so neither silently wins.
+func checkBindingFlags(nonceHex, userDataHex, reportDataHex string) error {
+	dec := func(flag, s string) ([]byte, error) {
+		b, err := hex.DecodeString(s)
+		if err != nil {
+			return nil, fmt.Errorf("%s: not hex: %w", flag, err)
+		}
+		return b, nil
+	}
+	nonce, err := dec("--nonce", nonceHex)
+	if err != nil {
+		return err
+	}
+	ud, err := dec("--user-data", userDataHex)
+	if err != nil {
+		return err
+	}
+	rd, err := dec("--report-data", reportDataHex)
+	if err != nil {
+		return err
+	}
+	if userDataHex != "" && nonceHex == "" {
+		return errors.New("--user-data is bound into REPORT_DATA only together with --nonce")
+	}
+	if reportDataHex != "" && len(rd) != 64 {
+		return fmt.Errorf("--report-data is %d bytes, want 64", len(rd))
+	}
+	if nonceHex == "" {
+		return nil
+	}
+	b, err := agentproto.BindReportData(nonce, ud)
+	if err != nil {
+		return fmt.Errorf("--nonce/--user-data: %w", err)
+	}
+	if reportDataHex != "" && !bytes.Equal(rd, b[:]) {
+		return fmt.Errorf("--report-data %.16s… is not the binding of --nonce and --user-data (%.16s…): give the one the report was requested with", reportDataHex, hex.EncodeToString(b[:]))
+	}
+	return nil
 }
 
 // importDir imports every regular file of dir into snpd's certificate cache.
