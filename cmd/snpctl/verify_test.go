@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-sev-guest/verify/trust"
+
 	"github.com/snpd/snpd/daemon/api"
 	"github.com/snpd/snpd/snp"
 	"github.com/snpd/snpd/snp/agentproto"
@@ -136,6 +138,80 @@ func (fx *verifyFixture) snpctl(t *testing.T, args ...string) (int, string, stri
 	}
 	e.WriteString("Error: " + errorLine(err) + "\n")
 	return 1, o.String(), e.String()
+}
+
+// TestVerifyCertsDirTakesWhatItCanUse: --certs DIR imports every file snpd takes, in name
+// order, and names each file it skipped with the reason, one line each on stderr, instead
+// of stopping at the first file that is not a certificate. A re-issued ARK (same key,
+// other bytes) is taken; an ARK with another key is skipped saying so. The report (given
+// without a certificate table) then verifies with the VCEK imported from the directory.
+func TestVerifyCertsDirTakesWhatItCanUse(t *testing.T) {
+	fx := newVerifyFixture(t)
+	reissued, err := snptest.NewSigner(snptest.SignerOptions{Created: time.Date(2025, 3, 1, 0, 0, 0, 0, time.UTC)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var amd trust.ProductCerts
+	if err := amd.FromKDSCertBytes(trust.AskArkMilanVcekBytes); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	raw, err := os.ReadFile(fx.report)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := map[string][]byte{
+		"00-report.bin":      raw,
+		"10-README":          []byte("certificates for vm1\n"),
+		"30-vcek.pem":        snptest.PEM(fx.signer.Vcek),
+		"40-ask-ark.pem":     snptest.PEM(fx.signer.Ask, reissued.Ark), // the ARK re-issued: same key, other bytes
+		"50-foreign-ark.pem": snptest.PEM(amd.Ark),                     // AMD's real Milan ARK: not the trusted key
+		"60-empty":           nil,
+		"70-huge.bin":        bytes.Repeat([]byte{0x30}, api.MaxCertTableSize+1),
+	}
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(filepath.Join(dir, "20-subdir"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("30-vcek.pem", filepath.Join(dir, "35-vcek-link.pem")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("nowhere", filepath.Join(dir, "80-dangling")); err != nil {
+		t.Fatal(err)
+	}
+
+	code, out, errOut := fx.snpctl(t, "verify", "--vm", "vm1", "--report", fx.report, "--nonce", hex.EncodeToString(fx.nonce), "--certs", dir)
+	if code != 0 || out != "" {
+		t.Fatalf("verify --certs: exit %d\nstdout:\n%sstderr:\n%s", code, out, errOut)
+	}
+	t.Logf("stderr:\n%s", errOut)
+	want := map[string]string{
+		"00-report.bin":      "neither PEM nor DER nor a certificate table",
+		"10-README":          "neither PEM nor DER nor a certificate table",
+		"20-subdir":          "a directory",
+		"50-foreign-ark.pem": "public key is not the trusted ARK-Milan's",
+		"60-empty":           "empty",
+		"70-huge.bin":        "65537 bytes, more than certificates can be (65536)",
+		"80-dangling":        "no such file or directory",
+	}
+	lines := strings.Split(strings.TrimSuffix(errOut, "\n"), "\n")
+	if len(lines) != len(want) {
+		t.Fatalf("want one skipped line per unusable file (%d), got:\n%s", len(want), errOut)
+	}
+	for _, l := range lines {
+		name, reason, ok := strings.Cut(strings.TrimPrefix(l, "skipped "+dir+"/"), ": ")
+		if !ok || !strings.HasPrefix(l, "skipped ") || want[name] == "" || !strings.Contains(reason, want[name]) {
+			t.Errorf("unexpected line %q", l)
+		}
+		delete(want, name)
+	}
+	if len(want) > 0 {
+		t.Errorf("not reported as skipped: %v\n%s", want, errOut)
+	}
 }
 
 // TestVerifyBindingFlags: --report-data together with a --nonce whose binding it is not
