@@ -25,10 +25,11 @@ import (
 const (
 	// FormatJSON is snpd's own JSON (type ReferenceJSON).
 	FormatJSON = "json"
-	// FormatTrustee is a Confidential Containers trustee RVPS message of type "sample":
+	// FormatTrustee is a Confidential Containers Trustee RVPS message of type "sample":
 	// {"version":"0.1.0","type":"sample","payload":base64(provenance)}, the provenance
-	// mapping reference-value names (snp_launch_measurement, snp_guest_abi_major, ...) to
-	// lists of accepted values, as trustee's default SNP attestation policy reads them.
+	// mapping each reference-value name Trustee's default SNP policy reads to the value it
+	// compares a claim with: a list where the policy tests membership (`in`), a number or
+	// boolean where it tests equality (`==`). See TrusteeReferenceValues.
 	FormatTrustee = "trustee"
 	// FormatSevGuestCheck is a go-sev-guest check.Config textproto, what google's `check`
 	// tool reads with -config from a file whose name ends in .textproto.
@@ -63,6 +64,11 @@ type Reference struct {
 	// or ProductLineFromCPUID determined it from the chip; empty: unknown. Exports name it
 	// so the verifier knows which of AMD's roots to pin; they never carry the roots.
 	ProductLine string
+	// SMTEnabled and TSMEEnabled are the host platform's SMT and TSME state, the
+	// PLATFORM_INFO bits SMT_EN (0) and TSME_EN (1) its reports carry (nil: unknown, left
+	// out of the trustee format; Trustee's default policy then grades configuration 3, "no
+	// known vulnerabilities", instead of 2, "approved").
+	SMTEnabled, TSMEEnabled *bool
 	// CABundles is ignored: exports never carry trusted roots (see the Format constants).
 	// It remains only so that callers still setting it build; it goes once they stop.
 	CABundles []string
@@ -183,38 +189,71 @@ func marshalIndent(v any) ([]byte, error) {
 	return append(b, '\n'), nil
 }
 
-func exportTrustee(ref Reference) ([]byte, error) {
+// TrusteeReferenceValues returns the reference values Trustee's default SNP appraisal
+// policy (attestation-service/src/ear_token/ear_default_policy_cpu.rego) reads through
+// query_reference_value, encoded as it compares them with the claims Trustee's SNP
+// verifier derives from a report (deps/verifier/src/snp/mod.rs, parse_tee_evidence; both
+// at trustee commit 78962cd416dcc8a32f9377e0066a28fe21420f69):
+//
+//   - snp_launch_measurement: list of one lowercase hex string (`measurement in`).
+//   - snp_bootloader, snp_tee_svn, snp_snp_svn, snp_microcode: list of every SPL from the
+//     minimum TCB's component up to 255 (`reported_tcb_* in`), i.e. "at least the
+//     minimum"; with no minimum TCB every value 0..255.
+//   - snp_guest_abi_major, snp_guest_abi_minor: numbers; snp_single_socket,
+//     snp_smt_allowed: booleans (`policy_* ==`), from the recorded guest policy.
+//   - snp_smt_enabled, snp_tsme_enabled: booleans (`platform_*_enabled ==`), only when
+//     the Reference knows them.
+//
+// Nothing else: the policy checks debug and migrate-MA off itself; nothing in Trustee
+// reads a HOST_DATA or ID/author key reference value (HOST_DATA is compared by Trustee's
+// verifier with the init-data digest the guest presents, and reaches the policy as the
+// init_data claim), so those are not exported and a Trustee verifier that needs them must
+// add its own rules.
+func TrusteeReferenceValues(ref Reference) (map[string]any, error) {
+	if len(ref.Measurement) != 48 {
+		return nil, fmt.Errorf("measurement is %d bytes, want 48", len(ref.Measurement))
+	}
 	pol, err := abi.ParseSnpPolicy(ref.Policy)
 	if err != nil {
-		return nil, fmt.Errorf("exporting reference: policy %#x: %w", ref.Policy, err)
+		return nil, fmt.Errorf("policy %#x: %w", ref.Policy, err)
 	}
-	b2i := func(b bool) int {
-		if b {
-			return 1
+	tcb, err := DecomposeTCB(ref.ProductLine, ref.MinimumTCB)
+	if err != nil {
+		return nil, fmt.Errorf("minimum TCB: %w", err)
+	}
+	atLeast := func(min uint8) []int {
+		out := make([]int, 0, 256-int(min))
+		for v := int(min); v <= 255; v++ {
+			out = append(out, v)
 		}
-		return 0
+		return out
 	}
-	prov := map[string][]any{
-		"snp_launch_measurement": {hex.EncodeToString(ref.Measurement)},
-		"snp_guest_abi_major":    {int(pol.ABIMajor)},
-		"snp_guest_abi_minor":    {int(pol.ABIMinor)},
-		"snp_single_socket":      {b2i(pol.SingleSocket)},
-		"snp_smt_allowed":        {b2i(pol.SMT)},
-		"snp_policy_debug_allowed": {
-			b2i(pol.Debug),
-		},
-		"snp_policy_migrate_ma": {b2i(pol.MigrateMA)},
+	rv := map[string]any{
+		"snp_launch_measurement": []string{hex.EncodeToString(ref.Measurement)},
+		"snp_bootloader":         atLeast(tcb.BootLoader),
+		"snp_tee_svn":            atLeast(tcb.TEE),
+		"snp_snp_svn":            atLeast(tcb.SNP),
+		"snp_microcode":          atLeast(tcb.Microcode),
+		"snp_guest_abi_major":    int(pol.ABIMajor),
+		"snp_guest_abi_minor":    int(pol.ABIMinor),
+		"snp_single_socket":      pol.SingleSocket,
+		"snp_smt_allowed":        pol.SMT,
 	}
-	if ref.HostData != nil {
-		prov["snp_host_data"] = []any{hex.EncodeToString(ref.HostData)}
+	if ref.SMTEnabled != nil {
+		rv["snp_smt_enabled"] = *ref.SMTEnabled
 	}
-	if ref.IDKeyDigest != nil {
-		prov["snp_id_key_digest"] = []any{hex.EncodeToString(ref.IDKeyDigest)}
+	if ref.TSMEEnabled != nil {
+		rv["snp_tsme_enabled"] = *ref.TSMEEnabled
 	}
-	if ref.AuthorKeyDigest != nil {
-		prov["snp_author_key_digest"] = []any{hex.EncodeToString(ref.AuthorKeyDigest)}
+	return rv, nil
+}
+
+func exportTrustee(ref Reference) ([]byte, error) {
+	rv, err := TrusteeReferenceValues(ref)
+	if err != nil {
+		return nil, fmt.Errorf("exporting reference: %w", err)
 	}
-	payload, err := json.Marshal(prov)
+	payload, err := json.Marshal(rv)
 	if err != nil {
 		return nil, fmt.Errorf("encoding reference: %w", err)
 	}

@@ -84,12 +84,47 @@ func TestExportReferenceFormats(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var prov map[string][]any
-	if err := json.Unmarshal(payload, &prov); err != nil {
+	var rv map[string]any
+	if err := json.Unmarshal(payload, &rv); err != nil {
 		t.Fatal(err)
 	}
-	if m := prov["snp_launch_measurement"]; len(m) != 1 || m[0] != hex.EncodeToString(ref.Measurement) {
-		t.Fatalf("snp_launch_measurement = %v", m)
+	// Lists where the policy uses `in`, numbers and booleans where it uses `==`.
+	if m, ok := rv["snp_launch_measurement"].([]any); !ok || len(m) != 1 || m[0] != hex.EncodeToString(ref.Measurement) {
+		t.Fatalf("snp_launch_measurement = %#v", rv["snp_launch_measurement"])
+	}
+	for k, want := range map[string]any{"snp_guest_abi_major": float64(0), "snp_guest_abi_minor": float64(0), "snp_smt_allowed": true, "snp_single_socket": false} {
+		if rv[k] != want {
+			t.Fatalf("%s = %#v, want %#v", k, rv[k], want)
+		}
+	}
+	// The signer's TCB is bootloader 3, TEE 0, SNP 8, microcode 115: each list runs from
+	// there to 255.
+	for k, min := range map[string]int{"snp_bootloader": 3, "snp_tee_svn": 0, "snp_snp_svn": 8, "snp_microcode": 115} {
+		l, ok := rv[k].([]any)
+		if !ok || len(l) != 256-min || l[0] != float64(min) || l[len(l)-1] != float64(255) {
+			t.Fatalf("%s = %v, want %d..255", k, rv[k], min)
+		}
+	}
+	for _, k := range []string{"snp_smt_enabled", "snp_tsme_enabled", "snp_host_data", "snp_policy_debug_allowed", "snp_policy_migrate_ma", "snp_id_key_digest"} {
+		if _, ok := rv[k]; ok {
+			t.Fatalf("%s exported (unknown platform fact, or a key nothing in Trustee reads)", k)
+		}
+	}
+	on, off := true, false
+	ref.SMTEnabled, ref.TSMEEnabled = &on, &off
+	if rv, err := snp.TrusteeReferenceValues(ref); err != nil || rv["snp_smt_enabled"] != true || rv["snp_tsme_enabled"] != false {
+		t.Fatalf("platform facts: %v %v", rv, err)
+	}
+	// A Turin minimum TCB is laid out differently: FMC 7:0, bootloader 15:8, TEE 23:16,
+	// SNP 31:24, microcode 63:56.
+	turin := ref
+	turin.ProductLine, turin.MinimumTCB = "Turin", 0x48_000000_04030201
+	if rv, err := snp.TrusteeReferenceValues(turin); err != nil || rv["snp_bootloader"].([]int)[0] != 2 || rv["snp_tee_svn"].([]int)[0] != 3 || rv["snp_snp_svn"].([]int)[0] != 4 || rv["snp_microcode"].([]int)[0] != 0x48 {
+		t.Fatalf("Turin TCB lists: %v %v", rv, err)
+	}
+	turin.ProductLine = ""
+	if _, err := snp.ExportReference(turin, snp.FormatTrustee); err == nil || !strings.Contains(err.Error(), "product line") {
+		t.Fatalf("a minimum TCB without a product line: %v", err)
 	}
 
 	b, err = snp.ExportReference(ref, snp.FormatSevGuestCheck)
