@@ -65,6 +65,11 @@ type Expected struct {
 	MinimumTCB uint64
 	// VMPL is the required VMPL (0 unless a deployment runs an SVSM).
 	VMPL uint32
+	// ProductLine is the product line of the chip the launch record says the guest runs
+	// on ("Milan", "Genoa", "Turin"; ProductLineFromCPUID of the host's CPUID); the
+	// report's endorsement key must chain to it. Empty: not checked (the report's own
+	// CPUID is still checked against its key).
+	ProductLine string
 }
 
 // Check is the result of one named check.
@@ -195,6 +200,9 @@ func (v *Verifier) Verify(ctx context.Context, raw, certTable []byte, exp Expect
 	ek, err := v.endorsementKey(ctx, p, certTable, now)
 	if err == nil {
 		err = ek.endorses(p)
+	}
+	if err == nil && exp.ProductLine != "" && ek.info.ProductLine != exp.ProductLine {
+		err = fmt.Errorf("the report is endorsed by a %s %s but the launch record's host is a %s", ek.info.ProductLine, ek.info.Kind, exp.ProductLine)
 	}
 	if err != nil {
 		vd.add(CheckCertificate, err, "")

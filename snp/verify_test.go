@@ -342,6 +342,29 @@ func TestVerifyProductLineOnEveryReport(t *testing.T) {
 	}
 }
 
+// TestVerifyExpectedProductLine: with the launch host's product line in the expectation,
+// a report endorsed by another line's key is refused naming both, cached chain or not.
+func TestVerifyExpectedProductLine(t *testing.T) {
+	fx := newFixture(t)
+	v := fx.verifier()
+	raw := fx.report(t, fx.fields)
+	for i, line := range []string{"Milan", "", "Genoa", "Milan"} {
+		e := fx.exp
+		e.ProductLine = line
+		vd := v.Verify(context.Background(), raw, fx.signer.CertTable(), e)
+		c := vd.Get(snp.CheckCertificate)
+		if line == "Genoa" {
+			if vd.OK || c.OK || !strings.Contains(c.Reason, "endorsed by a Milan VCEK but the launch record's host is a Genoa") {
+				t.Fatalf("pass %d: %s = %+v", i, snp.CheckCertificate, c)
+			}
+			continue
+		}
+		if !vd.OK {
+			t.Fatalf("pass %d, line %q: %+v", i, line, vd.Failed())
+		}
+	}
+}
+
 // TestVerifySignerKindOnEveryReport: a VLEK-signed report given the (cached, verified)
 // VCEK as its VLEK is refused with both kinds named, not merely on the signature.
 func TestVerifySignerKindOnEveryReport(t *testing.T) {
