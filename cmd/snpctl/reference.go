@@ -19,12 +19,17 @@ func newReferenceCmd() *cobra.Command {
 		Use:   "reference NAME",
 		Short: "Print a VM's reference values for verifiers (" + strings.Join(api.ReferenceFormats, "|") + ")",
 		Long: "reference prints what a verifier needs to appraise VM NAME's reports, from its\n" +
-			"launch record: json (snpd's own), trustee (a Confidential Containers RVPS sample\n" +
-			"message), sev-guest-check (the check.Config textproto go-sev-guest's check tool\n" +
-			"reads with -config), launch-log (every page update, to recompute the digest).",
+			"launch record: json (snpd's own), trustee (a Confidential Containers Trustee RVPS\n" +
+			"sample message, for its default SNP policy), sev-guest-check (the check.Config\n" +
+			"textproto go-sev-guest's check tool reads with -config, from a file named\n" +
+			"*.textproto), launch-log (every page update, to recompute the digest).\n" +
+			"No format carries trusted roots: the verifier pins AMD's (check: -product LINE\n" +
+			"or -product_key_path) and binds its nonce (check: -report_data). See docs/api.md.",
 		Example: `  snpctl reference example
-  snpctl reference --format trustee example
-  snpctl reference --format sev-guest-check example > example.textproto`,
+  snpctl reference --format trustee example > example-rv.json
+  rvps-tool register --path example-rv.json
+  snpctl reference --format sev-guest-check example > example.textproto
+  check -config example.textproto -in report.bin -report_data "$REPORT_DATA" -product Milan`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ok := false
