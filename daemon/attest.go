@@ -43,7 +43,8 @@ type Attestor struct {
 	Lookup func(name string) (*AttestTarget, error)
 	// Verifier verifies reports (roots, certificate cache, KDS getter).
 	Verifier *snp.Verifier
-	// Roots are the trusted roots (for reference exports); nil: snp.DefaultRoots.
+	// Roots are the trusted roots Verifier and Cache check against (nil: snp.DefaultRoots).
+	// No reference export carries them: roots are the verifier's to choose.
 	Roots *snp.Roots
 	// Cache is the certificate cache certs import writes to (nil: import refused).
 	Cache *snp.CertCache
@@ -100,13 +101,6 @@ func (a *Attestor) now() time.Time {
 		return a.Now()
 	}
 	return time.Now()
-}
-
-func (a *Attestor) roots() *snp.Roots {
-	if a.Roots == nil {
-		return snp.DefaultRoots()
-	}
-	return a.Roots
 }
 
 // Attest challenges VM name's guest agent with nonce (1..64 bytes) and verifies its
@@ -229,6 +223,7 @@ func (a *Attestor) expected(rec *api.LaunchRecord) (snp.Expected, json.RawMessag
 	exp := snp.Expected{
 		Measurement: ref.Measurement, Policy: ref.Policy, HostData: ref.HostData,
 		IDKeyDigest: ref.IDKeyDigest, AuthorKeyDigest: ref.AuthorKeyDigest, MinimumTCB: a.MinTCB,
+		ProductLine: ref.ProductLine,
 	}
 	if a.Policy != nil {
 		c, err := a.Policy.GuestPolicyCeiling()
@@ -285,27 +280,12 @@ func (a *Attestor) reference(rec *api.LaunchRecord) (snp.Reference, error) {
 	if rec.AuthorKey && ak == nil {
 		return bad("author_key_digest", errors.New("an author key was used but the record has no author key digest"))
 	}
-	ref := snp.Reference{Name: rec.Name, Measurement: m, Policy: rec.Policy, HostData: hd, IDKeyDigest: idk, AuthorKeyDigest: ak, MinimumTCB: a.MinTCB}
-	if line := productLineOf(rec); line != "" {
-		ref.ProductLine = line
-		ref.CABundles = a.roots().CABundles(line)
-	}
+	// The product line is the one the launch read from the host's CPUID, never a guess
+	// from the guest's vCPU model: a record without it (platform none, or made before
+	// snpd recorded it) exports none, and the verifier must determine it.
+	ref := snp.Reference{Name: rec.Name, Measurement: m, Policy: rec.Policy, HostData: hd, IDKeyDigest: idk, AuthorKeyDigest: ak,
+		MinimumTCB: a.MinTCB, ProductLine: rec.ProductLine}
 	return ref, nil
-}
-
-// productLineOf names the AMD product line of the record's vCPU model (the roots a
-// verifier needs); empty when unknown.
-func productLineOf(rec *api.LaunchRecord) string {
-	m := strings.ToLower(rec.CPUModel)
-	switch {
-	case strings.HasPrefix(m, "epyc-milan"), strings.HasPrefix(m, "epyc-v4"), m == "epyc":
-		return "Milan"
-	case strings.HasPrefix(m, "epyc-genoa"):
-		return "Genoa"
-	case strings.HasPrefix(m, "epyc-turin"):
-		return "Turin"
-	}
-	return "Milan"
 }
 
 // Reference exports VM name's reference values in format (snp.ReferenceFormats). The
