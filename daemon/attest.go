@@ -52,6 +52,10 @@ type Attestor struct {
 	Policy *config.Policy
 	// MinTCB is the least acceptable REPORTED_TCB (0: none).
 	MinTCB uint64
+	// PlatformSMT and PlatformTSME are the host platform's SMT and TSME state
+	// (attestation.platform_smt_enabled / platform_tsme_enabled), passed on in the trustee
+	// export (nil: unknown, left out).
+	PlatformSMT, PlatformTSME *bool
 	// Now is the clock (nil: time.Now).
 	Now func() time.Time
 	// Sessions, when set, is told the chain that verified each VM's report, which its
@@ -93,7 +97,8 @@ func NewAttestor(cfg *config.Daemon, policy *config.Policy, lookup func(string) 
 	if cfg.Attestation.FetchFromKDS {
 		v.Getter = &trust.RetryHTTPSGetter{Timeout: 30 * time.Second, MaxRetryDelay: 5 * time.Second, Getter: &trust.SimpleHTTPSGetter{}}
 	}
-	return &Attestor{Lookup: lookup, Verifier: v, Roots: roots, Cache: cache, Policy: policy, MinTCB: minTCB}, nil
+	return &Attestor{Lookup: lookup, Verifier: v, Roots: roots, Cache: cache, Policy: policy, MinTCB: minTCB,
+		PlatformSMT: cfg.Attestation.PlatformSMTEnabled, PlatformTSME: cfg.Attestation.PlatformTSMEEnabled}, nil
 }
 
 func (a *Attestor) now() time.Time {
@@ -285,6 +290,7 @@ func (a *Attestor) reference(rec *api.LaunchRecord) (snp.Reference, error) {
 	// snpd recorded it) exports none, and the verifier must determine it.
 	ref := snp.Reference{Name: rec.Name, Measurement: m, Policy: rec.Policy, HostData: hd, IDKeyDigest: idk, AuthorKeyDigest: ak,
 		MinimumTCB: a.MinTCB, ProductLine: rec.ProductLine}
+	ref.SMTEnabled, ref.TSMEEnabled = a.PlatformSMT, a.PlatformTSME
 	return ref, nil
 }
 

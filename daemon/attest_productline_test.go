@@ -4,9 +4,12 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/snpd/snpd/config"
 	"github.com/snpd/snpd/daemon/api"
 	"github.com/snpd/snpd/snp"
 	"github.com/snpd/snpd/snp/agentproto"
@@ -80,4 +83,52 @@ func findCheck(v api.Verdict, name string) api.Check {
 		}
 	}
 	return api.Check{}
+}
+
+// TestTrusteeExportCarriesPlatformFacts: attestation.platform_smt_enabled and
+// platform_tsme_enabled in snpd.toml reach the trustee export as the booleans
+// snp_smt_enabled and snp_tsme_enabled Trustee's default policy compares; unset, they are
+// left out.
+func TestTrusteeExportCarriesPlatformFacts(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct {
+		toml     string
+		smt, tsm any
+	}{
+		{"[attestation]\nplatform_smt_enabled = true\nplatform_tsme_enabled = false\n", true, false},
+		{"[attestation]\nplatform_tsme_enabled = true\n", nil, true},
+		{"", nil, nil},
+	} {
+		path := filepath.Join(dir, "snpd.toml")
+		if err := os.WriteFile(path, []byte("state_dir = \"state\"\n"+c.toml), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := config.LoadDaemon(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fx := newAttestFixture(t)
+		a, err := NewAttestor(cfg, nil, fx.att.Lookup)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := a.Reference("vm1", snp.FormatTrustee)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var msg struct{ Payload []byte }
+		var rv map[string]any
+		if err := json.Unmarshal(b, &msg); err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal(msg.Payload, &rv); err != nil {
+			t.Fatal(err)
+		}
+		if rv["snp_smt_enabled"] != c.smt || rv["snp_tsme_enabled"] != c.tsm {
+			t.Errorf("%q: snp_smt_enabled %v, snp_tsme_enabled %v; want %v, %v", c.toml, rv["snp_smt_enabled"], rv["snp_tsme_enabled"], c.smt, c.tsm)
+		}
+		if _, ok := rv["snp_smt_enabled"]; ok != (c.smt != nil) {
+			t.Errorf("%q: snp_smt_enabled present %v", c.toml, ok)
+		}
+	}
 }
