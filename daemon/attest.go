@@ -160,21 +160,14 @@ func (a *Attestor) Attest(ctx context.Context, name string, nonce []byte) (*api.
 }
 
 // VerifyReport checks a report a verifier obtained elsewhere against VM's launch record.
+// The binding fields are checked before anything is looked up: a nonce of 1..64 bytes and
+// user data of 0..64 (as attest bounds them: the binding hashes the nonce's length in 16
+// bits), and with both a nonce and an exact report_data the one must bind the other.
 func (a *Attestor) VerifyReport(ctx context.Context, req *api.VerifyRequest) (*api.VerifyResponse, error) {
 	if err := api.ValidName(req.VM); err != nil {
 		return nil, err
 	}
-	t, err := a.Lookup(req.VM)
-	if err != nil {
-		return nil, err
-	}
-	if t.Record == nil {
-		return nil, fmt.Errorf("vm %s has no launch record (never started): %w", req.VM, api.ErrConflict)
-	}
-	exp, ref, err := a.expected(t.Record)
-	if err != nil {
-		return nil, err
-	}
+	var exp snp.Expected
 	dec := func(field, s string) ([]byte, error) {
 		if s == "" {
 			return nil, nil
@@ -185,6 +178,7 @@ func (a *Attestor) VerifyReport(ctx context.Context, req *api.VerifyRequest) (*a
 		}
 		return b, nil
 	}
+	var err error
 	if exp.Nonce, err = dec("nonce", req.Nonce); err != nil {
 		return nil, err
 	}
@@ -197,12 +191,33 @@ func (a *Attestor) VerifyReport(ctx context.Context, req *api.VerifyRequest) (*a
 	if exp.ReportData != nil && len(exp.ReportData) != 64 {
 		return nil, fmt.Errorf("report_data is %d bytes, want 64: %w", len(exp.ReportData), api.ErrInvalid)
 	}
+	if exp.Nonce != nil || exp.UserData != nil {
+		b, err := agentproto.BindReportData(exp.Nonce, exp.UserData)
+		if err != nil {
+			return nil, fmt.Errorf("%v: %w", err, api.ErrInvalid)
+		}
+		if exp.ReportData != nil && !bytes.Equal(exp.ReportData, b[:]) {
+			return nil, fmt.Errorf("report_data is not the binding of nonce and user_data: %w", api.ErrInvalid)
+		}
+	}
+	t, err := a.Lookup(req.VM)
+	if err != nil {
+		return nil, err
+	}
+	if t.Record == nil {
+		return nil, fmt.Errorf("vm %s has no launch record (never started): %w", req.VM, api.ErrConflict)
+	}
+	want, ref, err := a.expected(t.Record)
+	if err != nil {
+		return nil, err
+	}
+	want.Nonce, want.UserData, want.ReportData = exp.Nonce, exp.UserData, exp.ReportData
 	raw, certs := req.Report, req.CertTable
 	if len(raw) > snp.ReportSize && len(certs) == 0 {
 		// The check tool's "bin" form: report immediately followed by the table.
 		raw, certs = raw[:snp.ReportSize], raw[snp.ReportSize:]
 	}
-	vd := a.Verifier.Verify(ctx, raw, certs, exp)
+	vd := a.Verifier.Verify(ctx, raw, certs, want)
 	out := &api.VerifyResponse{VM: req.VM, ChainPEM: vd.ChainPEM, Reference: ref, Verdict: wireVerdict(vd)}
 	if vd.Report != nil {
 		out.Decoded, _ = json.Marshal(vd.Report)
