@@ -218,7 +218,11 @@ func TestVerifyAndReferenceThroughSnpd(t *testing.T) {
 		t.Fatalf("record digest %q", rec.ExpectedDigest)
 	}
 	nonce := []byte("verifier nonce 42")
-	f := snptest.Fields{Policy: rec.Policy, ReportData: agentproto.ReportData(nonce, nil)}
+	rd, err := agentproto.BindReportData(nonce, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := snptest.Fields{Policy: rec.Policy, ReportData: rd}
 	copy(f.Measurement[:], digest)
 	good, err := signer.Report(f)
 	if err != nil {
@@ -281,16 +285,29 @@ func TestVerifyAndReferenceThroughSnpd(t *testing.T) {
 		t.Fatalf("the served launch log does not replay to the recorded digest: %v", err)
 	}
 
-	// go-sev-guest's check tool with the policy snpd exported.
+	// go-sev-guest's check tool with the config snpd exported, used unchanged: it carries
+	// no roots (snpd's trusted_roots_file here is go-sev-guest's public test chain), so
+	// check falls back to AMD's and refuses the test-chain report. Pinning the test roots
+	// is the verifier's own choice (-product_key_path with the ASK and ARK, -product):
+	// then the matching report passes, and one with another measurement still fails.
 	check := buildCheckTool(t)
-	cfgPath := write("policy.textproto", []byte(cfg))
+	cfgPath := write("ver1.textproto", []byte(cfg))
 	in := write("att.bin", append(bytes.Clone(good), signer.CertTable()...))
-	if o, err := exec.Command(check, "-config", cfgPath, "-in", in).CombinedOutput(); err != nil {
-		t.Fatalf("check tool rejected the matching report: %v\n%s", err, o)
+	inWrong := write("att-wrong.bin", append(bytes.Clone(wrong), signer.CertTable()...))
+	runCheck := func(in string, extra ...string) (string, error) {
+		args := append([]string{"-config", cfgPath, "-in", in, "-report_data", hex.EncodeToString(rd[:])}, extra...)
+		o, err := exec.Command(check, args...).CombinedOutput()
+		return fmt.Sprintf("check %s:\n%s", strings.Join(args, " "), o), err
 	}
-	in = write("att-wrong.bin", append(bytes.Clone(wrong), signer.CertTable()...))
-	if o, err := exec.Command(check, "-config", cfgPath, "-in", in).CombinedOutput(); err == nil {
-		t.Fatalf("check tool accepted another measurement:\n%s", o)
+	if o, err := runCheck(in); err == nil {
+		t.Fatalf("check accepted a test-chain report with snpd's export unchanged: %s", o)
+	}
+	pinned := []string{"-product_key_path", write("ask_ark.pem", snptest.PEM(signer.Ask, signer.Ark)), "-product", "Milan"}
+	if o, err := runCheck(in, pinned...); err != nil {
+		t.Fatalf("check with the test roots pinned rejected the matching report: %v\n%s", err, o)
+	}
+	if o, err := runCheck(inWrong, pinned...); err == nil {
+		t.Fatalf("check with the test roots pinned accepted another measurement: %s", o)
 	}
 }
 
