@@ -378,26 +378,6 @@ func (r *Roots) PEM(productLine string) []byte {
 	return b.Bytes()
 }
 
-// CABundles returns productLine's trusted chains in KDS cert_chain form: "ASK PEM + ARK
-// PEM" and "ASVK PEM + ARK PEM" (those present), what go-sev-guest's check tool takes as
-// root_of_trust.cabundles. Nil when the line is not trusted.
-func (r *Roots) CABundles(productLine string) []string {
-	pc := r.Line(productLine)
-	if pc == nil || pc.Ark == nil {
-		return nil
-	}
-	var out []string
-	for _, ica := range []*x509.Certificate{pc.Ask, pc.Asvk} {
-		if ica != nil {
-			var b bytes.Buffer
-			_ = pemEncode(&b, ica.Raw)
-			_ = pemEncode(&b, pc.Ark.Raw)
-			out = append(out, b.String())
-		}
-	}
-	return out
-}
-
 // VerifyCert checks c against the trusted roots at time now: an ARK must carry the trusted
 // ARK's public key of its line (bytes may differ: a re-issued root), be self-signed with it
 // and valid at now; an ASK/ASVK must be signed by it; a VCEK/VLEK must chain through the

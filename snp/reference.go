@@ -69,9 +69,6 @@ type Reference struct {
 	// out of the trustee format; Trustee's default policy then grades configuration 3, "no
 	// known vulnerabilities", instead of 2, "approved").
 	SMTEnabled, TSMEEnabled *bool
-	// CABundles is ignored: exports never carry trusted roots (see the Format constants).
-	// It remains only so that callers still setting it build; it goes once they stop.
-	CABundles []string
 	// Updates are the launch's page updates (launch.Measurement.Updates with
 	// launch.MeasureInput.Log); needed only for FormatLaunchLog.
 	Updates []launch.PageUpdate

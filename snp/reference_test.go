@@ -25,8 +25,8 @@ import (
 )
 
 // fixtureReference is the reference of the fixture's launch as a host configured with
-// go-sev-guest's test roots (attestation.trusted_roots_file) would build it, CABundles
-// included: no export may pass them on.
+// go-sev-guest's test roots (attestation.trusted_roots_file) builds it: a Reference has
+// no field for roots, and no export may carry any (noRoots).
 func fixtureReference(t testing.TB, fx *fixture) snp.Reference {
 	return snp.Reference{
 		Name:        "vm1",
@@ -34,7 +34,6 @@ func fixtureReference(t testing.TB, fx *fixture) snp.Reference {
 		Policy:      fx.exp.Policy,
 		HostData:    fx.exp.HostData,
 		ProductLine: "Milan",
-		CABundles:   fx.roots.CABundles("Milan"),
 	}
 }
 

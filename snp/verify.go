@@ -57,7 +57,7 @@ type Expected struct {
 	// the report's digests must be zero; nil AuthorKeyDigest means no author key.
 	IDKeyDigest, AuthorKeyDigest []byte
 	// Nonce and UserData are what the verifier sent; REPORT_DATA must equal
-	// agentproto.ReportData(Nonce, UserData). ReportData, when non-nil (64 bytes),
+	// agentproto.BindReportData(Nonce, UserData). ReportData, when non-nil (64 bytes),
 	// replaces that binding with an exact value (reports obtained by other means).
 	Nonce, UserData []byte
 	ReportData      []byte

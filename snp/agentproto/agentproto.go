@@ -225,19 +225,6 @@ func BindReportData(nonce, userData []byte) ([64]byte, error) {
 	return out, nil
 }
 
-// ReportData is BindReportData without the error: all zeros for a nonce or user data of
-// a size BindReportData refuses, a value any guest can put in a report, so nothing may
-// compare a report with it. Use BindReportData, which says what is wrong; ReportData goes
-// once daemon/attest_e2e_test.go, its last caller (test data with a valid nonce), moves
-// over.
-func ReportData(nonce, userData []byte) [64]byte {
-	b, err := BindReportData(nonce, userData)
-	if err != nil {
-		return [64]byte{}
-	}
-	return b
-}
-
 // Validate checks the request's sizes.
 func (r *ReportRequest) Validate() error {
 	if len(r.Nonce) < MinNonce || len(r.Nonce) > MaxNonce {

@@ -43,9 +43,6 @@ func TestReportDataBinding(t *testing.T) {
 	if got, _ := BindReportData(nonce[:15], append([]byte{nonce[15]}, ud...)); got == want {
 		t.Fatal("binding is ambiguous between nonce and user data")
 	}
-	if ReportData(nonce, ud) != want {
-		t.Fatal("the deprecated ReportData differs from BindReportData")
-	}
 }
 
 // TestBindReportDataRefusesWrapping: the nonce's length is hashed in 16 bits, so at 65536
@@ -66,9 +63,6 @@ func TestBindReportDataRefusesWrapping(t *testing.T) {
 		got, err := BindReportData(c.nonce, c.ud)
 		if err == nil || !strings.Contains(err.Error(), c.want) || got != ([64]byte{}) {
 			t.Errorf("nonce %d, user data %d bytes: %x, %v; want %q", len(c.nonce), len(c.ud), got[:4], err, c.want)
-		}
-		if ReportData(c.nonce, c.ud) != ([64]byte{}) {
-			t.Errorf("ReportData bound a %d-byte nonce", len(c.nonce))
 		}
 	}
 	for _, n := range []int{1, 64} {
@@ -110,7 +104,7 @@ func TestExchangeReport(t *testing.T) {
 	if len(resp.Report) != 1184 || !bytes.Equal(resp.CertTable, []byte{1, 2, 3}) {
 		t.Fatalf("unexpected response %d bytes report, cert table %x", len(resp.Report), resp.CertTable)
 	}
-	if src.got != ReportData(nonce, nil) {
+	if want, err := BindReportData(nonce, nil); err != nil || src.got != want {
 		t.Fatal("agent did not bind REPORT_DATA to the nonce")
 	}
 }
