@@ -212,6 +212,7 @@ func (a *Attestor) VerifyReport(ctx context.Context, req *api.VerifyRequest) (*a
 		return nil, err
 	}
 	want.Nonce, want.UserData, want.ReportData = exp.Nonce, exp.UserData, exp.ReportData
+	want.AllowNonConfidential = req.AllowNonConfidential
 	raw, certs := req.Report, req.CertTable
 	if len(raw) > snp.ReportSize && len(certs) == 0 {
 		// The check tool's "bin" form: report immediately followed by the table.
@@ -226,7 +227,7 @@ func (a *Attestor) VerifyReport(ctx context.Context, req *api.VerifyRequest) (*a
 }
 
 func wireVerdict(vd *snp.Verdict) api.Verdict {
-	out := api.Verdict{OK: vd.OK}
+	out := api.Verdict{OK: vd.OK, Confidential: vd.Confidential}
 	for _, c := range vd.Checks {
 		out.Checks = append(out.Checks, api.Check{Name: c.Name, OK: c.OK, Reason: c.Reason})
 	}
@@ -243,7 +244,7 @@ func (a *Attestor) expected(rec *api.LaunchRecord) (snp.Expected, json.RawMessag
 	exp := snp.Expected{
 		Measurement: ref.Measurement, Policy: ref.Policy, HostData: ref.HostData,
 		IDKeyDigest: ref.IDKeyDigest, AuthorKeyDigest: ref.AuthorKeyDigest, MinimumTCB: a.MinTCB,
-		ProductLine: ref.ProductLine,
+		ProductLine: ref.ProductLine, NotConfidential: ref.NotConfidential,
 	}
 	if a.Policy != nil {
 		c, err := a.Policy.GuestPolicyCeiling()
@@ -306,7 +307,20 @@ func (a *Attestor) reference(rec *api.LaunchRecord) (snp.Reference, error) {
 	ref := snp.Reference{Name: rec.Name, Measurement: m, Policy: rec.Policy, HostData: hd, IDKeyDigest: idk, AuthorKeyDigest: ak,
 		MinimumTCB: a.MinTCB, ProductLine: rec.ProductLine}
 	ref.SMTEnabled, ref.TSMEEnabled = a.PlatformSMT, a.PlatformTSME
+	ref.NotConfidential = notConfidential(rec)
 	return ref, nil
+}
+
+// notConfidential says why rec is not the record of a confidential launch; empty when it
+// is (platform sev-snp, marked confidential).
+func notConfidential(rec *api.LaunchRecord) string {
+	if rec.Platform == "sev-snp" && rec.Confidential {
+		return ""
+	}
+	if rec.Platform == "sev-snp" {
+		return "the launch record is not marked confidential"
+	}
+	return fmt.Sprintf("the launch record is not confidential (platform %s)", rec.Platform)
 }
 
 // Reference exports VM name's reference values in format (snp.ReferenceFormats). The

@@ -263,19 +263,41 @@ func TestVerifyAndReferenceThroughSnpd(t *testing.T) {
 	if code, out, errOut = run("certs", "import", goodPath); code != 1 || !strings.HasPrefix(errOut, "Error: ") {
 		t.Fatalf("importing a report as certificates: exit %d\n%s%s", code, out, errOut)
 	}
-	if code, out, errOut = run("verify", "--vm", "ver1", "--report", goodPath, "--nonce", nonceHex); code != 0 || out != "" {
-		t.Fatalf("verify with cached VCEK: exit %d\n%s%s", code, out, errOut)
+	// ver1 ran on platform none: a perfect report still fails, on "confidential" alone,
+	// until the caller explicitly allows a non-confidential record (issue 13, item 6).
+	if code, out, errOut = run("verify", "--vm", "ver1", "--report", goodPath, "--nonce", nonceHex); code != 1 ||
+		out != "FAIL  confidential           the launch record is not confidential (platform none)\n" {
+		t.Fatalf("verify of a platform-none record: exit %d\n%s%s", code, out, errOut)
 	}
-	code, out, _ = run("verify", "--vm", "ver1", "--report", wrongPath, "--nonce", nonceHex)
-	if code != 1 || !strings.Contains(out, "FAIL  measurement") {
+	code, out, _ = run("verify", "--json", "--vm", "ver1", "--report", goodPath, "--nonce", nonceHex)
+	var vr api.VerifyResponse
+	if err := json.Unmarshal([]byte(out), &vr); code != 1 || err != nil || vr.Verdict.OK || vr.Verdict.Confidential || !strings.Contains(out, `"confidential": false`) {
+		t.Fatalf("verify --json of a platform-none record: exit %d %v\n%s", code, err, out)
+	}
+	allow := "--allow-non-confidential"
+	if code, out, errOut = run("verify", "--vm", "ver1", "--report", goodPath, "--nonce", nonceHex, allow); code != 0 || out != "" || !strings.Contains(errOut, "warning: ver1") {
+		t.Fatalf("verify %s with cached VCEK: exit %d\n%s%s", allow, code, out, errOut)
+	}
+	code, out, _ = run("verify", "--vm", "ver1", "--report", wrongPath, "--nonce", nonceHex, allow)
+	if code != 1 || !strings.Contains(out, "FAIL  measurement") || strings.Contains(out, "FAIL  confidential") {
 		t.Fatalf("verify with another measurement: exit %d\n%s", code, out)
 	}
-	if code, out, _ = run("verify", "--vm", "ver1", "--report", goodPath, "--nonce", "00"); code != 1 || !strings.Contains(out, "FAIL  report-data") {
+	if code, out, _ = run("verify", "--vm", "ver1", "--report", goodPath, "--nonce", "00", allow); code != 1 || !strings.Contains(out, "FAIL  report-data") {
 		t.Fatalf("verify with another nonce: exit %d\n%s", code, out)
 	}
-	for _, format := range []string{"json", "trustee", "sev-guest-check"} {
-		if code, out, errOut = run("reference", "ver1", "--format", format); code != 0 || !strings.Contains(out, map[string]string{"json": rec.ExpectedDigest, "trustee": "sample", "sev-guest-check": "measurement"}[format]) {
-			t.Fatalf("reference %s: exit %d\n%s%s", format, code, out, errOut)
+	// Every export says the record is not confidential.
+	for _, format := range []string{"json", "trustee", "sev-guest-check", "launch-log"} {
+		want := map[string][]string{
+			"json":            {rec.ExpectedDigest, `"confidential": false`, `"note": "the launch record is not confidential (platform none)"`},
+			"trustee":         {"sample", `"confidential": false`, `"note": "the launch record is not confidential (platform none)"`},
+			"sev-guest-check": {"measurement", "# NOT CONFIDENTIAL: the launch record is not confidential (platform none)."},
+			"launch-log":      {rec.ExpectedDigest, `"confidential": false`, `"note": "the launch record is not confidential (platform none)"`},
+		}[format]
+		code, out, errOut = run("reference", "ver1", "--format", format)
+		for _, w := range want {
+			if code != 0 || !strings.Contains(out, w) {
+				t.Fatalf("reference %s: exit %d, want %q in\n%s%s", format, code, w, out, errOut)
+			}
 		}
 	}
 	_, cfg, _ := run("reference", "ver1", "--format", "sev-guest-check")

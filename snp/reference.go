@@ -72,6 +72,11 @@ type Reference struct {
 	// Updates are the launch's page updates (launch.Measurement.Updates with
 	// launch.MeasureInput.Log); needed only for FormatLaunchLog.
 	Updates []launch.PageUpdate
+	// NotConfidential, when not empty, says why the launch is not confidential ("the
+	// launch record is not confidential (platform none)"): the guest ran without SEV-SNP,
+	// so no report vouches for it. Every format says so (see ExportReference). Empty: an
+	// SEV-SNP launch.
+	NotConfidential string
 }
 
 // ReportDataBinding describes how snpd binds a verifier's nonce into REPORT_DATA
@@ -80,7 +85,12 @@ const ReportDataBinding = `SHA-512("snpd-attest-v1" || 0x00 || uint16_be(len(non
 
 // ReferenceJSON is the FormatJSON document.
 type ReferenceJSON struct {
-	Name            string `json:"name"`
+	Name string `json:"name"`
+	// Confidential is false when the launch ran without SEV-SNP (Note says why): no report
+	// can vouch for such a guest, and these values describe what an SEV-SNP launch of the
+	// same definition would measure.
+	Confidential    bool   `json:"confidential"`
+	Note            string `json:"note,omitempty"`
 	Measurement     string `json:"measurement"`
 	Policy          string `json:"policy"`
 	HostData        string `json:"host_data,omitempty"`
@@ -98,6 +108,9 @@ type ReferenceJSON struct {
 // LaunchLog is the FormatLaunchLog document.
 type LaunchLog struct {
 	Name string `json:"name"`
+	// Confidential and Note are as in ReferenceJSON.
+	Confidential bool   `json:"confidential"`
+	Note         string `json:"note,omitempty"`
 	// Algorithm describes the chain: "SHA-384 over PAGE_INFO (SEV-SNP ABI spec, 8.17.2)".
 	Algorithm string `json:"algorithm"`
 	// Measurement is the final launch digest (hex).
@@ -115,7 +128,11 @@ type LaunchLogEntry struct {
 	Contents string `json:"contents"`
 }
 
-// ExportReference renders ref in one of ReferenceFormats.
+// ExportReference renders ref in one of ReferenceFormats. A reference that is not
+// confidential (ref.NotConfidential) says so in every format: "confidential": false and
+// a note in json and launch-log, the same two fields beside the trustee message's
+// payload (the payload itself holds only what Trustee's policy reads), and a first
+// comment line in the sev-guest-check config.
 func ExportReference(ref Reference, format string) ([]byte, error) {
 	if len(ref.Measurement) != 48 {
 		return nil, fmt.Errorf("exporting reference: measurement is %d bytes, want 48", len(ref.Measurement))
@@ -163,6 +180,8 @@ func rootsAdvice(productLine string) string {
 func exportJSON(ref Reference) ([]byte, error) {
 	doc := ReferenceJSON{
 		Name:            ref.Name,
+		Confidential:    ref.NotConfidential == "",
+		Note:            ref.NotConfidential,
 		Measurement:     hex.EncodeToString(ref.Measurement),
 		Policy:          fmt.Sprintf("%#x", ref.Policy),
 		HostData:        hexOrEmpty(ref.HostData),
@@ -254,11 +273,19 @@ func exportTrustee(ref Reference) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encoding reference: %w", err)
 	}
-	return marshalIndent(struct {
+	msg := struct {
 		Version string `json:"version"`
 		Type    string `json:"type"`
 		Payload string `json:"payload"`
-	}{"0.1.0", "sample", base64.StdEncoding.EncodeToString(payload)})
+		// Confidential and Note appear only for a launch that is not confidential.
+		Confidential *bool  `json:"confidential,omitempty"`
+		Note         string `json:"note,omitempty"`
+	}{Version: "0.1.0", Type: "sample", Payload: base64.StdEncoding.EncodeToString(payload)}
+	if ref.NotConfidential != "" {
+		no := false
+		msg.Confidential, msg.Note = &no, ref.NotConfidential
+	}
+	return marshalIndent(msg)
 }
 
 // CheckConfig returns the go-sev-guest check.Config for ref: the recorded policy as the
@@ -307,14 +334,22 @@ func checkHeader(ref Reference) string {
 		file = "vm"
 	}
 	file += ".textproto"
-	return strings.Join([]string{
-		"# go-sev-guest check.Config for VM " + strconv.Quote(ref.Name) + ", exported by snpd. Product line: " + line + ".",
+	var warn []string
+	if ref.NotConfidential != "" {
+		warn = []string{
+			"# NOT CONFIDENTIAL: " + ref.NotConfidential + ". The guest ran without SEV-SNP:",
+			"# no report can vouch for it, and this config describes what an SEV-SNP launch",
+			"# of the same definition would measure.",
+		}
+	}
+	return strings.Join(append(warn,
+		"# go-sev-guest check.Config for VM "+strconv.Quote(ref.Name)+", exported by snpd. Product line: "+line+".",
 		"# It carries no trusted roots, on purpose: the host must not choose them.",
 		"# check reads a text config only from a file whose name ends in .textproto (any other",
-		"# name is parsed as binary protobuf). Save this as " + file + ", then:",
-		"#   check -config " + file + " -in REPORT.bin -report_data HEX " + productFlag(ref.ProductLine),
+		"# name is parsed as binary protobuf). Save this as "+file+", then:",
+		"#   check -config "+file+" -in REPORT.bin -report_data HEX "+productFlag(ref.ProductLine),
 		"# -report_data HEX (64 bytes) binds your fresh nonce, which this config cannot carry.",
-		"#   snpd's binding: " + ReportDataBinding + ".",
+		"#   snpd's binding: "+ReportDataBinding+".",
 		"# -product LINE names the product line whose roots check trusts: AMD's ARK and ASK",
 		"#   embedded in go-sev-guest. check ignores root_of_trust.product_line below; its default,",
 		"#   -product_name Milan-B1, refuses Milan-B0 VCEKs, version 2 Genoa and Turin reports, and",
@@ -323,7 +358,7 @@ func checkHeader(ref Reference) string {
 		"# -product_key_path ASK_ARK.pem (PEM, ASK then ARK, as AMD's KDS cert_chain) pins those",
 		"#   roots for LINE instead of AMD's embedded ones.",
 		"",
-	}, "\n")
+	), "\n")
 }
 
 func exportCheck(ref Reference) ([]byte, error) {
@@ -343,10 +378,12 @@ func exportLaunchLog(ref Reference) ([]byte, error) {
 		return nil, errors.New("exporting reference: no page updates recorded (measure with Log)")
 	}
 	doc := LaunchLog{
-		Name:        ref.Name,
-		Algorithm:   "SHA-384 over PAGE_INFO (SEV-SNP ABI spec, 8.17.2), starting from 48 zero bytes",
-		Measurement: hex.EncodeToString(ref.Measurement),
-		Updates:     make([]LaunchLogEntry, len(ref.Updates)),
+		Name:         ref.Name,
+		Confidential: ref.NotConfidential == "",
+		Note:         ref.NotConfidential,
+		Algorithm:    "SHA-384 over PAGE_INFO (SEV-SNP ABI spec, 8.17.2), starting from 48 zero bytes",
+		Measurement:  hex.EncodeToString(ref.Measurement),
+		Updates:      make([]LaunchLogEntry, len(ref.Updates)),
 	}
 	for i, u := range ref.Updates {
 		doc.Updates[i] = LaunchLogEntry{Type: u.Type.String(), GPA: fmt.Sprintf("%#x", u.GPA), Contents: hex.EncodeToString(u.Contents[:])}

@@ -438,3 +438,41 @@ func FuzzReplayLaunchLog(f *testing.F) {
 		}
 	})
 }
+
+// TestExportsSayNotConfidential: a reference for a launch that ran without SEV-SNP says
+// so in every format a verifier reads, and an SEV-SNP one says it is confidential (json)
+// or carries no such note (trustee, sev-guest-check).
+func TestExportsSayNotConfidential(t *testing.T) {
+	fx := newFixture(t)
+	why := "the launch record is not confidential (platform none)"
+	for _, notConf := range []string{"", why} {
+		ref := fixtureReference(t, fx)
+		ref.NotConfidential = notConf
+		b, err := snp.ExportReference(ref, snp.FormatJSON)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var doc snp.ReferenceJSON
+		if err := json.Unmarshal(b, &doc); err != nil || doc.Confidential != (notConf == "") || doc.Note != notConf || !bytes.Contains(b, []byte(`"confidential"`)) {
+			t.Fatalf("json (not confidential %q): %v\n%s", notConf, err, b)
+		}
+		b, err = snp.ExportReference(ref, snp.FormatTrustee)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var msg map[string]any
+		if err := json.Unmarshal(b, &msg); err != nil {
+			t.Fatal(err)
+		}
+		if notConf != "" && (msg["confidential"] != false || msg["note"] != why) || notConf == "" && (msg["confidential"] != nil || msg["note"] != nil) {
+			t.Fatalf("trustee (not confidential %q):\n%s", notConf, b)
+		}
+		b, err = snp.ExportReference(ref, snp.FormatSevGuestCheck)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasPrefix(string(b), "# NOT CONFIDENTIAL: "+why) != (notConf != "") {
+			t.Fatalf("sev-guest-check (not confidential %q):\n%s", notConf, b)
+		}
+	}
+}

@@ -24,6 +24,7 @@ import (
 
 // Check names, in the order a Verdict lists them.
 const (
+	CheckConfidential    = "confidential"      // the launch record is an SEV-SNP launch (Expected.NotConfidential)
 	CheckReportFormat    = "report-format"     // the report decodes (size, reserved fields)
 	CheckCertificate     = "certificate-chain" // VCEK/VLEK -> ASK/ASVK -> trusted ARK, valid now
 	CheckSignature       = "signature"         // ECDSA P-384 signature by the VCEK/VLEK
@@ -70,6 +71,16 @@ type Expected struct {
 	// report's endorsement key must chain to it. Empty: not checked (the report's own
 	// CPUID is still checked against its key).
 	ProductLine string
+	// NotConfidential, when not empty, says why the launch record is not confidential
+	// ("the launch record is not confidential (platform none)"): such a guest ran without
+	// SEV-SNP, so no report can vouch for it, and the verdict's "confidential" check fails
+	// with this reason, whatever the report shows, unless AllowNonConfidential. Empty: the
+	// record is an SEV-SNP launch.
+	NotConfidential string
+	// AllowNonConfidential is the caller's explicit request to verify a record that is
+	// not confidential: the "confidential" check then passes, saying so, and
+	// Verdict.Confidential stays false.
+	AllowNonConfidential bool
 }
 
 // Check is the result of one named check.
@@ -81,8 +92,11 @@ type Check struct {
 
 // Verdict is the result of Verify: OK only when every check passed.
 type Verdict struct {
-	OK     bool    `json:"ok"`
-	Checks []Check `json:"checks"`
+	OK bool `json:"ok"`
+	// Confidential is false when the launch record is not confidential
+	// (Expected.NotConfidential), even when the caller allowed that and OK is true.
+	Confidential bool    `json:"confidential"`
+	Checks       []Check `json:"checks"`
 	// Report is the decoded report (nil when it did not decode).
 	Report *Report `json:"report,omitempty"`
 	// Endorsement describes the VCEK/VLEK used (nil when none was found).
@@ -184,7 +198,15 @@ func (v *Verifier) now() time.Time {
 // measurement differs from exp.Measurement, or when any check fails. Errors in the input
 // become failed checks; Verify itself does not fail.
 func (v *Verifier) Verify(ctx context.Context, raw, certTable []byte, exp Expected) *Verdict {
-	vd := &Verdict{}
+	vd := &Verdict{Confidential: exp.NotConfidential == ""}
+	switch {
+	case vd.Confidential:
+		vd.add(CheckConfidential, nil, "the launch record is an SEV-SNP launch")
+	case exp.AllowNonConfidential:
+		vd.add(CheckConfidential, nil, exp.NotConfidential+"; verified only because the caller allowed a non-confidential record")
+	default:
+		vd.add(CheckConfidential, errors.New(exp.NotConfidential), "")
+	}
 	rep, err := DecodeReport(raw)
 	vd.add(CheckReportFormat, err, fmt.Sprintf("%d-byte version %d report", len(raw), reportVersion(rep)))
 	if err != nil {

@@ -81,8 +81,8 @@ func TestVerifyFakeSignedReportPasses(t *testing.T) {
 		if !vd.OK {
 			t.Fatalf("pass %d: verdict failed: %+v", i, vd.Failed())
 		}
-		if len(vd.Checks) != 13 {
-			t.Fatalf("got %d checks, want 13", len(vd.Checks))
+		if len(vd.Checks) != 14 || !vd.Confidential || !vd.Get(snp.CheckConfidential).OK {
+			t.Fatalf("got %d checks (confidential %v), want 14 with a passing %s", len(vd.Checks), vd.Confidential, snp.CheckConfidential)
 		}
 		if vd.Endorsement == nil || vd.Endorsement.Kind != snp.KindVCEK || !strings.Contains(vd.ChainPEM, "BEGIN CERTIFICATE") {
 			t.Fatalf("endorsement %+v, chain %q", vd.Endorsement, vd.ChainPEM)
@@ -90,6 +90,36 @@ func TestVerifyFakeSignedReportPasses(t *testing.T) {
 		if vd.Report.Measurement != hex.EncodeToString(fx.fields.Measurement[:]) {
 			t.Fatal("decoded measurement differs")
 		}
+	}
+}
+
+// TestVerifyNonConfidentialRecordNeverPlainlyPasses: a report that matches a launch
+// record that is not confidential (platform none) fails, on the "confidential" check
+// alone, with the record's reason, even when the report is otherwise perfect (it cannot
+// be the evidence for a guest that ran without SEV-SNP). Asked explicitly, the check
+// passes saying so, and the verdict still says it is not confidential.
+func TestVerifyNonConfidentialRecordNeverPlainlyPasses(t *testing.T) {
+	fx := newFixture(t)
+	v := fx.verifier()
+	raw := fx.report(t, fx.fields)
+	exp := fx.exp
+	exp.NotConfidential = "the launch record is not confidential (platform none)"
+	vd := v.Verify(context.Background(), raw, fx.signer.CertTable(), exp)
+	if vd.OK || vd.Confidential {
+		t.Fatalf("a non-confidential record's verdict: ok %v, confidential %v", vd.OK, vd.Confidential)
+	}
+	if f := vd.Failed(); len(f) != 1 || f[0].Name != snp.CheckConfidential || f[0].Reason != exp.NotConfidential {
+		t.Fatalf("failed checks %+v; want only %s saying %q", f, snp.CheckConfidential, exp.NotConfidential)
+	}
+	// Even a report that does not decode says it.
+	if vd := v.Verify(context.Background(), raw[:100], nil, exp); vd.OK || vd.Get(snp.CheckConfidential).OK || vd.Get(snp.CheckConfidential).Name == "" {
+		t.Fatalf("short report: %+v", vd.Checks)
+	}
+	exp.AllowNonConfidential = true
+	vd = v.Verify(context.Background(), raw, fx.signer.CertTable(), exp)
+	c := vd.Get(snp.CheckConfidential)
+	if !vd.OK || vd.Confidential || !c.OK || !strings.Contains(c.Reason, "platform none") || !strings.Contains(c.Reason, "caller allowed") {
+		t.Fatalf("allowed: ok %v, confidential %v, check %+v", vd.OK, vd.Confidential, c)
 	}
 }
 

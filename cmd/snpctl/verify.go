@@ -48,7 +48,7 @@ func readBounded(path string, max int64) ([]byte, error) {
 
 func newVerifyCmd() *cobra.Command {
 	var vm, report, certs, nonce, userData, reportData string
-	var asJSON bool
+	var asJSON, allowNonConf bool
 	c := &cobra.Command{
 		Use:   "verify --vm NAME --report FILE",
 		Short: "Verify a report obtained elsewhere against a VM's launch record",
@@ -58,11 +58,16 @@ func newVerifyCmd() *cobra.Command {
 			"checked against the trusted AMD roots) and names each file it skipped, and why, on\n" +
 			"stderr. REPORT_DATA must bind --nonce (1..64 bytes) and --user-data (0..64 bytes),\n" +
 			"or equal --report-data; with both, they must agree. Exit 0 only when every check\n" +
-			"passes; otherwise each failed check is printed on its own line.",
+			"passes; otherwise each failed check is printed on its own line.\n" +
+			"A launch record that is not confidential (platform none: the guest ran without\n" +
+			"SEV-SNP) fails the check \"confidential\" unless --allow-non-confidential, which\n" +
+			"lets the other checks decide and still warns on stderr.",
 		Example: `  # A report a guest requested with nonce 0011...eeff, with its certificate table appended
   snpctl verify --vm example --report report.bin --nonce 00112233445566778899aabbccddeeff
   # With the VCEK and chain from a directory, and the exact REPORT_DATA
-  snpctl verify --vm example --report report.bin --certs ./certs --report-data "$REPORT_DATA_HEX"`,
+  snpctl verify --vm example --report report.bin --certs ./certs --report-data "$REPORT_DATA_HEX"
+  # A VM on a development host without SEV-SNP (platform none), knowingly
+  snpctl verify --vm example --report report.bin --nonce 00112233 --allow-non-confidential`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if vm == "" || report == "" {
@@ -75,7 +80,7 @@ func newVerifyCmd() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("reading report: %w", err)
 			}
-			req := &api.VerifyRequest{VM: vm, Report: raw, Nonce: nonce, UserData: userData, ReportData: reportData}
+			req := &api.VerifyRequest{VM: vm, Report: raw, Nonce: nonce, UserData: userData, ReportData: reportData, AllowNonConfidential: allowNonConf}
 			if len(raw) > api.ReportSize {
 				req.Report, req.CertTable = raw[:api.ReportSize], raw[api.ReportSize:]
 			}
@@ -90,6 +95,9 @@ func newVerifyCmd() *cobra.Command {
 			resp, err := cl.Verify(ctx, req)
 			if err != nil {
 				return err
+			}
+			if !resp.Verdict.Confidential && resp.Verdict.OK {
+				fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s: the verdict holds only for a guest without SEV-SNP (--allow-non-confidential)\n", vm)
 			}
 			if asJSON {
 				if err := printJSON(cmd.OutOrStdout(), resp); err != nil {
@@ -110,6 +118,7 @@ func newVerifyCmd() *cobra.Command {
 	c.Flags().StringVar(&userData, "user-data", "", "user data bound with the nonce (hex, 0..64 bytes)")
 	c.Flags().StringVar(&reportData, "report-data", "", "exact expected REPORT_DATA (hex, 64 bytes); with --nonce it must be their binding")
 	c.Flags().BoolVar(&asJSON, "json", false, "print the answer as JSON")
+	c.Flags().BoolVar(&allowNonConf, "allow-non-confidential", false, "verify against a launch record that is not confidential (platform none) instead of failing its \"confidential\" check")
 	return c
 }
 

@@ -95,7 +95,7 @@ func newVerifyFixture(t *testing.T) *verifyFixture {
 			exp.ReportData, _ = hex.DecodeString(req.ReportData)
 		}
 		vd := verifier.Verify(r.Context(), req.Report, req.CertTable, exp)
-		out := api.VerifyResponse{VM: req.VM, Verdict: api.Verdict{OK: vd.OK}}
+		out := api.VerifyResponse{VM: req.VM, Verdict: api.Verdict{OK: vd.OK, Confidential: vd.Confidential}}
 		for _, c := range vd.Checks {
 			out.Verdict.Checks = append(out.Verdict.Checks, api.Check{Name: c.Name, OK: c.OK, Reason: c.Reason})
 		}

@@ -40,8 +40,12 @@ type Check struct {
 // Verdict is the result of verifying one report against a launch record.
 type Verdict struct {
 	// OK is true only when every check passed.
-	OK     bool    `json:"ok"`
-	Checks []Check `json:"checks"`
+	OK bool `json:"ok"`
+	// Confidential is false when the launch record is not confidential (platform
+	// "none"): the check "confidential" then fails, unless the caller asked to verify such
+	// a record (VerifyRequest.AllowNonConfidential), and this stays false either way.
+	Confidential bool    `json:"confidential"`
+	Checks       []Check `json:"checks"`
 }
 
 // AttestResponse is the body of GET /v1/vms/{name}/attestation: the evidence, what it
@@ -83,6 +87,10 @@ type VerifyRequest struct {
 	Nonce      string `json:"nonce,omitempty"`
 	UserData   string `json:"user_data,omitempty"`
 	ReportData string `json:"report_data,omitempty"`
+	// AllowNonConfidential asks to verify against a launch record that is not
+	// confidential (platform "none"): its "confidential" check then passes, saying so,
+	// instead of failing. Verdict.Confidential stays false.
+	AllowNonConfidential bool `json:"allow_non_confidential,omitempty"`
 }
 
 // VerifyResponse is the body of a POST /v1/verify answer.
