@@ -41,6 +41,9 @@ type AttestTarget struct {
 type Attestor struct {
 	// Lookup returns a VM's attestation target (errors wrap api.ErrNotFound etc.).
 	Lookup func(name string) (*AttestTarget, error)
+	// LookupLibvirt returns a registered libvirt domain's target (its registration's
+	// record; never running: libvirt owns it). Nil: libvirt domains are not served.
+	LookupLibvirt func(name string) (*AttestTarget, error)
 	// Verifier verifies reports (roots, certificate cache, KDS getter).
 	Verifier *snp.Verifier
 	// Roots are the trusted roots Verifier and Cache check against (nil: snp.DefaultRoots).
@@ -164,7 +167,17 @@ func (a *Attestor) Attest(ctx context.Context, name string, nonce []byte) (*api.
 // user data of 0..64 (as attest bounds them: the binding hashes the nonce's length in 16
 // bits), and with both a nonce and an exact report_data the one must bind the other.
 func (a *Attestor) VerifyReport(ctx context.Context, req *api.VerifyRequest) (*api.VerifyResponse, error) {
-	if err := api.ValidName(req.VM); err != nil {
+	name, lookup, what := req.VM, a.Lookup, "vm"
+	switch {
+	case req.VM != "" && req.LibvirtDomain != "":
+		return nil, fmt.Errorf("vm %q and libvirt_domain %q: give one of them: %w", req.VM, req.LibvirtDomain, api.ErrInvalid)
+	case req.LibvirtDomain != "":
+		name, lookup, what = req.LibvirtDomain, a.lookupLibvirt, "libvirt domain"
+	}
+	if name == "" {
+		return nil, fmt.Errorf("vm or libvirt_domain: required: %w", api.ErrInvalid)
+	}
+	if err := api.ValidName(name); err != nil {
 		return nil, err
 	}
 	var exp snp.Expected
@@ -200,12 +213,12 @@ func (a *Attestor) VerifyReport(ctx context.Context, req *api.VerifyRequest) (*a
 			return nil, fmt.Errorf("report_data is not the binding of nonce and user_data: %w", api.ErrInvalid)
 		}
 	}
-	t, err := a.Lookup(req.VM)
+	t, err := lookup(name)
 	if err != nil {
 		return nil, err
 	}
 	if t.Record == nil {
-		return nil, fmt.Errorf("vm %s has no launch record (never started): %w", req.VM, api.ErrConflict)
+		return nil, fmt.Errorf("%s %s has no launch record (never started): %w", what, name, api.ErrConflict)
 	}
 	want, ref, err := a.expected(t.Record)
 	if err != nil {
@@ -219,7 +232,7 @@ func (a *Attestor) VerifyReport(ctx context.Context, req *api.VerifyRequest) (*a
 		raw, certs = raw[:snp.ReportSize], raw[snp.ReportSize:]
 	}
 	vd := a.Verifier.Verify(ctx, raw, certs, want)
-	out := &api.VerifyResponse{VM: req.VM, ChainPEM: vd.ChainPEM, Reference: ref, Verdict: wireVerdict(vd)}
+	out := &api.VerifyResponse{VM: req.VM, LibvirtDomain: req.LibvirtDomain, ChainPEM: vd.ChainPEM, Reference: ref, Verdict: wireVerdict(vd)}
 	if vd.Report != nil {
 		out.Decoded, _ = json.Marshal(vd.Report)
 	}
@@ -323,6 +336,14 @@ func notConfidential(rec *api.LaunchRecord) string {
 	return fmt.Sprintf("the launch record is not confidential (platform %s)", rec.Platform)
 }
 
+// lookupLibvirt is LookupLibvirt, or api.ErrNotFound when libvirt domains are not served.
+func (a *Attestor) lookupLibvirt(name string) (*AttestTarget, error) {
+	if a.LookupLibvirt == nil {
+		return nil, fmt.Errorf("libvirt domain %q is not registered: %w", name, api.ErrNotFound)
+	}
+	return a.LookupLibvirt(name)
+}
+
 // Reference exports VM name's reference values in format (snp.ReferenceFormats). The
 // launch-log format re-measures the definition's files with logging and refuses when the
 // result is not the recorded digest (files changed since launch).
@@ -331,8 +352,23 @@ func (a *Attestor) Reference(name, format string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	return a.export("vm", name, t, format)
+}
+
+// LibvirtReference is Reference for a libvirt domain registered with snpd: the values
+// of its registration's record (a domain without sev-snp launch security has none).
+func (a *Attestor) LibvirtReference(name, format string) ([]byte, error) {
+	t, err := a.lookupLibvirt(name)
+	if err != nil {
+		return nil, err
+	}
+	return a.export("libvirt domain", name, t, format)
+}
+
+// export renders target t's reference values; what and name name it in errors.
+func (a *Attestor) export(what, name string, t *AttestTarget, format string) ([]byte, error) {
 	if t.Record == nil {
-		return nil, fmt.Errorf("vm %s has no launch record (never started): %w", name, api.ErrConflict)
+		return nil, fmt.Errorf("%s %s has no launch record (never started): %w", what, name, api.ErrConflict)
 	}
 	ref, err := a.reference(t.Record)
 	if err != nil {
@@ -342,11 +378,11 @@ func (a *Attestor) Reference(name, format string) ([]byte, error) {
 	case snp.FormatJSON, snp.FormatTrustee, snp.FormatSevGuestCheck:
 	case snp.FormatLaunchLog:
 		if t.Definition == nil {
-			return nil, fmt.Errorf("vm %s: definition unavailable for the launch log: %w", name, api.ErrConflict)
+			return nil, fmt.Errorf("%s %s: definition unavailable for the launch log: %w", what, name, api.ErrConflict)
 		}
 		ups, err := remeasure(t.Definition, ref.Measurement)
 		if err != nil {
-			return nil, fmt.Errorf("vm %s: %w: %w", name, err, api.ErrConflict)
+			return nil, fmt.Errorf("%s %s: %w: %w", what, name, err, api.ErrConflict)
 		}
 		ref.Updates = ups
 	default:

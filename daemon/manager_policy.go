@@ -143,6 +143,40 @@ func (m *Manager) RegisterLibvirt(ctx context.Context, req api.LibvirtDomainRequ
 	return reg, nil
 }
 
+// LibvirtDomains lists the registered libvirt domains, in name order.
+func (m *Manager) LibvirtDomains() ([]api.LibvirtDomainSummary, error) {
+	regs, err := m.store.ListLibvirt()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.LibvirtDomainSummary, 0, len(regs))
+	for i := range regs {
+		out = append(out, libvirtSummary(&regs[i]))
+	}
+	return out, nil
+}
+
+// LibvirtDomain returns one registered libvirt domain (api.ErrNotFound if none).
+func (m *Manager) LibvirtDomain(name string) (*api.LibvirtDomain, error) {
+	if err := api.ValidName(name); err != nil {
+		return nil, err
+	}
+	reg, err := m.store.LibvirtDomain(name)
+	if err != nil {
+		return nil, err
+	}
+	return &api.LibvirtDomain{LibvirtDomainSummary: libvirtSummary(reg), XML: reg.XML, Definition: reg.Definition, Record: reg.Record}, nil
+}
+
+func libvirtSummary(reg *store.LibvirtRegistration) api.LibvirtDomainSummary {
+	s := api.LibvirtDomainSummary{Name: reg.Name, RegisteredAt: reg.RegisteredAt}
+	if r := reg.Record; r != nil {
+		s.Platform, s.Confidential, s.Note, s.ExpectedDigest = r.Platform, r.Confidential, r.Note, r.ExpectedDigest
+		s.VCPUs, s.CPUModel, s.MemoryMiB = r.VCPUs, r.CPUModel, r.MemoryMiB
+	}
+	return s
+}
+
 // UnregisterLibvirt drops a libvirt domain's registration (api.ErrNotFound if none).
 func (m *Manager) UnregisterLibvirt(name string) error {
 	if err := api.ValidName(name); err != nil {

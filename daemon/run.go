@@ -150,6 +150,7 @@ func Run(ctx context.Context, cfg *config.Daemon) error {
 		return err
 	}
 	s.att.Sessions, sessions.Cache = sessions, s.att.Cache
+	s.att.LookupLibvirt = libvirtLookup(mgr)
 	go sessions.Watch(ctx, sessionFleet{mgr})
 	if vl, err := guestchan.VsockListen(cfg.GuestChannel.VsockPort); err != nil {
 		log.Info("guest vsock requests not served (no vsock on this host)", "err", err)

@@ -48,7 +48,7 @@ func readBounded(path string, max int64) ([]byte, error) {
 
 func newVerifyCmd() *cobra.Command {
 	var vm, report, certs, nonce, userData, reportData string
-	var asJSON, allowNonConf bool
+	var asJSON, allowNonConf, libvirt, snpdVM bool
 	c := &cobra.Command{
 		Use:   "verify --vm NAME --report FILE",
 		Short: "Verify a report obtained elsewhere against a VM's launch record",
@@ -61,13 +61,18 @@ func newVerifyCmd() *cobra.Command {
 			"passes; otherwise each failed check is printed on its own line.\n" +
 			"A launch record that is not confidential (platform none: the guest ran without\n" +
 			"SEV-SNP) fails the check \"confidential\" unless --allow-non-confidential, which\n" +
-			"lets the other checks decide and still warns on stderr.",
+			"lets the other checks decide and still warns on stderr.\n" +
+			"--vm names a VM defined in snpd or a libvirt domain registered with snpd by the\n" +
+			"hook (checked against its registration); a name that is both is refused unless\n" +
+			"--snpd-vm or --libvirt says which.",
 		Example: `  # A report a guest requested with nonce 0011...eeff, with its certificate table appended
   snpctl verify --vm example --report report.bin --nonce 00112233445566778899aabbccddeeff
   # With the VCEK and chain from a directory, and the exact REPORT_DATA
   snpctl verify --vm example --report report.bin --certs ./certs --report-data "$REPORT_DATA_HEX"
   # A VM on a development host without SEV-SNP (platform none), knowingly
-  snpctl verify --vm example --report report.bin --nonce 00112233 --allow-non-confidential`,
+  snpctl verify --vm example --report report.bin --nonce 00112233 --allow-non-confidential
+  # A libvirt domain registered by the hook
+  snpctl verify --vm web --libvirt --report report.bin --nonce 00112233445566778899aabbccddeeff`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if vm == "" || report == "" {
@@ -87,6 +92,13 @@ func newVerifyCmd() *cobra.Command {
 			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
 			defer cancel()
 			cl := apiClient(cmd)
+			isLibvirt, err := resolveGuest(ctx, cl, vm, libvirt, snpdVM)
+			if err != nil {
+				return err
+			}
+			if isLibvirt {
+				req.VM, req.LibvirtDomain = "", vm
+			}
 			if certs != "" {
 				if err := importDir(ctx, cl, certs, cmd.ErrOrStderr()); err != nil {
 					return err
@@ -118,6 +130,7 @@ func newVerifyCmd() *cobra.Command {
 	c.Flags().StringVar(&userData, "user-data", "", "user data bound with the nonce (hex, 0..64 bytes)")
 	c.Flags().StringVar(&reportData, "report-data", "", "exact expected REPORT_DATA (hex, 64 bytes); with --nonce it must be their binding")
 	c.Flags().BoolVar(&asJSON, "json", false, "print the answer as JSON")
+	guestFlags(c, &libvirt, &snpdVM)
 	c.Flags().BoolVar(&allowNonConf, "allow-non-confidential", false, "verify against a launch record that is not confidential (platform none) instead of failing its \"confidential\" check")
 	return c
 }

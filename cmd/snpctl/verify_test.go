@@ -82,6 +82,10 @@ func newVerifyFixture(t *testing.T) *verifyFixture {
 		}
 		_ = json.NewEncoder(w).Encode(api.CertList{Certs: []api.CertInfo{}})
 	})
+	// verify first asks whether --vm names a VM defined in snpd (or a libvirt domain).
+	mux.HandleFunc("GET /v1/vms/{name}", func(w http.ResponseWriter, r *http.Request) {
+		_ = json.NewEncoder(w).Encode(api.VMInfo{VMSummary: api.VMSummary{Name: r.PathValue("name")}})
+	})
 	mux.HandleFunc("POST "+api.VerifyPath, func(w http.ResponseWriter, r *http.Request) {
 		var req api.VerifyRequest
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {

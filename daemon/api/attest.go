@@ -77,7 +77,10 @@ type AttestResponse struct {
 // VerifyRequest is the body of POST /v1/verify: a report obtained elsewhere, checked
 // against VM's launch record.
 type VerifyRequest struct {
-	VM string `json:"vm"`
+	// VM names a VM defined in snpd, LibvirtDomain a libvirt domain registered with snpd
+	// (GET /v1/libvirt/domains): exactly one of the two.
+	VM            string `json:"vm,omitempty"`
+	LibvirtDomain string `json:"libvirt_domain,omitempty"`
 	// Report is the raw report (base64), optionally followed by a certificate table.
 	Report []byte `json:"report"`
 	// CertTable is a GHCB certificate table (base64; empty: use the cache).
@@ -95,11 +98,13 @@ type VerifyRequest struct {
 
 // VerifyResponse is the body of a POST /v1/verify answer.
 type VerifyResponse struct {
-	VM        string          `json:"vm"`
-	Decoded   json.RawMessage `json:"decoded,omitempty"`
-	ChainPEM  string          `json:"chain_pem,omitempty"`
-	Reference json.RawMessage `json:"reference"`
-	Verdict   Verdict         `json:"verdict"`
+	// VM or LibvirtDomain echoes the request's.
+	VM            string          `json:"vm,omitempty"`
+	LibvirtDomain string          `json:"libvirt_domain,omitempty"`
+	Decoded       json.RawMessage `json:"decoded,omitempty"`
+	ChainPEM      string          `json:"chain_pem,omitempty"`
+	Reference     json.RawMessage `json:"reference"`
+	Verdict       Verdict         `json:"verdict"`
 }
 
 // CertImportRequest is the body of POST /v1/certs.
