@@ -116,6 +116,9 @@ func (m *Manager) RegisterLibvirt(ctx context.Context, req api.LibvirtDomainRequ
 	if vm.Name != req.Name {
 		return nil, fmt.Errorf("domain XML names %q, the hook was called for %q: %w", vm.Name, req.Name, api.ErrInvalid)
 	}
+	// The domain's own ID block, as far as it can be checked before measuring (with or
+	// without a policy: the AMD-SP refuses a launch with a block that does not match).
+	violations = append(violations, launch.CheckIDBlock(vm, nil)...)
 	if len(violations) > 0 {
 		return nil, &PolicyError{VM: vm.Name, Violations: violations}
 	}
@@ -126,6 +129,13 @@ func (m *Manager) RegisterLibvirt(ctx context.Context, req api.LibvirtDomainRequ
 		}
 		if rec, err = m.prepare(ctx, vm); err != nil {
 			return nil, fmt.Errorf("computing the expected digest of %q: %w: %w", vm.Name, err, api.ErrInvalid)
+		}
+		digest, err := hex.DecodeString(rec.ExpectedDigest)
+		if err != nil || len(digest) != 48 {
+			return nil, fmt.Errorf("computing the expected digest of %q: got %q: %w", vm.Name, rec.ExpectedDigest, api.ErrInternal)
+		}
+		if v := launch.CheckIDBlock(vm, digest); len(v) > 0 {
+			return nil, &PolicyError{VM: vm.Name, Violations: v}
 		}
 	} else if rec, err = nonConfidentialRecord(vm, m.platform); err != nil {
 		// Only reached when the policy allowed the domain (or there is none).
