@@ -98,6 +98,15 @@ type Attestation struct {
 	// MinTCB is the least acceptable REPORTED_TCB, a 64-bit TCB_VERSION in hex ("0x...",
 	// compared part by part). Empty: no minimum.
 	MinTCB string `toml:"min_tcb"`
+	// PlatformSMTEnabled and PlatformTSMEEnabled say whether this host's platform runs
+	// with SMT and with TSME (transparent memory encryption) enabled: the PLATFORM_INFO
+	// bits SMT_EN and TSME_EN its reports carry. snpd passes them on in the trustee
+	// reference export (snp_smt_enabled, snp_tsme_enabled), which Trustee's default policy
+	// compares with each report. Nil (unset): left out of the export, and Trustee then
+	// grades a matching report's configuration 3 ("no known vulnerabilities") instead of
+	// 2 ("approved").
+	PlatformSMTEnabled  *bool `toml:"platform_smt_enabled"`
+	PlatformTSMEEnabled *bool `toml:"platform_tsme_enabled"`
 }
 
 // GuestChannel configures the guest channel used for attestation.

@@ -62,6 +62,29 @@ func TestDaemonStrictUnknownKeyAndEveryProblem(t *testing.T) {
 	}
 }
 
+// TestDaemonPlatformFacts: attestation.platform_smt_enabled/platform_tsme_enabled are
+// unset (nil) unless given, false when given false, and not booleans otherwise.
+func TestDaemonPlatformFacts(t *testing.T) {
+	var d Daemon
+	if err := DecodeStrict("x", []byte("[attestation]\nmin_tcb = \"0x1\"\n"), &d); err != nil {
+		t.Fatal(err)
+	}
+	d.SetDefaults()
+	if d.Attestation.PlatformSMTEnabled != nil || d.Attestation.PlatformTSMEEnabled != nil {
+		t.Fatal("platform facts set without being given")
+	}
+	d = Daemon{}
+	if err := DecodeStrict("x", []byte("[attestation]\nplatform_smt_enabled = false\nplatform_tsme_enabled = true\n"), &d); err != nil {
+		t.Fatal(err)
+	}
+	if s, m := d.Attestation.PlatformSMTEnabled, d.Attestation.PlatformTSMEEnabled; s == nil || *s || m == nil || !*m {
+		t.Fatalf("smt %v tsme %v", s, m)
+	}
+	if err := DecodeStrict("x", []byte("[attestation]\nplatform_smt_enabled = \"yes\"\n"), &d); err == nil || !strings.HasPrefix(err.Error(), "x:2") {
+		t.Fatalf("a string for a boolean: %v", err)
+	}
+}
+
 func TestDaemonDurationText(t *testing.T) {
 	var d Daemon
 	if err := DecodeStrict("x", []byte("stop_timeout = \"1m30s\"\n"), &d); err != nil {

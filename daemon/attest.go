@@ -42,9 +42,13 @@ type AttestTarget struct {
 type Attestor struct {
 	// Lookup returns a VM's attestation target (errors wrap api.ErrNotFound etc.).
 	Lookup func(name string) (*AttestTarget, error)
+	// LookupLibvirt returns a registered libvirt domain's target (its registration's
+	// record; never running: libvirt owns it). Nil: libvirt domains are not served.
+	LookupLibvirt func(name string) (*AttestTarget, error)
 	// Verifier verifies reports (roots, certificate cache, KDS getter).
 	Verifier *snp.Verifier
-	// Roots are the trusted roots (for reference exports); nil: snp.DefaultRoots.
+	// Roots are the trusted roots Verifier and Cache check against (nil: snp.DefaultRoots).
+	// No reference export carries them: roots are the verifier's to choose.
 	Roots *snp.Roots
 	// Cache is the certificate cache certs import writes to (nil: import refused).
 	Cache *snp.CertCache
@@ -52,6 +56,10 @@ type Attestor struct {
 	Policy *config.Policy
 	// MinTCB is the least acceptable REPORTED_TCB (0: none).
 	MinTCB uint64
+	// PlatformSMT and PlatformTSME are the host platform's SMT and TSME state
+	// (attestation.platform_smt_enabled / platform_tsme_enabled), passed on in the trustee
+	// export (nil: unknown, left out).
+	PlatformSMT, PlatformTSME *bool
 	// Now is the clock (nil: time.Now).
 	Now func() time.Time
 	// Sessions, when set, is told the chain that verified each VM's report, which its
@@ -96,7 +104,8 @@ func NewAttestor(cfg *config.Daemon, policy *config.Policy, lookup func(string) 
 	if cfg.Attestation.FetchFromKDS {
 		v.Getter = &trust.RetryHTTPSGetter{Timeout: 30 * time.Second, MaxRetryDelay: 5 * time.Second, Getter: &trust.SimpleHTTPSGetter{}}
 	}
-	return &Attestor{Lookup: lookup, Verifier: v, Roots: roots, Cache: cache, Policy: policy, MinTCB: minTCB}, nil
+	return &Attestor{Lookup: lookup, Verifier: v, Roots: roots, Cache: cache, Policy: policy, MinTCB: minTCB,
+		PlatformSMT: cfg.Attestation.PlatformSMTEnabled, PlatformTSME: cfg.Attestation.PlatformTSMEEnabled}, nil
 }
 
 func (a *Attestor) now() time.Time {
@@ -104,13 +113,6 @@ func (a *Attestor) now() time.Time {
 		return a.Now()
 	}
 	return time.Now()
-}
-
-func (a *Attestor) roots() *snp.Roots {
-	if a.Roots == nil {
-		return snp.DefaultRoots()
-	}
-	return a.Roots
 }
 
 // Attest challenges VM name's guest agent with nonce (1..64 bytes) and verifies its
@@ -174,30 +176,33 @@ func (a *Attestor) Attest(ctx context.Context, name string, nonce []byte) (out *
 }
 
 // VerifyReport checks a report a verifier obtained elsewhere against VM's launch record.
+// The binding fields are checked before anything is looked up: a nonce of 1..64 bytes and
+// user data of 0..64 (as attest bounds them: the binding hashes the nonce's length in 16
+// bits), and with both a nonce and an exact report_data the one must bind the other.
 func (a *Attestor) VerifyReport(ctx context.Context, req *api.VerifyRequest) (out *api.VerifyResponse, err error) {
+	name, lookup, what := req.VM, a.Lookup, "vm"
 	defer func() {
 		if a.Observe != nil {
 			var v *api.Verdict
 			if out != nil {
 				v = &out.Verdict
 			}
-			a.Observe("verify", req.VM, v, err)
+			a.Observe("verify", name, v, err)
 		}
 	}()
-	if err := api.ValidName(req.VM); err != nil {
+	switch {
+	case req.VM != "" && req.LibvirtDomain != "":
+		return nil, fmt.Errorf("vm %q and libvirt_domain %q: give one of them: %w", req.VM, req.LibvirtDomain, api.ErrInvalid)
+	case req.LibvirtDomain != "":
+		name, lookup, what = req.LibvirtDomain, a.lookupLibvirt, "libvirt domain"
+	}
+	if name == "" {
+		return nil, fmt.Errorf("vm or libvirt_domain: required: %w", api.ErrInvalid)
+	}
+	if err := api.ValidName(name); err != nil {
 		return nil, err
 	}
-	t, err := a.Lookup(req.VM)
-	if err != nil {
-		return nil, err
-	}
-	if t.Record == nil {
-		return nil, fmt.Errorf("vm %s has no launch record (never started): %w", req.VM, api.ErrConflict)
-	}
-	exp, ref, err := a.expected(t.Record)
-	if err != nil {
-		return nil, err
-	}
+	var exp snp.Expected
 	dec := func(field, s string) ([]byte, error) {
 		if s == "" {
 			return nil, nil
@@ -220,13 +225,35 @@ func (a *Attestor) VerifyReport(ctx context.Context, req *api.VerifyRequest) (ou
 	if exp.ReportData != nil && len(exp.ReportData) != 64 {
 		return nil, fmt.Errorf("report_data is %d bytes, want 64: %w", len(exp.ReportData), api.ErrInvalid)
 	}
+	if exp.Nonce != nil || exp.UserData != nil {
+		b, err := agentproto.BindReportData(exp.Nonce, exp.UserData)
+		if err != nil {
+			return nil, fmt.Errorf("%v: %w", err, api.ErrInvalid)
+		}
+		if exp.ReportData != nil && !bytes.Equal(exp.ReportData, b[:]) {
+			return nil, fmt.Errorf("report_data is not the binding of nonce and user_data: %w", api.ErrInvalid)
+		}
+	}
+	t, err := lookup(name)
+	if err != nil {
+		return nil, err
+	}
+	if t.Record == nil {
+		return nil, fmt.Errorf("%s %s has no launch record (never started): %w", what, name, api.ErrConflict)
+	}
+	want, ref, err := a.expected(t.Record)
+	if err != nil {
+		return nil, err
+	}
+	want.Nonce, want.UserData, want.ReportData = exp.Nonce, exp.UserData, exp.ReportData
+	want.AllowNonConfidential = req.AllowNonConfidential
 	raw, certs := req.Report, req.CertTable
 	if len(raw) > snp.ReportSize && len(certs) == 0 {
 		// The check tool's "bin" form: report immediately followed by the table.
 		raw, certs = raw[:snp.ReportSize], raw[snp.ReportSize:]
 	}
-	vd := a.Verifier.Verify(ctx, raw, certs, exp)
-	out = &api.VerifyResponse{VM: req.VM, ChainPEM: vd.ChainPEM, Reference: ref, Verdict: wireVerdict(vd)}
+	vd := a.Verifier.Verify(ctx, raw, certs, want)
+	out = &api.VerifyResponse{VM: req.VM, LibvirtDomain: req.LibvirtDomain, ChainPEM: vd.ChainPEM, Reference: ref, Verdict: wireVerdict(vd)}
 	if vd.Report != nil {
 		out.Decoded, _ = json.Marshal(vd.Report)
 	}
@@ -234,7 +261,7 @@ func (a *Attestor) VerifyReport(ctx context.Context, req *api.VerifyRequest) (ou
 }
 
 func wireVerdict(vd *snp.Verdict) api.Verdict {
-	out := api.Verdict{OK: vd.OK}
+	out := api.Verdict{OK: vd.OK, Confidential: vd.Confidential}
 	for _, c := range vd.Checks {
 		out.Checks = append(out.Checks, api.Check{Name: c.Name, OK: c.OK, Reason: c.Reason})
 	}
@@ -251,6 +278,7 @@ func (a *Attestor) expected(rec *api.LaunchRecord) (snp.Expected, json.RawMessag
 	exp := snp.Expected{
 		Measurement: ref.Measurement, Policy: ref.Policy, HostData: ref.HostData,
 		IDKeyDigest: ref.IDKeyDigest, AuthorKeyDigest: ref.AuthorKeyDigest, MinimumTCB: a.MinTCB,
+		ProductLine: ref.ProductLine, NotConfidential: ref.NotConfidential,
 	}
 	if a.Policy != nil {
 		c, err := a.Policy.GuestPolicyCeiling()
@@ -307,27 +335,34 @@ func (a *Attestor) reference(rec *api.LaunchRecord) (snp.Reference, error) {
 	if rec.AuthorKey && ak == nil {
 		return bad("author_key_digest", errors.New("an author key was used but the record has no author key digest"))
 	}
-	ref := snp.Reference{Name: rec.Name, Measurement: m, Policy: rec.Policy, HostData: hd, IDKeyDigest: idk, AuthorKeyDigest: ak, MinimumTCB: a.MinTCB}
-	if line := productLineOf(rec); line != "" {
-		ref.ProductLine = line
-		ref.CABundles = a.roots().CABundles(line)
-	}
+	// The product line is the one the launch read from the host's CPUID, never a guess
+	// from the guest's vCPU model: a record without it (platform none, or made before
+	// snpd recorded it) exports none, and the verifier must determine it.
+	ref := snp.Reference{Name: rec.Name, Measurement: m, Policy: rec.Policy, HostData: hd, IDKeyDigest: idk, AuthorKeyDigest: ak,
+		MinimumTCB: a.MinTCB, ProductLine: rec.ProductLine}
+	ref.SMTEnabled, ref.TSMEEnabled = a.PlatformSMT, a.PlatformTSME
+	ref.NotConfidential = notConfidential(rec)
 	return ref, nil
 }
 
-// productLineOf names the AMD product line of the record's vCPU model (the roots a
-// verifier needs); empty when unknown.
-func productLineOf(rec *api.LaunchRecord) string {
-	m := strings.ToLower(rec.CPUModel)
-	switch {
-	case strings.HasPrefix(m, "epyc-milan"), strings.HasPrefix(m, "epyc-v4"), m == "epyc":
-		return "Milan"
-	case strings.HasPrefix(m, "epyc-genoa"):
-		return "Genoa"
-	case strings.HasPrefix(m, "epyc-turin"):
-		return "Turin"
+// notConfidential says why rec is not the record of a confidential launch; empty when it
+// is (platform sev-snp, marked confidential).
+func notConfidential(rec *api.LaunchRecord) string {
+	if rec.Platform == "sev-snp" && rec.Confidential {
+		return ""
 	}
-	return "Milan"
+	if rec.Platform == "sev-snp" {
+		return "the launch record is not marked confidential"
+	}
+	return fmt.Sprintf("the launch record is not confidential (platform %s)", rec.Platform)
+}
+
+// lookupLibvirt is LookupLibvirt, or api.ErrNotFound when libvirt domains are not served.
+func (a *Attestor) lookupLibvirt(name string) (*AttestTarget, error) {
+	if a.LookupLibvirt == nil {
+		return nil, fmt.Errorf("libvirt domain %q is not registered: %w", name, api.ErrNotFound)
+	}
+	return a.LookupLibvirt(name)
 }
 
 // Reference exports VM name's reference values in format (snp.ReferenceFormats). The
@@ -338,8 +373,23 @@ func (a *Attestor) Reference(name, format string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	return a.export("vm", name, t, format)
+}
+
+// LibvirtReference is Reference for a libvirt domain registered with snpd: the values
+// of its registration's record (a domain without sev-snp launch security has none).
+func (a *Attestor) LibvirtReference(name, format string) ([]byte, error) {
+	t, err := a.lookupLibvirt(name)
+	if err != nil {
+		return nil, err
+	}
+	return a.export("libvirt domain", name, t, format)
+}
+
+// export renders target t's reference values; what and name name it in errors.
+func (a *Attestor) export(what, name string, t *AttestTarget, format string) ([]byte, error) {
 	if t.Record == nil {
-		return nil, fmt.Errorf("vm %s has no launch record (never started): %w", name, api.ErrConflict)
+		return nil, fmt.Errorf("%s %s has no launch record (never started): %w", what, name, api.ErrConflict)
 	}
 	ref, err := a.reference(t.Record)
 	if err != nil {
@@ -349,11 +399,11 @@ func (a *Attestor) Reference(name, format string) ([]byte, error) {
 	case snp.FormatJSON, snp.FormatTrustee, snp.FormatSevGuestCheck:
 	case snp.FormatLaunchLog:
 		if t.Definition == nil {
-			return nil, fmt.Errorf("vm %s: definition unavailable for the launch log: %w", name, api.ErrConflict)
+			return nil, fmt.Errorf("%s %s: definition unavailable for the launch log: %w", what, name, api.ErrConflict)
 		}
 		ups, err := remeasure(t.Definition, ref.Measurement)
 		if err != nil {
-			return nil, fmt.Errorf("vm %s: %w: %w", name, err, api.ErrConflict)
+			return nil, fmt.Errorf("%s %s: %w: %w", what, name, err, api.ErrConflict)
 		}
 		ref.Updates = ups
 	default:

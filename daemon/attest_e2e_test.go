@@ -217,7 +217,11 @@ func TestVerifyAndReferenceThroughSnpd(t *testing.T) {
 		t.Fatalf("record digest %q", rec.ExpectedDigest)
 	}
 	nonce := []byte("verifier nonce 42")
-	f := snptest.Fields{Policy: rec.Policy, ReportData: agentproto.ReportData(nonce, nil)}
+	rd, err := agentproto.BindReportData(nonce, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := snptest.Fields{Policy: rec.Policy, ReportData: rd}
 	copy(f.Measurement[:], digest)
 	good, err := signer.Report(f)
 	if err != nil {
@@ -258,19 +262,41 @@ func TestVerifyAndReferenceThroughSnpd(t *testing.T) {
 	if code, out, errOut = run("certs", "import", goodPath); code != 1 || !strings.HasPrefix(errOut, "Error: ") {
 		t.Fatalf("importing a report as certificates: exit %d\n%s%s", code, out, errOut)
 	}
-	if code, out, errOut = run("verify", "--vm", "ver1", "--report", goodPath, "--nonce", nonceHex); code != 0 || out != "" {
-		t.Fatalf("verify with cached VCEK: exit %d\n%s%s", code, out, errOut)
+	// ver1 ran on platform none: a perfect report still fails, on "confidential" alone,
+	// until the caller explicitly allows a non-confidential record (issue 13, item 6).
+	if code, out, errOut = run("verify", "--vm", "ver1", "--report", goodPath, "--nonce", nonceHex); code != 1 ||
+		out != "FAIL  confidential           the launch record is not confidential (platform none)\n" {
+		t.Fatalf("verify of a platform-none record: exit %d\n%s%s", code, out, errOut)
 	}
-	code, out, _ = run("verify", "--vm", "ver1", "--report", wrongPath, "--nonce", nonceHex)
-	if code != 1 || !strings.Contains(out, "FAIL  measurement") {
+	code, out, _ = run("verify", "--json", "--vm", "ver1", "--report", goodPath, "--nonce", nonceHex)
+	var vr api.VerifyResponse
+	if err := json.Unmarshal([]byte(out), &vr); code != 1 || err != nil || vr.Verdict.OK || vr.Verdict.Confidential || !strings.Contains(out, `"confidential": false`) {
+		t.Fatalf("verify --json of a platform-none record: exit %d %v\n%s", code, err, out)
+	}
+	allow := "--allow-non-confidential"
+	if code, out, errOut = run("verify", "--vm", "ver1", "--report", goodPath, "--nonce", nonceHex, allow); code != 0 || out != "" || !strings.Contains(errOut, "warning: ver1") {
+		t.Fatalf("verify %s with cached VCEK: exit %d\n%s%s", allow, code, out, errOut)
+	}
+	code, out, _ = run("verify", "--vm", "ver1", "--report", wrongPath, "--nonce", nonceHex, allow)
+	if code != 1 || !strings.Contains(out, "FAIL  measurement") || strings.Contains(out, "FAIL  confidential") {
 		t.Fatalf("verify with another measurement: exit %d\n%s", code, out)
 	}
-	if code, out, _ = run("verify", "--vm", "ver1", "--report", goodPath, "--nonce", "00"); code != 1 || !strings.Contains(out, "FAIL  report-data") {
+	if code, out, _ = run("verify", "--vm", "ver1", "--report", goodPath, "--nonce", "00", allow); code != 1 || !strings.Contains(out, "FAIL  report-data") {
 		t.Fatalf("verify with another nonce: exit %d\n%s", code, out)
 	}
-	for _, format := range []string{"json", "trustee", "sev-guest-check"} {
-		if code, out, errOut = run("reference", "ver1", "--format", format); code != 0 || !strings.Contains(out, map[string]string{"json": rec.ExpectedDigest, "trustee": "sample", "sev-guest-check": "measurement"}[format]) {
-			t.Fatalf("reference %s: exit %d\n%s%s", format, code, out, errOut)
+	// Every export says the record is not confidential.
+	for _, format := range []string{"json", "trustee", "sev-guest-check", "launch-log"} {
+		want := map[string][]string{
+			"json":            {rec.ExpectedDigest, `"confidential": false`, `"note": "the launch record is not confidential (platform none)"`},
+			"trustee":         {"sample", `"confidential": false`, `"note": "the launch record is not confidential (platform none)"`},
+			"sev-guest-check": {"measurement", "# NOT CONFIDENTIAL: the launch record is not confidential (platform none)."},
+			"launch-log":      {rec.ExpectedDigest, `"confidential": false`, `"note": "the launch record is not confidential (platform none)"`},
+		}[format]
+		code, out, errOut = run("reference", "ver1", "--format", format)
+		for _, w := range want {
+			if code != 0 || !strings.Contains(out, w) {
+				t.Fatalf("reference %s: exit %d, want %q in\n%s%s", format, code, w, out, errOut)
+			}
 		}
 	}
 	_, cfg, _ := run("reference", "ver1", "--format", "sev-guest-check")
@@ -280,16 +306,29 @@ func TestVerifyAndReferenceThroughSnpd(t *testing.T) {
 		t.Fatalf("the served launch log does not replay to the recorded digest: %v", err)
 	}
 
-	// go-sev-guest's check tool with the policy snpd exported.
+	// go-sev-guest's check tool with the config snpd exported, used unchanged: it carries
+	// no roots (snpd's trusted_roots_file here is go-sev-guest's public test chain), so
+	// check falls back to AMD's and refuses the test-chain report. Pinning the test roots
+	// is the verifier's own choice (-product_key_path with the ASK and ARK, -product):
+	// then the matching report passes, and one with another measurement still fails.
 	check := buildCheckTool(t)
-	cfgPath := write("policy.textproto", []byte(cfg))
+	cfgPath := write("ver1.textproto", []byte(cfg))
 	in := write("att.bin", append(bytes.Clone(good), signer.CertTable()...))
-	if o, err := exec.Command(check, "-config", cfgPath, "-in", in).CombinedOutput(); err != nil {
-		t.Fatalf("check tool rejected the matching report: %v\n%s", err, o)
+	inWrong := write("att-wrong.bin", append(bytes.Clone(wrong), signer.CertTable()...))
+	runCheck := func(in string, extra ...string) (string, error) {
+		args := append([]string{"-config", cfgPath, "-in", in, "-report_data", hex.EncodeToString(rd[:])}, extra...)
+		o, err := exec.Command(check, args...).CombinedOutput()
+		return fmt.Sprintf("check %s:\n%s", strings.Join(args, " "), o), err
 	}
-	in = write("att-wrong.bin", append(bytes.Clone(wrong), signer.CertTable()...))
-	if o, err := exec.Command(check, "-config", cfgPath, "-in", in).CombinedOutput(); err == nil {
-		t.Fatalf("check tool accepted another measurement:\n%s", o)
+	if o, err := runCheck(in); err == nil {
+		t.Fatalf("check accepted a test-chain report with snpd's export unchanged: %s", o)
+	}
+	pinned := []string{"-product_key_path", write("ask_ark.pem", snptest.PEM(signer.Ask, signer.Ark)), "-product", "Milan"}
+	if o, err := runCheck(in, pinned...); err != nil {
+		t.Fatalf("check with the test roots pinned rejected the matching report: %v\n%s", err, o)
+	}
+	if o, err := runCheck(inWrong, pinned...); err == nil {
+		t.Fatalf("check with the test roots pinned accepted another measurement: %s", o)
 	}
 }
 

@@ -18,6 +18,7 @@ func (s *Server) attestRoutes() []Route {
 	return []Route{
 		{"GET /v1/vms/{name}/attestation", RoleRead, s.getAttestation},
 		{"GET /v1/vms/{name}/reference", RoleRead, s.getReference},
+		{"GET " + api.LibvirtDomainsPath + "/{name}/reference", RoleRead, s.getLibvirtReference},
 		{"POST " + api.VerifyPath, RoleRead, s.postVerify},
 		{"GET " + api.CertsPath, RoleRead, s.listCerts},
 		{"POST " + api.CertsPath, RoleOperate, s.importCerts},
@@ -61,6 +62,27 @@ func attestLookup(m *Manager, gc config.GuestChannel, sessions *guestchan.GuestS
 	}
 }
 
+// libvirtLookup adapts the Manager's libvirt registrations to Attestor.LookupLibvirt: the
+// registration's record and mapped definition; never running (libvirt owns the domain).
+// A domain without sev-snp launch security has no SNP launch digest to verify against.
+func libvirtLookup(m *Manager) func(string) (*AttestTarget, error) {
+	return func(name string) (*AttestTarget, error) {
+		d, err := m.LibvirtDomain(name)
+		if err != nil {
+			return nil, err
+		}
+		if d.Record == nil || d.Record.ExpectedDigest == "" {
+			return nil, fmt.Errorf("libvirt domain %s has no SEV-SNP launch digest (its XML has no sev-snp launchSecurity): it is not confidential and no report can match it: %w", name, api.ErrConflict)
+		}
+		t := &AttestTarget{Record: d.Record}
+		var vm config.VM
+		if len(d.Definition) > 0 && json.Unmarshal(d.Definition, &vm) == nil {
+			t.Definition = &vm
+		}
+		return t, nil
+	}
+}
+
 func (s *Server) attestor() (*Attestor, error) {
 	if s.att == nil {
 		return nil, fmt.Errorf("attestation is not configured: %w", api.ErrUnavailable)
@@ -93,6 +115,15 @@ func (s *Server) getAttestation(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) getReference(w http.ResponseWriter, r *http.Request) error {
+	return s.serveReference(w, r, (*Attestor).Reference)
+}
+
+func (s *Server) getLibvirtReference(w http.ResponseWriter, r *http.Request) error {
+	return s.serveReference(w, r, (*Attestor).LibvirtReference)
+}
+
+// serveReference answers a reference route with export(name, format).
+func (s *Server) serveReference(w http.ResponseWriter, r *http.Request, export func(a *Attestor, name, format string) ([]byte, error)) error {
 	name, err := vmName(r)
 	if err != nil {
 		return err
@@ -105,7 +136,7 @@ func (s *Server) getReference(w http.ResponseWriter, r *http.Request) error {
 	if format == "" {
 		format = snp.FormatJSON
 	}
-	b, err := a.Reference(name, format)
+	b, err := export(a, name, format)
 	if err != nil {
 		return err
 	}

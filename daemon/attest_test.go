@@ -69,7 +69,7 @@ func newAttestFixture(t *testing.T) *attestFixture {
 	}
 	digest := sha512.Sum384([]byte("vm1 launch"))
 	hd := bytes.Repeat([]byte{7}, 32)
-	rec := &api.LaunchRecord{Name: "vm1", Platform: "sev-snp", ExpectedDigest: hex.EncodeToString(digest[:]),
+	rec := &api.LaunchRecord{Name: "vm1", Platform: "sev-snp", Confidential: true, ExpectedDigest: hex.EncodeToString(digest[:]),
 		Policy: 0x30000, HostData: hex.EncodeToString(hd), CPUModel: "EPYC-v4"}
 	f := snptest.Fields{Measurement: digest, Policy: 0x30000}
 	copy(f.HostData[:], hd)

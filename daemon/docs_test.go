@@ -41,6 +41,8 @@ var apiDocTypes = map[string]reflect.Type{
 	"api.LaunchRecord":          reflect.TypeFor[api.LaunchRecord](),
 	"api.LibvirtDomainRequest":  reflect.TypeFor[api.LibvirtDomainRequest](),
 	"api.LibvirtDomainResponse": reflect.TypeFor[api.LibvirtDomainResponse](),
+	"api.LibvirtDomainList":     reflect.TypeFor[api.LibvirtDomainList](),
+	"api.LibvirtDomain":         reflect.TypeFor[api.LibvirtDomain](),
 	"api.PolicyViolations":      reflect.TypeFor[api.PolicyViolations](),
 	"api.AttestResponse":        reflect.TypeFor[api.AttestResponse](),
 	"api.VerifyRequest":         reflect.TypeFor[api.VerifyRequest](),

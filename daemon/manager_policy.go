@@ -118,6 +118,9 @@ func (m *Manager) RegisterLibvirt(ctx context.Context, req api.LibvirtDomainRequ
 	if vm.Name != req.Name {
 		return nil, fmt.Errorf("domain XML names %q, the hook was called for %q: %w", vm.Name, req.Name, api.ErrInvalid)
 	}
+	// The domain's own ID block, as far as it can be checked before measuring (with or
+	// without a policy: the AMD-SP refuses a launch with a block that does not match).
+	violations = append(violations, launch.CheckIDBlock(vm, nil)...)
 	if len(violations) > 0 {
 		return nil, &PolicyError{VM: vm.Name, Violations: violations}
 	}
@@ -130,6 +133,13 @@ func (m *Manager) RegisterLibvirt(ctx context.Context, req api.LibvirtDomainRequ
 		// is api.ErrInvalid (400), a host failure has none (500).
 		if rec, err = m.prepare(ctx, vm); err != nil {
 			return nil, fmt.Errorf("computing the expected digest of %q: %w", vm.Name, err)
+		}
+		digest, err := hex.DecodeString(rec.ExpectedDigest)
+		if err != nil || len(digest) != 48 {
+			return nil, fmt.Errorf("computing the expected digest of %q: got %q: %w", vm.Name, rec.ExpectedDigest, api.ErrInternal)
+		}
+		if v := launch.CheckIDBlock(vm, digest); len(v) > 0 {
+			return nil, &PolicyError{VM: vm.Name, Violations: v}
 		}
 	} else if rec, err = nonConfidentialRecord(vm, m.platform); err != nil {
 		// Only reached when the policy allowed the domain (or there is none).
@@ -145,6 +155,40 @@ func (m *Manager) RegisterLibvirt(ctx context.Context, req api.LibvirtDomainRequ
 	}
 	m.log.Info("libvirt domain registered", "vm", vm.Name, "expected_digest", rec.ExpectedDigest)
 	return reg, nil
+}
+
+// LibvirtDomains lists the registered libvirt domains, in name order.
+func (m *Manager) LibvirtDomains() ([]api.LibvirtDomainSummary, error) {
+	regs, err := m.store.ListLibvirt()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.LibvirtDomainSummary, 0, len(regs))
+	for i := range regs {
+		out = append(out, libvirtSummary(&regs[i]))
+	}
+	return out, nil
+}
+
+// LibvirtDomain returns one registered libvirt domain (api.ErrNotFound if none).
+func (m *Manager) LibvirtDomain(name string) (*api.LibvirtDomain, error) {
+	if err := api.ValidName(name); err != nil {
+		return nil, err
+	}
+	reg, err := m.store.LibvirtDomain(name)
+	if err != nil {
+		return nil, err
+	}
+	return &api.LibvirtDomain{LibvirtDomainSummary: libvirtSummary(reg), XML: reg.XML, Definition: reg.Definition, Record: reg.Record}, nil
+}
+
+func libvirtSummary(reg *store.LibvirtRegistration) api.LibvirtDomainSummary {
+	s := api.LibvirtDomainSummary{Name: reg.Name, RegisteredAt: reg.RegisteredAt}
+	if r := reg.Record; r != nil {
+		s.Platform, s.Confidential, s.Note, s.ExpectedDigest = r.Platform, r.Confidential, r.Note, r.ExpectedDigest
+		s.VCPUs, s.CPUModel, s.MemoryMiB = r.VCPUs, r.CPUModel, r.MemoryMiB
+	}
+	return s
 }
 
 // UnregisterLibvirt drops a libvirt domain's registration (api.ErrNotFound if none).

@@ -194,7 +194,11 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 		t.Fatalf("expected digest %q: %v", rec.ExpectedDigest, err)
 	}
 	nonce := []byte("metrics test nonce")
-	f := snptest.Fields{Policy: rec.Policy, ReportData: agentproto.ReportData(nonce, nil)}
+	rd, err := agentproto.BindReportData(nonce, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := snptest.Fields{Policy: rec.Policy, ReportData: rd}
 	copy(f.Measurement[:], digest)
 	report, err := signer.Report(f)
 	if err != nil {
@@ -203,7 +207,9 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 	verify := func(nonce []byte) *api.VerifyResponse {
 		t.Helper()
 		var vr api.VerifyResponse
-		req := api.VerifyRequest{VM: "good", Report: report, CertTable: signer.CertTable(), Nonce: hex.EncodeToString(nonce)}
+		req := api.VerifyRequest{VM: "good", Report: report, CertTable: signer.CertTable(), Nonce: hex.EncodeToString(nonce),
+			// platform none: a passing verdict needs the explicit opt-in.
+			AllowNonConfidential: true}
 		if err := c.Do(ctx, http.MethodPost, api.VerifyPath, req, &vr); err != nil {
 			t.Fatalf("verifying: %v", err)
 		}

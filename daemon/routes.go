@@ -32,6 +32,10 @@ func (s *Server) routes() []Route {
 		// The libvirt hook (snpctl libvirt-hook): check and measure, do not launch.
 		{"POST " + api.LibvirtDomainsPath, RoleOperate, s.registerLibvirt},
 		{"DELETE " + api.LibvirtDomainsPath + "/{name}", RoleOperate, s.unregisterLibvirt},
+		// Registrations read back (snpctl libvirt list|show); the reference route is in
+		// attest_http.go.
+		{"GET " + api.LibvirtDomainsPath, RoleRead, s.listLibvirt},
+		{"GET " + api.LibvirtDomainsPath + "/{name}", RoleRead, s.getLibvirt},
 	}, s.attestRoutes()...) // attestation: daemon/attest_http.go
 }
 
@@ -279,6 +283,26 @@ func (s *Server) registerLibvirt(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	return writeJSON(w, http.StatusOK, api.LibvirtDomainResponse{Name: reg.Name, ExpectedDigest: reg.Record.ExpectedDigest, Note: reg.Record.Note})
+}
+
+func (s *Server) listLibvirt(w http.ResponseWriter, r *http.Request) error {
+	l, err := s.mgr.LibvirtDomains()
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, api.LibvirtDomainList{Domains: l})
+}
+
+func (s *Server) getLibvirt(w http.ResponseWriter, r *http.Request) error {
+	name, err := vmName(r)
+	if err != nil {
+		return err
+	}
+	d, err := s.mgr.LibvirtDomain(name)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, d)
 }
 
 func (s *Server) unregisterLibvirt(w http.ResponseWriter, r *http.Request) error {

@@ -161,6 +161,7 @@ func Run(ctx context.Context, cfg *config.Daemon) error {
 		return err
 	}
 	s.att.Sessions, sessions.Cache = sessions, s.att.Cache
+	s.att.LookupLibvirt = libvirtLookup(mgr)
 	go sessions.Watch(ctx, sessionFleet{mgr})
 	if vl, err := guestchan.VsockListen(cfg.GuestChannel.VsockPort); err != nil {
 		logVsockListenFailure(log, cfg.GuestChannel.VsockPort, err)

@@ -2,6 +2,7 @@ package snp
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
@@ -229,7 +230,7 @@ func ParseCertificates(data []byte) ([]*x509.Certificate, error) {
 	}
 	t, err := ParseCertTable(data)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("parsing certificates: neither PEM nor DER nor a certificate table (%w)", err)
 	}
 	var out []*x509.Certificate
 	for _, b := range [][]byte{t.ARK, t.ASK, t.ASVK, t.VCEK, t.VLEK} {
@@ -377,28 +378,9 @@ func (r *Roots) PEM(productLine string) []byte {
 	return b.Bytes()
 }
 
-// CABundles returns productLine's trusted chains in KDS cert_chain form: "ASK PEM + ARK
-// PEM" and "ASVK PEM + ARK PEM" (those present), what go-sev-guest's check tool takes as
-// root_of_trust.cabundles. Nil when the line is not trusted.
-func (r *Roots) CABundles(productLine string) []string {
-	pc := r.Line(productLine)
-	if pc == nil || pc.Ark == nil {
-		return nil
-	}
-	var out []string
-	for _, ica := range []*x509.Certificate{pc.Ask, pc.Asvk} {
-		if ica != nil {
-			var b bytes.Buffer
-			_ = pemEncode(&b, ica.Raw)
-			_ = pemEncode(&b, pc.Ark.Raw)
-			out = append(out, b.String())
-		}
-	}
-	return out
-}
-
-// VerifyCert checks c against the trusted roots at time now: an ARK must equal the trusted
-// ARK of its line; an ASK/ASVK must be signed by it; a VCEK/VLEK must chain through the
+// VerifyCert checks c against the trusted roots at time now: an ARK must carry the trusted
+// ARK's public key of its line (bytes may differ: a re-issued root), be self-signed with it
+// and valid at now; an ASK/ASVK must be signed by it; a VCEK/VLEK must chain through the
 // trusted ASK/ASVK to the ARK (go-sev-guest's X509Options) and be valid at now.
 func (r *Roots) VerifyCert(c *x509.Certificate, now time.Time) (*CertInfo, error) {
 	info, err := ClassifyCert(c)
@@ -411,8 +393,17 @@ func (r *Roots) VerifyCert(c *x509.Certificate, now time.Time) (*CertInfo, error
 	}
 	switch info.Kind {
 	case KindARK:
-		if !bytes.Equal(c.Raw, pc.Ark.Raw) {
-			return nil, fmt.Errorf("ARK-%s is not the trusted ARK", info.ProductLine)
+		// The same key, not the same bytes: AMD re-issues its roots (new validity, serial)
+		// with the same key, and what a signature chains to is the key.
+		trusted, ok := pc.Ark.PublicKey.(interface{ Equal(crypto.PublicKey) bool })
+		if !ok || !trusted.Equal(c.PublicKey) {
+			return nil, fmt.Errorf("ARK-%s's public key is not the trusted ARK-%s's", info.ProductLine, info.ProductLine)
+		}
+		if err := c.CheckSignatureFrom(c); err != nil {
+			return nil, fmt.Errorf("ARK-%s has the trusted key but is not self-signed with it: %w", info.ProductLine, err)
+		}
+		if now.After(c.NotAfter) || now.Before(c.NotBefore) {
+			return nil, fmt.Errorf("ARK-%s is not valid at %s (valid %s to %s)", info.ProductLine, now.UTC().Format(time.RFC3339), c.NotBefore.UTC().Format(time.RFC3339), c.NotAfter.UTC().Format(time.RFC3339))
 		}
 		return info, nil
 	case KindASK, KindASVK:

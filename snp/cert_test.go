@@ -2,6 +2,7 @@ package snp_test
 
 import (
 	"bytes"
+	"crypto/x509"
 	"encoding/binary"
 	"os"
 	"path/filepath"
@@ -170,4 +171,51 @@ func FuzzParseCertificates(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestVerifyCertComparesARKByKey: an ARK with the trusted ARK's key but other bytes (AMD
+// re-issuing its root: new dates, same key) is accepted and imported; an ARK with another
+// key, or carrying the trusted key but not self-signed with it, is refused saying so.
+func TestVerifyCertComparesARKByKey(t *testing.T) {
+	s, err := snptest.NewSigner(snptest.SignerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots, err := snp.ParseRoots(s.RootsPEM())
+	if err != nil {
+		t.Fatal(err)
+	}
+	reissued, err := snptest.NewSigner(snptest.SignerOptions{Created: time.Date(2025, 3, 1, 0, 0, 0, 0, time.UTC)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Equal(reissued.Ark.Raw, s.Ark.Raw) {
+		t.Fatal("test setup: the re-issued ARK has the same bytes")
+	}
+	info, err := roots.VerifyCert(reissued.Ark, testNow)
+	if err != nil || info.Kind != snp.KindARK {
+		t.Fatalf("re-issued ARK with the trusted key refused: %v", err)
+	}
+	cc := &snp.CertCache{Dir: t.TempDir(), Roots: roots}
+	if _, err := cc.Import(snptest.PEM(reissued.Ark), testNow); err != nil {
+		t.Fatalf("importing the re-issued ARK: %v", err)
+	}
+	// Another key: AMD's real Milan ARK against the test roots.
+	var pc trust.ProductCerts
+	if err := pc.FromKDSCertBytes(trust.AskArkMilanVcekBytes); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := roots.VerifyCert(pc.Ark, testNow); err == nil || !strings.Contains(err.Error(), "public key is not the trusted ARK-Milan's") {
+		t.Fatalf("ARK with another key: %v", err)
+	}
+	// The trusted key, but the signature of something else: one flipped signature bit.
+	forged := bytes.Clone(reissued.Ark.Raw)
+	forged[len(forged)-5] ^= 1
+	fc, err := x509.ParseCertificate(forged)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := roots.VerifyCert(fc, testNow); err == nil || !strings.Contains(err.Error(), "not self-signed") {
+		t.Fatalf("ARK with the trusted key and a bad signature: %v", err)
+	}
 }

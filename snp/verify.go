@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 
 // Check names, in the order a Verdict lists them.
 const (
+	CheckConfidential    = "confidential"      // the launch record is an SEV-SNP launch (Expected.NotConfidential)
 	CheckReportFormat    = "report-format"     // the report decodes (size, reserved fields)
 	CheckCertificate     = "certificate-chain" // VCEK/VLEK -> ASK/ASVK -> trusted ARK, valid now
 	CheckSignature       = "signature"         // ECDSA P-384 signature by the VCEK/VLEK
@@ -56,7 +58,7 @@ type Expected struct {
 	// the report's digests must be zero; nil AuthorKeyDigest means no author key.
 	IDKeyDigest, AuthorKeyDigest []byte
 	// Nonce and UserData are what the verifier sent; REPORT_DATA must equal
-	// agentproto.ReportData(Nonce, UserData). ReportData, when non-nil (64 bytes),
+	// agentproto.BindReportData(Nonce, UserData). ReportData, when non-nil (64 bytes),
 	// replaces that binding with an exact value (reports obtained by other means).
 	Nonce, UserData []byte
 	ReportData      []byte
@@ -64,6 +66,21 @@ type Expected struct {
 	MinimumTCB uint64
 	// VMPL is the required VMPL (0 unless a deployment runs an SVSM).
 	VMPL uint32
+	// ProductLine is the product line of the chip the launch record says the guest runs
+	// on ("Milan", "Genoa", "Turin"; ProductLineFromCPUID of the host's CPUID); the
+	// report's endorsement key must chain to it. Empty: not checked (the report's own
+	// CPUID is still checked against its key).
+	ProductLine string
+	// NotConfidential, when not empty, says why the launch record is not confidential
+	// ("the launch record is not confidential (platform none)"): such a guest ran without
+	// SEV-SNP, so no report can vouch for it, and the verdict's "confidential" check fails
+	// with this reason, whatever the report shows, unless AllowNonConfidential. Empty: the
+	// record is an SEV-SNP launch.
+	NotConfidential string
+	// AllowNonConfidential is the caller's explicit request to verify a record that is
+	// not confidential: the "confidential" check then passes, saying so, and
+	// Verdict.Confidential stays false.
+	AllowNonConfidential bool
 }
 
 // Check is the result of one named check.
@@ -75,8 +92,11 @@ type Check struct {
 
 // Verdict is the result of Verify: OK only when every check passed.
 type Verdict struct {
-	OK     bool    `json:"ok"`
-	Checks []Check `json:"checks"`
+	OK bool `json:"ok"`
+	// Confidential is false when the launch record is not confidential
+	// (Expected.NotConfidential), even when the caller allowed that and OK is true.
+	Confidential bool    `json:"confidential"`
+	Checks       []Check `json:"checks"`
 	// Report is the decoded report (nil when it did not decode).
 	Report *Report `json:"report,omitempty"`
 	// Endorsement describes the VCEK/VLEK used (nil when none was found).
@@ -118,7 +138,13 @@ func (v *Verdict) add(name string, err error, okReason string) {
 // Verifier verifies reports offline: the chain comes from the report's certificate table
 // or from Cache, checked against Roots; AMD's key server is asked only when Getter is set.
 // Verified endorsement-key chains are cached in memory until the earliest NotAfter, so a
-// steady stream of reports from known chips costs one ECDSA verification each.
+// steady stream of reports from known chips costs one ECDSA verification each. The cache
+// holds only what depends on the certificate bytes and the Verifier's fixed roots alone
+// (parsing, the KDS certificate profile, the RSA-PSS signatures VCEK <- ASK <- ARK): it
+// can never change a verdict. Everything that involves the report or the clock runs for
+// every report, cached chain or not: validity at Now, the signing key kind, the product
+// line the report's CPUID names against the chain's, TCB and chip id against the VCEK,
+// and the report's signature.
 // Safe for concurrent use.
 type Verifier struct {
 	// Roots are the trusted AMD roots (nil: DefaultRoots).
@@ -138,7 +164,8 @@ type Verifier struct {
 
 type chainEntry struct {
 	key       [32]byte
-	fresh     bool // verified now, not yet confirmed by go-sev-guest and cached
+	fresh     bool             // verified now, not yet confirmed by go-sev-guest and cached
+	signer    abi.ReportSigner // the signing key the report names (per report, not cached)
 	cert      *x509.Certificate
 	chainPEM  string
 	info      *CertInfo
@@ -171,7 +198,15 @@ func (v *Verifier) now() time.Time {
 // measurement differs from exp.Measurement, or when any check fails. Errors in the input
 // become failed checks; Verify itself does not fail.
 func (v *Verifier) Verify(ctx context.Context, raw, certTable []byte, exp Expected) *Verdict {
-	vd := &Verdict{}
+	vd := &Verdict{Confidential: exp.NotConfidential == ""}
+	switch {
+	case vd.Confidential:
+		vd.add(CheckConfidential, nil, "the launch record is an SEV-SNP launch")
+	case exp.AllowNonConfidential:
+		vd.add(CheckConfidential, nil, exp.NotConfidential+"; verified only because the caller allowed a non-confidential record")
+	default:
+		vd.add(CheckConfidential, errors.New(exp.NotConfidential), "")
+	}
 	rep, err := DecodeReport(raw)
 	vd.add(CheckReportFormat, err, fmt.Sprintf("%d-byte version %d report", len(raw), reportVersion(rep)))
 	if err != nil {
@@ -182,10 +217,18 @@ func (v *Verifier) Verify(ctx context.Context, raw, certTable []byte, exp Expect
 	p := rep.Proto()
 	now := v.now()
 
-	// Endorsement key and chain.
+	// Endorsement key and chain: the chain may come from the cache of verified chains,
+	// but what ties it to this report is checked for every report.
 	ek, err := v.endorsementKey(ctx, p, certTable, now)
+	if err == nil {
+		err = ek.endorses(p)
+	}
+	if err == nil && exp.ProductLine != "" && ek.info.ProductLine != exp.ProductLine {
+		err = fmt.Errorf("the report is endorsed by a %s %s but the launch record's host is a %s", ek.info.ProductLine, ek.info.Kind, exp.ProductLine)
+	}
 	if err != nil {
 		vd.add(CheckCertificate, err, "")
+		ek = nil
 	} else {
 		vd.Endorsement = ek.info
 		vd.add(CheckCertificate, nil, fmt.Sprintf("%s %s chains to the trusted ARK-%s, valid until %s", ek.info.Kind, short(ek.info.SHA256), ek.info.ProductLine, ek.notAfter.UTC().Format(time.RFC3339)))
@@ -222,18 +265,21 @@ func (v *Verifier) Verify(ctx context.Context, raw, certTable []byte, exp Expect
 	wantRD := exp.ReportData
 	rdWhat := "binds the nonce"
 	var rderr error
-	if wantRD == nil {
-		if len(exp.Nonce) == 0 {
-			rderr = errors.New("no nonce given: the report's freshness cannot be established")
-		} else {
-			b := agentproto.ReportData(exp.Nonce, exp.UserData)
-			wantRD = b[:]
-		}
-	} else {
+	switch {
+	case wantRD != nil:
 		rdWhat = "equals the expected REPORT_DATA"
-	}
-	if rderr == nil {
-		if !bytes.Equal(p.GetReportData(), wantRD) {
+		if len(wantRD) != 64 {
+			rderr = fmt.Errorf("the expected REPORT_DATA is %d bytes, want 64", len(wantRD))
+		} else if !bytes.Equal(p.GetReportData(), wantRD) {
+			rderr = fmt.Errorf("REPORT_DATA %s… differs from the expected REPORT_DATA %s…", short(hex.EncodeToString(p.GetReportData())), short(hex.EncodeToString(wantRD)))
+		}
+	case len(exp.Nonce) == 0:
+		rderr = errors.New("no nonce given: the report's freshness cannot be established")
+	default:
+		b, err := agentproto.BindReportData(exp.Nonce, exp.UserData)
+		if err != nil {
+			rderr = err
+		} else if wantRD = b[:]; !bytes.Equal(p.GetReportData(), wantRD) {
 			rderr = fmt.Errorf("REPORT_DATA %s… does not bind the nonce (want %s…)", short(hex.EncodeToString(p.GetReportData())), short(hex.EncodeToString(wantRD)))
 		}
 	}
@@ -367,8 +413,19 @@ func idKeys(p *spb.Report, exp Expected) error {
 		return err
 	}
 	if exp.IDKeyDigest == nil {
-		if !allZero(p.GetIdKeyDigest()) || !allZero(p.GetAuthorKeyDigest()) || si.AuthorKeyEn {
-			return errors.New("the report carries ID key digests but the launch record has no ID block")
+		// Name exactly what the report carries that a launch without an ID block cannot.
+		var got []string
+		if !allZero(p.GetIdKeyDigest()) {
+			got = append(got, "ID_KEY_DIGEST "+short(hex.EncodeToString(p.GetIdKeyDigest()))+"…")
+		}
+		if !allZero(p.GetAuthorKeyDigest()) {
+			got = append(got, "AUTHOR_KEY_DIGEST "+short(hex.EncodeToString(p.GetAuthorKeyDigest()))+"…")
+		}
+		if si.AuthorKeyEn {
+			got = append(got, "AUTHOR_KEY_EN set")
+		}
+		if len(got) > 0 {
+			return fmt.Errorf("the launch record has no ID block but the report has %s", strings.Join(got, ", "))
 		}
 		return nil
 	}
@@ -378,6 +435,9 @@ func idKeys(p *spb.Report, exp Expected) error {
 	if exp.AuthorKeyDigest == nil {
 		if si.AuthorKeyEn {
 			return errors.New("AUTHOR_KEY_EN is set but the launch record has no author key")
+		}
+		if !allZero(p.GetAuthorKeyDigest()) {
+			return fmt.Errorf("AUTHOR_KEY_DIGEST is %s… but the launch record has no author key", short(hex.EncodeToString(p.GetAuthorKeyDigest())))
 		}
 		return nil
 	}
@@ -463,6 +523,7 @@ func (v *Verifier) endorsementKey(ctx context.Context, p *spb.Report, certTable 
 	e, ok := v.chains[key]
 	v.mu.Unlock()
 	if ok && !now.Before(e.notBefore) && !now.After(e.notAfter) {
+		e.signer = si.SigningKey
 		return &e, nil
 	}
 	cert, err := x509.ParseCertificate(der)
@@ -472,9 +533,6 @@ func (v *Verifier) endorsementKey(ctx context.Context, p *spb.Report, certTable 
 	info, err := v.trusted().VerifyCert(cert, now)
 	if err != nil {
 		return nil, err
-	}
-	if (info.Kind == KindVCEK) != (si.SigningKey == abi.VcekReportSigner) {
-		return nil, fmt.Errorf("report signed by %v but the certificate is a %s", si.SigningKey, info.Kind)
 	}
 	pc := v.trusted().Line(info.ProductLine)
 	e = chainEntry{cert: cert, info: info, notBefore: cert.NotBefore, notAfter: cert.NotAfter,
@@ -490,8 +548,31 @@ func (v *Verifier) endorsementKey(ctx context.Context, p *spb.Report, certTable 
 			e.notAfter = c.NotAfter
 		}
 	}
-	e.key, e.fresh = key, true
+	e.key, e.fresh, e.signer = key, true, si.SigningKey
 	return &e, nil
+}
+
+// endorses checks what ties the verified chain e to report p, for every report whether
+// the chain came from the cache or not: the report's signing key kind (VCEK or VLEK) is
+// the certificate's, and the product line the report's CPUID names (version 3 and later)
+// is the one the certificate chains to. go-sev-guest's verify does the latter only when
+// it verifies a chain, i.e. on first sight of a VCEK here; without this a report claiming
+// another product line would pass once its VCEK was cached.
+func (e *chainEntry) endorses(p *spb.Report) error {
+	if (e.info.Kind == KindVCEK) != (e.signer == abi.VcekReportSigner) {
+		return fmt.Errorf("the report is signed by its %v but the certificate given for it is a %s", e.signer, e.info.Kind)
+	}
+	if p.GetVersion() < 3 || p.GetCpuid1EaxFms() == 0 {
+		return nil
+	}
+	line, err := ProductLineFromCPUID(p.GetCpuid1EaxFms())
+	if err != nil {
+		return fmt.Errorf("the report's %w", err)
+	}
+	if line != e.info.ProductLine {
+		return fmt.Errorf("the report's CPUID says %s but it is endorsed by a %s %s chaining to ARK-%s", line, e.info.ProductLine, e.info.Kind, e.info.ProductLine)
+	}
+	return nil
 }
 
 func (v *Verifier) remember(e *chainEntry) {

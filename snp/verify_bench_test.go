@@ -22,7 +22,11 @@ func benchReports(b *testing.B, n int) (*fixture, [][]byte, []snp.Expected) {
 	for i := range reports {
 		nonce := []byte{byte(i), byte(i >> 8), 'n'}
 		f := fx.fields
-		f.ReportData = agentproto.ReportData(nonce, nil)
+		rd, err := agentproto.BindReportData(nonce, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		f.ReportData = rd
 		reports[i] = fx.report(b, f)
 		exps[i] = fx.exp
 		exps[i].Nonce = nonce

@@ -42,7 +42,11 @@ func newFixture(t testing.TB) *fixture {
 		t.Fatal(err)
 	}
 	nonce := []byte("verifier-nonce-0123456789abcdef")
-	f := snptest.Fields{Policy: testPolicy, ReportData: agentproto.ReportData(nonce, nil)}
+	rd, err := agentproto.BindReportData(nonce, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := snptest.Fields{Policy: testPolicy, ReportData: rd}
 	f.Measurement = sha512.Sum384([]byte("launch digest"))
 	copy(f.HostData[:], bytes.Repeat([]byte{0x5a}, 32))
 	exp := snp.Expected{
@@ -77,8 +81,8 @@ func TestVerifyFakeSignedReportPasses(t *testing.T) {
 		if !vd.OK {
 			t.Fatalf("pass %d: verdict failed: %+v", i, vd.Failed())
 		}
-		if len(vd.Checks) != 13 {
-			t.Fatalf("got %d checks, want 13", len(vd.Checks))
+		if len(vd.Checks) != 14 || !vd.Confidential || !vd.Get(snp.CheckConfidential).OK {
+			t.Fatalf("got %d checks (confidential %v), want 14 with a passing %s", len(vd.Checks), vd.Confidential, snp.CheckConfidential)
 		}
 		if vd.Endorsement == nil || vd.Endorsement.Kind != snp.KindVCEK || !strings.Contains(vd.ChainPEM, "BEGIN CERTIFICATE") {
 			t.Fatalf("endorsement %+v, chain %q", vd.Endorsement, vd.ChainPEM)
@@ -86,6 +90,36 @@ func TestVerifyFakeSignedReportPasses(t *testing.T) {
 		if vd.Report.Measurement != hex.EncodeToString(fx.fields.Measurement[:]) {
 			t.Fatal("decoded measurement differs")
 		}
+	}
+}
+
+// TestVerifyNonConfidentialRecordNeverPlainlyPasses: a report that matches a launch
+// record that is not confidential (platform none) fails, on the "confidential" check
+// alone, with the record's reason, even when the report is otherwise perfect (it cannot
+// be the evidence for a guest that ran without SEV-SNP). Asked explicitly, the check
+// passes saying so, and the verdict still says it is not confidential.
+func TestVerifyNonConfidentialRecordNeverPlainlyPasses(t *testing.T) {
+	fx := newFixture(t)
+	v := fx.verifier()
+	raw := fx.report(t, fx.fields)
+	exp := fx.exp
+	exp.NotConfidential = "the launch record is not confidential (platform none)"
+	vd := v.Verify(context.Background(), raw, fx.signer.CertTable(), exp)
+	if vd.OK || vd.Confidential {
+		t.Fatalf("a non-confidential record's verdict: ok %v, confidential %v", vd.OK, vd.Confidential)
+	}
+	if f := vd.Failed(); len(f) != 1 || f[0].Name != snp.CheckConfidential || f[0].Reason != exp.NotConfidential {
+		t.Fatalf("failed checks %+v; want only %s saying %q", f, snp.CheckConfidential, exp.NotConfidential)
+	}
+	// Even a report that does not decode says it.
+	if vd := v.Verify(context.Background(), raw[:100], nil, exp); vd.OK || vd.Get(snp.CheckConfidential).OK || vd.Get(snp.CheckConfidential).Name == "" {
+		t.Fatalf("short report: %+v", vd.Checks)
+	}
+	exp.AllowNonConfidential = true
+	vd = v.Verify(context.Background(), raw, fx.signer.CertTable(), exp)
+	c := vd.Get(snp.CheckConfidential)
+	if !vd.OK || vd.Confidential || !c.OK || !strings.Contains(c.Reason, "platform none") || !strings.Contains(c.Reason, "caller allowed") {
+		t.Fatalf("allowed: ok %v, confidential %v, check %+v", vd.OK, vd.Confidential, c)
 	}
 }
 
@@ -296,4 +330,176 @@ func TestVerifyFetchesFromKDSOnlyWhenConfigured(t *testing.T) {
 	if vd := offline.Verify(context.Background(), raw, nil, fx.exp); !vd.OK {
 		t.Fatalf("offline after caching: %+v", vd.Failed())
 	}
+}
+
+// TestVerifyProductLineOnEveryReport: a report whose CPUID says Genoa but that is signed
+// with a Milan VCEK is refused by a fresh Verifier, and still refused after a correct
+// report has put that VCEK's verified chain in the cache (go-sev-guest v0.15.0 ties a
+// report's product line to its roots only when it verifies a chain, i.e. the first time).
+func TestVerifyProductLineOnEveryReport(t *testing.T) {
+	fx := newFixture(t)
+	certs := fx.signer.CertTable()
+	genoa := fx.fields
+	genoa.CPUID = [3]byte{0x19, 0x11, 0x1} // Genoa B1
+	bad := fx.report(t, genoa)
+	milan := fx.fields
+	milan.Version3 = true
+	good := fx.report(t, milan)
+	refused := func(v *snp.Verifier, when string) {
+		t.Helper()
+		vd := v.Verify(context.Background(), bad, certs, fx.exp)
+		if vd.OK {
+			t.Fatalf("%s: a report claiming Genoa, signed by a Milan VCEK, passed", when)
+		}
+		c := vd.Get(snp.CheckCertificate)
+		if c.OK || !strings.Contains(c.Reason, "CPUID says Genoa") || !strings.Contains(c.Reason, "Milan VCEK") {
+			t.Fatalf("%s: %s = %+v, want the product line named; failures %+v", when, snp.CheckCertificate, c, vd.Failed())
+		}
+	}
+	v := fx.verifier()
+	refused(v, "fresh verifier")
+	for i := 0; i < 2; i++ { // the second pass is served from the cache
+		if vd := v.Verify(context.Background(), good, certs, fx.exp); !vd.OK {
+			t.Fatalf("correct Milan report, pass %d: %+v", i, vd.Failed())
+		}
+	}
+	refused(v, "after a correct report cached the chain")
+	// A report naming no known product line at all.
+	odd := fx.fields
+	odd.CPUID = [3]byte{0x17, 0x31, 0x0} // Zen 2 (Rome): no SEV-SNP
+	if vd := v.Verify(context.Background(), fx.report(t, odd), certs, fx.exp); vd.OK || !strings.Contains(vd.Get(snp.CheckCertificate).Reason, "no known SEV-SNP product line") {
+		t.Fatalf("report from an unknown family: %+v", vd.Get(snp.CheckCertificate))
+	}
+}
+
+// TestVerifyExpectedProductLine: with the launch host's product line in the expectation,
+// a report endorsed by another line's key is refused naming both, cached chain or not.
+func TestVerifyExpectedProductLine(t *testing.T) {
+	fx := newFixture(t)
+	v := fx.verifier()
+	raw := fx.report(t, fx.fields)
+	for i, line := range []string{"Milan", "", "Genoa", "Milan"} {
+		e := fx.exp
+		e.ProductLine = line
+		vd := v.Verify(context.Background(), raw, fx.signer.CertTable(), e)
+		c := vd.Get(snp.CheckCertificate)
+		if line == "Genoa" {
+			if vd.OK || c.OK || !strings.Contains(c.Reason, "endorsed by a Milan VCEK but the launch record's host is a Genoa") {
+				t.Fatalf("pass %d: %s = %+v", i, snp.CheckCertificate, c)
+			}
+			continue
+		}
+		if !vd.OK {
+			t.Fatalf("pass %d, line %q: %+v", i, line, vd.Failed())
+		}
+	}
+}
+
+// TestVerifySignerKindOnEveryReport: a VLEK-signed report given the (cached, verified)
+// VCEK as its VLEK is refused with both kinds named, not merely on the signature.
+func TestVerifySignerKindOnEveryReport(t *testing.T) {
+	fx := newFixture(t)
+	v := fx.verifier()
+	if vd := v.Verify(context.Background(), fx.report(t, fx.fields), fx.signer.CertTable(), fx.exp); !vd.OK {
+		t.Fatalf("%+v", vd.Failed())
+	}
+	f := fx.fields
+	f.SignWithVLEK = true
+	swapped := (&snp.CertTable{ARK: fx.signer.Ark.Raw, ASK: fx.signer.Ask.Raw, VLEK: fx.signer.Vcek.Raw}).Marshal()
+	vd := v.Verify(context.Background(), fx.report(t, f), swapped, fx.exp)
+	if c := vd.Get(snp.CheckCertificate); vd.OK || c.OK || !strings.Contains(c.Reason, "signed by its VLEK but the certificate given for it is a VCEK") {
+		t.Fatalf("VLEK report with a VCEK: %+v", c)
+	}
+}
+
+// TestVerifyIDKeyRefusalsNameTheField: with no ID block in the launch record, each field
+// of the report that says otherwise is named, alone: AUTHOR_KEY_EN alone is not "ID key
+// digests".
+func TestVerifyIDKeyRefusalsNameTheField(t *testing.T) {
+	fx := newFixture(t)
+	for _, c := range []struct {
+		name    string
+		mutate  func(*snptest.Fields)
+		want    string
+		notWant string
+	}{
+		{"AUTHOR_KEY_EN only", func(f *snptest.Fields) { f.AuthorKeyEn = true }, "the launch record has no ID block but the report has AUTHOR_KEY_EN set", "DIGEST"},
+		{"ID key digest only", func(f *snptest.Fields) { f.IDKeyDigest[3] = 7 }, "the report has ID_KEY_DIGEST 000000070000", "AUTHOR"},
+		{"author key digest only", func(f *snptest.Fields) { f.AuthorKeyDigest[0] = 9 }, "the report has AUTHOR_KEY_DIGEST 0900", "ID_KEY"},
+		{"all three", func(f *snptest.Fields) { f.IDKeyDigest[0], f.AuthorKeyDigest[0], f.AuthorKeyEn = 1, 1, true },
+			"ID_KEY_DIGEST 0100000000000000…, AUTHOR_KEY_DIGEST 0100000000000000…, AUTHOR_KEY_EN set", "carries"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := fx.fields
+			c.mutate(&f)
+			vd := fx.verifier().Verify(context.Background(), fx.report(t, f), fx.signer.CertTable(), fx.exp)
+			got := vd.Get(snp.CheckIDKeys)
+			if vd.OK || got.OK || !strings.Contains(got.Reason, c.want) || strings.Contains(got.Reason, c.notWant) {
+				t.Fatalf("%s = %+v, want %q and not %q", snp.CheckIDKeys, got, c.want, c.notWant)
+			}
+		})
+	}
+	// With an ID block but no author key, an author key digest without AUTHOR_KEY_EN is
+	// named too.
+	f := fx.fields
+	f.IDKeyDigest[0], f.AuthorKeyDigest[0] = 1, 2
+	e := fx.exp
+	e.IDKeyDigest = f.IDKeyDigest[:]
+	vd := fx.verifier().Verify(context.Background(), fx.report(t, f), fx.signer.CertTable(), e)
+	if got := vd.Get(snp.CheckIDKeys); got.OK || !strings.Contains(got.Reason, "AUTHOR_KEY_DIGEST is 0200") {
+		t.Fatalf("author key digest without author key: %+v", got)
+	}
+}
+
+// TestVerifyReportDataRefusals: an out-of-range nonce is refused by the binding itself
+// (its 16-bit length would wrap at 65536 bytes), and an exact REPORT_DATA that differs is
+// reported as such, not as a nonce problem.
+func TestVerifyReportDataRefusals(t *testing.T) {
+	fx := newFixture(t)
+	raw := fx.report(t, fx.fields)
+	for _, n := range []int{65, 65536, 65536 + 31} {
+		e := fx.exp
+		e.Nonce = bytes.Repeat([]byte{'n'}, n)
+		vd := fx.verifier().Verify(context.Background(), raw, fx.signer.CertTable(), e)
+		if got := vd.Get(snp.CheckReportData); vd.OK || got.OK || !strings.Contains(got.Reason, "want 1..64") {
+			t.Fatalf("%d-byte nonce: %+v", n, got)
+		}
+	}
+	e := fx.exp
+	e.Nonce, e.ReportData = nil, bytes.Repeat([]byte{1}, 64)
+	vd := fx.verifier().Verify(context.Background(), raw, fx.signer.CertTable(), e)
+	if got := vd.Get(snp.CheckReportData); got.OK || !strings.Contains(got.Reason, "differs from the expected REPORT_DATA 0101") || strings.Contains(got.Reason, "nonce") {
+		t.Fatalf("exact REPORT_DATA: %+v", got)
+	}
+	e.ReportData = fx.fields.ReportData[:]
+	if vd := fx.verifier().Verify(context.Background(), raw, fx.signer.CertTable(), e); !vd.OK {
+		t.Fatalf("matching exact REPORT_DATA: %+v", vd.Failed())
+	}
+}
+
+// FuzzVerify: arbitrary report and certificate-table bytes never panic the Verifier, and
+// with no trusted roots nothing ever passes. (No roots keeps RSA out of the loop: under the
+// fuzzer's coverage instrumentation one RSA-4096 operation takes seconds. The chain checks
+// themselves are covered by the tests above.)
+func FuzzVerify(f *testing.F) {
+	raw := testdata.AttestationBytes[:abi.ReportSize]
+	f.Add(raw, (&snp.CertTable{VCEK: testdata.VcekBytes}).Marshal())
+	f.Add(raw, []byte(nil))
+	rep, err := snp.DecodeReport(raw)
+	if err != nil {
+		f.Fatal(err)
+	}
+	exp := snp.Expected{Policy: rep.Policy, ReportData: rep.Proto().GetReportData(), Measurement: rep.Proto().GetMeasurement(), IDKeyDigest: make([]byte, 48)}
+	v := &snp.Verifier{Roots: &snp.Roots{}, Now: func() time.Time { return time.Date(2023, 6, 1, 0, 0, 0, 0, time.UTC) }}
+	f.Fuzz(func(t *testing.T, raw, table []byte) {
+		vd := v.Verify(context.Background(), raw, table, exp)
+		if vd.OK {
+			t.Fatalf("a report passed with no trusted roots: %+v", vd.Checks)
+		}
+		for _, c := range vd.Checks {
+			if c.Name == "" || strings.Contains(c.Reason, "\n") {
+				t.Fatalf("check %+v: unnamed or more than one line", c)
+			}
+		}
+	})
 }

@@ -96,6 +96,11 @@ make.`,
 			f, ferr := launch.VMFacts(cmd.Context(), vm, platform, qemu)
 			f.ImageDir = imageDir
 			vs := p.Check(vm, f)
+			if libvirtXML != "" {
+				// As the hook's registration does, before it measures; the block's digest
+				// against the expected one is checked by snpd.
+				vs = append(vs, launch.CheckIDBlock(vm, nil)...)
+			}
 			if asJSON {
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")

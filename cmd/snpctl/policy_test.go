@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/snpd/snpd/snp/snptest"
 )
 
 func polExamples(t *testing.T) (policy, vm string) {
@@ -115,5 +117,19 @@ func TestPolicyCheckUsageErrors(t *testing.T) {
 		if code != 1 || errs != tc.want {
 			t.Errorf("%v: exit %d, stderr %q, want %q", tc.args, code, errs, tc.want)
 		}
+	}
+}
+
+// TestPolicyCheckLibvirtPlaceholderIDBlock: libvirt's own SEV-SNP test domain carries a
+// placeholder ID block; the offline check names it with rule id_block.matches_launch,
+// after the policy's own rules, as the hook's registration does.
+func TestPolicyCheckLibvirtPlaceholderIDBlock(t *testing.T) {
+	polNeedHostFiles(t)
+	policy, _ := polExamples(t)
+	xml := snptest.ReadShared(t, "testdata/libvirt/launch-security-sev-snp.xml")
+	out, _, code := hookCLI(t, string(xml), "policy", "check", "--policy", policy, "--libvirt-xml", "-", "--platform", "none")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if code != 1 || len(lines) < 2 || !strings.HasPrefix(lines[len(lines)-1], "rule id_block.matches_launch: the ID block is not one the AMD-SP accepts") {
+		t.Fatalf("exit %d, stdout\n%s", code, out)
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -131,19 +132,29 @@ func age(t time.Time) string {
 func vmListCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "list",
-		Short: "List VMs with their state",
+		Short: "List VMs with their state, then the libvirt domains registered with snpd",
+		Long: `List the VMs snpd defined, with their state, and after them, under "libvirt domains
+(owned by libvirt, registered by the hook):", every libvirt domain the hook registered
+(as "snpctl libvirt list" shows them; snpd does not start, stop or watch those). --json
+prints {"vms": [...], "libvirt_domains": [...]}, each as the API returns it.`,
 		Example: `  snpctl vm list
   snpctl --json vm list`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			vms, err := apiClient(cmd).List(cmd.Context())
+			cl := apiClient(cmd)
+			vms, err := cl.List(cmd.Context())
 			if err != nil {
 				return err
 			}
-			if jsonOutput(cmd) {
-				return printJSON(cmd.OutOrStdout(), api.ListResponse{VMs: vms})
+			lv, err := cl.LibvirtDomains(cmd.Context())
+			if err != nil && !errors.Is(err, api.ErrNotFound) { // an snpd without the route has none
+				return fmt.Errorf("listing libvirt domains: %w", err)
 			}
-			tw := newTable(cmd.OutOrStdout(), 2)
+			if jsonOutput(cmd) {
+				return printJSON(cmd.OutOrStdout(), vmListJSON{VMs: vms, LibvirtDomains: lv})
+			}
+			w := cmd.OutOrStdout()
+			tw := newTable(w, 2)
 			fmt.Fprintln(tw, "NAME\tSTATE\tPID\tSINCE\tVCPUS\tMEMORY\tSTARTS\tRESTART")
 			for _, v := range vms {
 				pid := "-"
@@ -152,9 +163,20 @@ func vmListCmd() *cobra.Command {
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%dMiB\t%d\t%s\n", v.Name, v.State, pid, age(v.Since), v.VCPUs, v.MemoryMiB, v.Starts, orDash(v.Restart))
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil || len(lv) == 0 {
+				return err
+			}
+			fmt.Fprintln(w, "\nlibvirt domains (owned by libvirt, registered by the hook):")
+			return printLibvirtTable(w, lv)
 		},
 	}
+}
+
+// vmListJSON is what vm list --json prints: GET /v1/vms's VMs and GET
+// /v1/libvirt/domains's domains.
+type vmListJSON struct {
+	VMs            []api.VMSummary            `json:"vms"`
+	LibvirtDomains []api.LibvirtDomainSummary `json:"libvirt_domains"`
 }
 
 func orDash(s string) string {
@@ -177,7 +199,13 @@ confidential". --json prints everything as the API returns it (api.VMInfo).`,
   snpctl --json vm show example`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			info, err := apiClient(cmd).Get(cmd.Context(), args[0])
+			cl := apiClient(cmd)
+			info, err := cl.Get(cmd.Context(), args[0])
+			if errors.Is(err, api.ErrNotFound) {
+				if _, lerr := cl.LibvirtDomain(cmd.Context(), args[0]); lerr == nil {
+					return fmt.Errorf("%w; a libvirt domain %q is registered with snpd: snpctl libvirt show %s", err, args[0], args[0])
+				}
+			}
 			if err != nil {
 				return err
 			}

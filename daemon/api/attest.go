@@ -40,8 +40,12 @@ type Check struct {
 // Verdict is the result of verifying one report against a launch record.
 type Verdict struct {
 	// OK is true only when every check passed.
-	OK     bool    `json:"ok"`
-	Checks []Check `json:"checks"`
+	OK bool `json:"ok"`
+	// Confidential is false when the launch record is not confidential (platform
+	// "none"): the check "confidential" then fails, unless the caller asked to verify such
+	// a record (VerifyRequest.AllowNonConfidential), and this stays false either way.
+	Confidential bool    `json:"confidential"`
+	Checks       []Check `json:"checks"`
 }
 
 // AttestResponse is the body of GET /v1/vms/{name}/attestation: the evidence, what it
@@ -73,7 +77,10 @@ type AttestResponse struct {
 // VerifyRequest is the body of POST /v1/verify: a report obtained elsewhere, checked
 // against VM's launch record.
 type VerifyRequest struct {
-	VM string `json:"vm"`
+	// VM names a VM defined in snpd, LibvirtDomain a libvirt domain registered with snpd
+	// (GET /v1/libvirt/domains): exactly one of the two.
+	VM            string `json:"vm,omitempty"`
+	LibvirtDomain string `json:"libvirt_domain,omitempty"`
 	// Report is the raw report (base64), optionally followed by a certificate table.
 	Report []byte `json:"report"`
 	// CertTable is a GHCB certificate table (base64; empty: use the cache).
@@ -83,15 +90,21 @@ type VerifyRequest struct {
 	Nonce      string `json:"nonce,omitempty"`
 	UserData   string `json:"user_data,omitempty"`
 	ReportData string `json:"report_data,omitempty"`
+	// AllowNonConfidential asks to verify against a launch record that is not
+	// confidential (platform "none"): its "confidential" check then passes, saying so,
+	// instead of failing. Verdict.Confidential stays false.
+	AllowNonConfidential bool `json:"allow_non_confidential,omitempty"`
 }
 
 // VerifyResponse is the body of a POST /v1/verify answer.
 type VerifyResponse struct {
-	VM        string          `json:"vm"`
-	Decoded   json.RawMessage `json:"decoded,omitempty"`
-	ChainPEM  string          `json:"chain_pem,omitempty"`
-	Reference json.RawMessage `json:"reference"`
-	Verdict   Verdict         `json:"verdict"`
+	// VM or LibvirtDomain echoes the request's.
+	VM            string          `json:"vm,omitempty"`
+	LibvirtDomain string          `json:"libvirt_domain,omitempty"`
+	Decoded       json.RawMessage `json:"decoded,omitempty"`
+	ChainPEM      string          `json:"chain_pem,omitempty"`
+	Reference     json.RawMessage `json:"reference"`
+	Verdict       Verdict         `json:"verdict"`
 }
 
 // CertImportRequest is the body of POST /v1/certs.

@@ -1,8 +1,14 @@
 package api
 
-import "net/url"
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"time"
+)
 
-// The libvirt hook's endpoints (snpctl libvirt-hook is the client):
+// The libvirt endpoints. The hook (snpctl libvirt-hook) registers and drops domains:
 //
 //	POST   /v1/libvirt/domains         body LibvirtDomainRequest
 //	       200 LibvirtDomainResponse   the domain conforms; snpd recorded its expected digest
@@ -10,10 +16,75 @@ import "net/url"
 //	       400 Error                   the XML cannot be mapped (Kind "invalid")
 //	DELETE /v1/libvirt/domains/{name}
 //	       204 (or 200)                registration dropped; 404 Error when none existed
+//
+// and anyone with the read role reads them back (snpctl libvirt list|show, reference,
+// verify):
+//
+//	GET    /v1/libvirt/domains                   200 LibvirtDomainList
+//	GET    /v1/libvirt/domains/{name}            200 LibvirtDomain; 404 when not registered
+//	GET    /v1/libvirt/domains/{name}/reference  as GET /v1/vms/{name}/reference
 const LibvirtDomainsPath = "/v1/libvirt/domains"
 
 // LibvirtDomainPath is the path of one registered libvirt domain.
 func LibvirtDomainPath(name string) string { return LibvirtDomainsPath + "/" + url.PathEscape(name) }
+
+// LibvirtReferencePath is GET /v1/libvirt/domains/{name}/reference?format=FORMAT: the
+// reference values of a registered sev-snp domain, in the formats of ReferencePath.
+func LibvirtReferencePath(name, format string) string {
+	return LibvirtDomainPath(name) + "/reference?format=" + url.QueryEscape(format)
+}
+
+// LibvirtDomainSummary is one registered libvirt domain as GET /v1/libvirt/domains lists
+// it. snpd registers a domain when libvirt is about to start it (the hook's "prepare
+// begin") and drops it when libvirt has released it ("release end"): libvirt owns the
+// domain and its QEMU; snpd does not know whether it is running.
+type LibvirtDomainSummary struct {
+	Name string `json:"name"`
+	// RegisteredAt is when the hook registered it (its last start).
+	RegisteredAt time.Time `json:"registered_at"`
+	// Platform is snpd's platform at registration ("sev-snp" or "none").
+	Platform string `json:"platform"`
+	// Confidential is true only for a domain with <launchSecurity type='sev-snp'>
+	// registered on platform "sev-snp"; Note is NotConfidential otherwise.
+	Confidential bool   `json:"confidential"`
+	Note         string `json:"note,omitempty"`
+	// ExpectedDigest is the SEV-SNP launch digest snpd expects (hex; empty for a domain
+	// without sev-snp launch security: it has none).
+	ExpectedDigest string `json:"expected_digest,omitempty"`
+	// VCPUs, CPUModel and MemoryMiB (MiB) as mapped from the domain XML.
+	VCPUs     int    `json:"vcpus"`
+	CPUModel  string `json:"cpu_model,omitempty"`
+	MemoryMiB uint64 `json:"memory_mib"`
+}
+
+// LibvirtDomainList is the body of GET /v1/libvirt/domains, in name order.
+type LibvirtDomainList struct {
+	Domains []LibvirtDomainSummary `json:"domains"`
+}
+
+// LibvirtDomain is the body of GET /v1/libvirt/domains/{name}: the summary, the domain
+// XML libvirt gave the hook, the domain as mapped onto snpd's VM spec (config.VM as
+// JSON), and the record snpd made of it (expected digest, boot-file digests, policy,
+// ID-block key digests; no process: libvirt starts QEMU).
+type LibvirtDomain struct {
+	LibvirtDomainSummary
+	XML        string          `json:"xml"`
+	Definition json.RawMessage `json:"definition"`
+	Record     *LaunchRecord   `json:"record"`
+}
+
+// LibvirtDomains lists the libvirt domains registered with snpd.
+func (c *Client) LibvirtDomains(ctx context.Context) ([]LibvirtDomainSummary, error) {
+	var l LibvirtDomainList
+	err := c.Do(ctx, http.MethodGet, LibvirtDomainsPath, nil, &l)
+	return l.Domains, err
+}
+
+// LibvirtDomain returns one registered libvirt domain (ErrNotFound when not registered).
+func (c *Client) LibvirtDomain(ctx context.Context, name string) (*LibvirtDomain, error) {
+	var d LibvirtDomain
+	return &d, c.Do(ctx, http.MethodGet, LibvirtDomainPath(name), nil, &d)
+}
 
 // LibvirtDomainRequest is the body of POST /v1/libvirt/domains: a domain libvirt is
 // about to start (the hook's "prepare begin").

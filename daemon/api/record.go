@@ -18,6 +18,10 @@ type LaunchRecord struct {
 	Confidential bool `json:"confidential"`
 	// Note is NotConfidential on platform "none", empty otherwise.
 	Note string `json:"note,omitempty"`
+	// ProductLine is the host chip's SEV-SNP product line ("Milan", "Genoa", "Turin"),
+	// read from its CPUID at launch, on platform "sev-snp" only; empty on platform "none"
+	// and in records made before snpd recorded it (exports then name no product line).
+	ProductLine string `json:"product_line,omitempty"`
 
 	// ExpectedDigest is the SEV-SNP launch digest (48 bytes, hex) the AMD-SP will compute
 	// for this launch (computed on platform "none" too, for reference).

@@ -60,6 +60,9 @@ type Launcher struct {
 	// perturb, when set (tests only), changes the verification expectation after it was
 	// derived from the spec, to exercise the mismatch path against a real QEMU.
 	perturb func(*expectation)
+	// detect, when set (tests only), replaces DetectHost and HostProductLine's reading of
+	// this host's CPUID and /dev/kvm; lineErr is why it has no product line.
+	detect func() (h HostFacts, lineErr error)
 }
 
 // LaunchHooks let the caller take part in a launch. Nil hooks are skipped.
@@ -96,7 +99,24 @@ func (l *Launcher) host() HostFacts {
 	if l.Host != nil {
 		return *l.Host
 	}
+	if l.detect != nil {
+		h, _ := l.detect()
+		return h
+	}
 	return DetectHost()
+}
+
+// hostProductLineErr says why this host has no product line (HostProductLine).
+func (l *Launcher) hostProductLineErr() error {
+	if l.detect != nil {
+		_, err := l.detect()
+		return err
+	}
+	_, err := HostProductLine()
+	if err == nil {
+		err = errors.New("CPUID changed between two reads")
+	}
+	return err
 }
 
 // Caps probes the QEMU binary once and caches the result.
@@ -208,6 +228,11 @@ func (l *Launcher) hostFor(ctx context.Context, platform Platform, model string)
 		}
 		h.CBitPos, h.ReducedPhysBits = uint32(c.CBitPos), uint32(c.ReducedPhysBits)
 	}
+	if l.Host == nil && platform == PlatformSEVSNP && h.ProductLine == "" {
+		// Every export and verification names the chip's product line (the AMD roots a
+		// verifier pins): never guess it from the guest's vCPU model.
+		return h, "", fmt.Errorf("determining the host chip's product line: %w", l.hostProductLineErr())
+	}
 	if l.Host != nil || platform != PlatformNone || h.Accel != AccelKVM {
 		return h, "", nil
 	}
@@ -294,6 +319,9 @@ func newRecord(s *Spec, m *measurement) *api.LaunchRecord {
 		r.Note = api.NotConfidential
 	} else {
 		r.CBitPos, r.ReducedPhysBits = s.SNP.CBitPos, s.SNP.ReducedPhysBits
+	}
+	if s.Platform == PlatformSEVSNP {
+		r.ProductLine = s.ProductLine
 	}
 	if s.Kernel != nil {
 		r.KernelSHA256 = hex.EncodeToString(s.Kernel.SHA256[:])

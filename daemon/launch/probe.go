@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/snpd/snpd/qmp"
+	"github.com/snpd/snpd/snp"
 	"golang.org/x/sys/unix"
 )
 
@@ -165,17 +166,35 @@ func withProbeQEMU(ctx context.Context, qemuPath string, args []string, fn func(
 }
 
 // DetectHost reads the host facts a Spec needs: the C-bit position and reduced physical
-// address bits from CPUID 0x8000001F (0 when the CPU does not report SEV), and the
-// accelerator (KVM when /dev/kvm opens read-write, else TCG).
+// address bits from CPUID 0x8000001F (0 when the CPU does not report SEV), the chip's
+// SEV-SNP product line from CPUID 1 (empty when the CPU does not report SEV-SNP or its
+// family and model name no known line; HostProductLine says why), and the accelerator
+// (KVM when /dev/kvm opens read-write, else TCG).
 func DetectHost() HostFacts {
 	var h HostFacts
-	h.CBitPos, h.ReducedPhysBits, _, _ = hostSEVBits()
+	var snpOK bool
+	h.CBitPos, h.ReducedPhysBits, snpOK, _ = hostSEVBits()
+	if snpOK {
+		if l, err := snp.ProductLineFromCPUID(hostCPUID1EAX()); err == nil {
+			h.ProductLine = l
+		}
+	}
 	h.Accel = AccelTCG
 	if f, err := os.OpenFile("/dev/kvm", os.O_RDWR|unix.O_CLOEXEC, 0); err == nil {
 		f.Close()
 		h.Accel = AccelKVM
 	}
 	return h
+}
+
+// HostProductLine names this host's SEV-SNP product line from its CPUID, or says why it
+// cannot: the CPU does not report SEV-SNP (CPUID 0x8000001F EAX bit 4), or its family and
+// model (CPUID 1) are no known line. The guest's vCPU model never enters into it.
+func HostProductLine() (string, error) {
+	if _, _, snpOK, _ := hostSEVBits(); !snpOK {
+		return "", errors.New("the CPU does not report SEV-SNP (CPUID 0x8000001F EAX bit 4)")
+	}
+	return snp.ProductLineFromCPUID(hostCPUID1EAX())
 }
 
 // KVMRunsModel reports whether QEMU can create a vCPU of the CPU model under KVM with

@@ -19,3 +19,11 @@ func hostSEVBits() (cbitpos, reducedPhysBits uint32, snp, ok bool) {
 	}
 	return ebx & 0x3f, (ebx >> 6) & 0x3f, eax&(1<<4) != 0, true
 }
+
+// hostCPUID1EAX reads CPUID(1).EAX, the processor's family, model and stepping (AMD APM
+// vol. 3, CPUID Fn0000_0001_EAX), from which snp.ProductLineFromCPUID names the chip's
+// SEV-SNP product line.
+func hostCPUID1EAX() uint32 {
+	eax, _, _, _ := cpuid(1, 0)
+	return eax
+}

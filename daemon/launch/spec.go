@@ -62,6 +62,10 @@ type HostFacts struct {
 	CBitPos, ReducedPhysBits uint32
 	// Accel is the accelerator to use: AccelKVM when /dev/kvm is usable, else AccelTCG.
 	Accel Accel
+	// ProductLine is the chip's SEV-SNP product line ("Milan", "Genoa", "Turin") from
+	// CPUID 1 (snp.ProductLineFromCPUID); empty when the CPU does not report SEV-SNP or
+	// names no known line.
+	ProductLine string
 }
 
 // Spec is the one typed launch spec. BuildArgv (the QEMU argv), MeasureInput (the expected
@@ -89,6 +93,9 @@ type Spec struct {
 
 	// SNP are the sev-snp-guest settings (emitted on PlatformSEVSNP only).
 	SNP SNPSpec
+	// ProductLine is the host chip's SEV-SNP product line (HostFacts.ProductLine; empty:
+	// unknown), recorded on PlatformSEVSNP so verifiers pin the right AMD roots.
+	ProductLine string
 
 	// Disks are virtio-blk disks, in order.
 	Disks []DiskSpec
@@ -222,6 +229,8 @@ func NewSpec(vm *config.VM, platform Platform, host HostFacts, fw, kernel, initr
 		Cmdline:   vm.Cmdline,
 		Console:   vm.Console != "none",
 		Limits:    Limits{CPUWeight: vm.CPUWeight, MemoryMax: vm.MemoryMaxMiB << 20, TasksMax: vm.TasksMax},
+
+		ProductLine: host.ProductLine,
 	}
 	if platform != PlatformSEVSNP && platform != PlatformNone {
 		bad("platform %q: want %q or %q", platform, PlatformSEVSNP, PlatformNone)

@@ -80,3 +80,26 @@ func (s *Store) DeleteLibvirt(name string) error {
 	}
 	return nil
 }
+
+// ListLibvirt returns every libvirt domain registration, in name order (empty: none).
+func (s *Store) ListLibvirt() ([]LibvirtRegistration, error) {
+	var out []LibvirtRegistration
+	err := s.db.View(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucketLibvirt)
+		if bk == nil {
+			return nil
+		}
+		return bk.ForEach(func(k, v []byte) error {
+			var reg LibvirtRegistration
+			if err := json.Unmarshal(v, &reg); err != nil {
+				return fmt.Errorf("decoding libvirt domain %q: %w", k, err)
+			}
+			out = append(out, reg)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing libvirt domains: %w", err)
+	}
+	return out, nil
+}

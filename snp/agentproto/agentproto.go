@@ -199,9 +199,20 @@ type Pong struct {
 	Agent string `json:"agent"`
 }
 
-// ReportData returns the 64-byte REPORT_DATA bound to nonce and userData (see the package
-// comment for the exact construction). It does not check sizes; Validate does.
-func ReportData(nonce, userData []byte) [64]byte {
+// BindReportData returns the 64-byte REPORT_DATA bound to nonce (MinNonce..MaxNonce
+// bytes) and userData (0..MaxUserData bytes); see the package comment for the exact
+// construction. Any other size is an error: the nonce's length is hashed as 16 bits, so
+// a longer nonce could make one REPORT_DATA bind two different (nonce, user data) pairs,
+// and the function that computes the binding refuses it rather than trusting every
+// caller to check first.
+func BindReportData(nonce, userData []byte) ([64]byte, error) {
+	var out [64]byte
+	if len(nonce) < MinNonce || len(nonce) > MaxNonce {
+		return out, fmt.Errorf("binding REPORT_DATA: nonce is %d bytes, want %d..%d", len(nonce), MinNonce, MaxNonce)
+	}
+	if len(userData) > MaxUserData {
+		return out, fmt.Errorf("binding REPORT_DATA: user data is %d bytes, want at most %d", len(userData), MaxUserData)
+	}
 	h := sha512.New()
 	h.Write([]byte(BindingLabel))
 	h.Write([]byte{0})
@@ -210,9 +221,8 @@ func ReportData(nonce, userData []byte) [64]byte {
 	h.Write(n[:])
 	h.Write(nonce)
 	h.Write(userData)
-	var out [64]byte
 	copy(out[:], h.Sum(nil))
-	return out
+	return out, nil
 }
 
 // Validate checks the request's sizes.

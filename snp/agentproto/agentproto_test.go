@@ -36,12 +36,39 @@ func TestReportDataBinding(t *testing.T) {
 	in = append(in, nonce...)
 	in = append(in, ud...)
 	want := sha512.Sum512(in)
-	if got := ReportData(nonce, ud); got != want {
-		t.Fatalf("ReportData = %x, want %x", got, want)
+	if got, err := BindReportData(nonce, ud); err != nil || got != want {
+		t.Fatalf("BindReportData = %x, %v, want %x", got, err, want)
 	}
 	// Moving a byte between nonce and user data must change the binding.
-	if ReportData(nonce[:15], append([]byte{nonce[15]}, ud...)) == want {
+	if got, _ := BindReportData(nonce[:15], append([]byte{nonce[15]}, ud...)); got == want {
 		t.Fatal("binding is ambiguous between nonce and user data")
+	}
+}
+
+// TestBindReportDataRefusesWrapping: the nonce's length is hashed in 16 bits, so at 65536
+// bytes (nonce N, user data U) would bind like (empty nonce, N || U). The binding function
+// itself refuses every nonce outside 1..64 bytes and user data over 64 bytes; no caller
+// can get a wrapped binding from it.
+func TestBindReportDataRefusesWrapping(t *testing.T) {
+	long := bytes.Repeat([]byte{7}, 65536)
+	for _, c := range []struct {
+		nonce, ud []byte
+		want      string
+	}{
+		{nil, nil, "nonce is 0 bytes, want 1..64"},
+		{long[:65], nil, "nonce is 65 bytes, want 1..64"},
+		{long, nil, "nonce is 65536 bytes, want 1..64"},
+		{long[:16], long[:65], "user data is 65 bytes, want at most 64"},
+	} {
+		got, err := BindReportData(c.nonce, c.ud)
+		if err == nil || !strings.Contains(err.Error(), c.want) || got != ([64]byte{}) {
+			t.Errorf("nonce %d, user data %d bytes: %x, %v; want %q", len(c.nonce), len(c.ud), got[:4], err, c.want)
+		}
+	}
+	for _, n := range []int{1, 64} {
+		if _, err := BindReportData(long[:n], long[:64]); err != nil {
+			t.Errorf("%d-byte nonce: %v", n, err)
+		}
 	}
 }
 
@@ -77,7 +104,7 @@ func TestExchangeReport(t *testing.T) {
 	if len(resp.Report) != 1184 || !bytes.Equal(resp.CertTable, []byte{1, 2, 3}) {
 		t.Fatalf("unexpected response %d bytes report, cert table %x", len(resp.Report), resp.CertTable)
 	}
-	if src.got != ReportData(nonce, nil) {
+	if want, err := BindReportData(nonce, nil); err != nil || src.got != want {
 		t.Fatal("agent did not bind REPORT_DATA to the nonce")
 	}
 }

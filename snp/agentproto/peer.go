@@ -70,7 +70,11 @@ func agentAnswer(f *Frame, src ReportSource) (Type, any) {
 		if err := f.Decode(&req); err != nil {
 			return TypeError, &Error{Message: truncate(err.Error())}
 		}
-		report, certs, err := src.GetReport(ReportData(req.Nonce, req.UserData))
+		rd, err := BindReportData(req.Nonce, req.UserData)
+		if err != nil {
+			return TypeError, &Error{Message: truncate(err.Error())}
+		}
+		report, certs, err := src.GetReport(rd)
 		if err != nil {
 			return TypeError, &Error{Message: truncate(err.Error())}
 		}

@@ -27,7 +27,7 @@ type Signer struct {
 	ChipID [64]byte
 	// TCB is the TCB_VERSION in the VCEK's extensions.
 	TCB uint64
-	// ProductName is the fake chip's product name ("Milan-B1").
+	// ProductName is the fake chip's product name (SignerOptions.ProductName).
 	ProductName string
 }
 
@@ -46,6 +46,10 @@ type SignerOptions struct {
 	NewVCEKKey bool
 	// TCB overrides DefaultTCB.
 	TCB *kds.TCBParts
+	// ProductName is the chip's product name (empty: "Milan-B1"); its product line names
+	// the test ARK and ASK ("ARK-Genoa", "SEV-Genoa" for "Genoa-B1"), with go-sev-guest's
+	// same fixed test keys.
+	ProductName string
 }
 
 // NewSigner builds a fake chip. The ARK/ASK keys are go-sev-guest's fixed test keys, so two
@@ -63,7 +67,10 @@ func NewSigner(o SignerOptions) (*Signer, error) {
 	if o.TCB != nil {
 		tcb = *o.TCB
 	}
-	const product = "Milan-B1"
+	product := o.ProductName
+	if product == "" {
+		product = "Milan-B1"
+	}
 	keys := sgtest.DefaultAmdKeys()
 	if o.NewVCEKKey {
 		k, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
@@ -122,6 +129,13 @@ type Fields struct {
 	// Version3 makes a version 3 report carrying the Milan B1 family/model/stepping
 	// (CPUID_FAM_ID 0x19, CPUID_MOD_ID 0x01, CPUID_STEP 0x1), which names the product line.
 	Version3 bool
+	// CPUID, when not zero, is the family, model and stepping (CPUID_FAM_ID, CPUID_MOD_ID,
+	// CPUID_STEP at 0x188..0x18A) of a version 3 report instead of Milan B1's, e.g.
+	// {0x19, 0x11, 0x1} for Genoa B1: a report claiming another product line than the
+	// signer's. It implies Version3.
+	CPUID [3]byte
+	// PlatformInfo is PLATFORM_INFO (offset 0x40; bit 0 SMT_EN, bit 1 TSME_EN).
+	PlatformInfo uint64
 }
 
 // Report builds and signs a raw ReportSize-byte attestation report (ABI layout, SEV-SNP ABI
@@ -130,10 +144,14 @@ func (s *Signer) Report(f Fields) ([]byte, error) {
 	r := make([]byte, abi.ReportSize)
 	le := binary.LittleEndian
 	le.PutUint32(r[0x00:], 2)
-	if f.Version3 {
+	if f.Version3 || f.CPUID != ([3]byte{}) {
 		le.PutUint32(r[0x00:], 3)
 		r[0x188], r[0x189], r[0x18A] = 0x19, 0x01, 0x01
+		if f.CPUID != ([3]byte{}) {
+			r[0x188], r[0x189], r[0x18A] = f.CPUID[0], f.CPUID[1], f.CPUID[2]
+		}
 	}
+	le.PutUint64(r[0x40:], f.PlatformInfo)
 	le.PutUint64(r[0x08:], f.Policy)
 	copy(r[0x10:0x20], f.FamilyID[:])
 	copy(r[0x20:0x30], f.ImageID[:])
