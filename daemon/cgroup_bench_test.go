@@ -229,9 +229,19 @@ func newLayoutCheck(b *testing.B, v start20Variant, s *benchService, vmWeight ui
 	return c
 }
 
+// liveCgroup is cpuCgroup of pid, read while pid was alive: an exited process not yet
+// reaped (a zombie) is no longer in its cgroup (/proc/PID/cgroup says "/").
+func liveCgroup(pid int) (string, error) {
+	p, err := cpuCgroup(pid)
+	if err == nil && !pidAlive(pid) {
+		err = fmt.Errorf("pid %d exited before its cgroup was read", pid)
+	}
+	return p, err
+}
+
 // client records the cgroup of snpctl process pid (called right after it started).
 func (c *layoutCheck) client(pid int) {
-	p, err := cpuCgroup(pid)
+	p, err := liveCgroup(pid)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err != nil {
@@ -244,7 +254,7 @@ func (c *layoutCheck) client(pid int) {
 // qemu records the cgroup of VM vm's QEMU process pid (still running); report fails
 // the benchmark if it is not where the layout says.
 func (c *layoutCheck) qemu(vm string, pid int) {
-	p, err := cpuCgroup(pid)
+	p, err := liveCgroup(pid)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err != nil {
