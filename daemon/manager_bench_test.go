@@ -282,7 +282,7 @@ func start20Round(b *testing.B, tag string) {
 // share of the CPUs the deployed layout lowers (user.slice is one of two busy top-level
 // cgroups in the flat layout, one of three in the deployed one: machine.slice's guests,
 // and system.slice's snpd with systemd-machined and D-Bus), so deployed's snpctl tail
-// was the longer one (0.5x).
+// was the longer one (0.5x to 0.74x in those runs).
 func reportStart20(b *testing.B, res map[string]start20Stats) {
 	flat, haveFlat := res["flat"]
 	dep, haveDep := res["deployed"]
