@@ -111,9 +111,6 @@ func daemonMain(cfgPath string) {
 // testEnv is one snpd instance's directories and config.
 type testEnv struct {
 	Dir, StateDir, RuntimeDir, Socket, Config string
-	// Setsid starts snpd in a session of its own (startDaemon), as systemd starts a
-	// service; tests leave it in theirs.
-	Setsid bool
 }
 
 // newTestEnv creates directories (world-traversable, so clients running as another
@@ -179,7 +176,6 @@ func startDaemon(t testing.TB, e *testEnv, env ...string) *testDaemon {
 	d.cmd = exec.Command(os.Args[0], "-test.run=^$")
 	d.cmd.Env = append(append(os.Environ(), "SNPD_TEST_DAEMON="+e.Config), env...)
 	d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: e.Setsid}
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # bench-launch.sh: start -> running through snpd's launch path (Launcher.Launch: seal,
 # measure, start paused, QMP verification, cont) vs starting the same QEMU argv directly
-# and sending cont over QMP, side by side in one run (daemon.BenchmarkLaunchOverhead,
-# medians over BENCH_LAUNCH_N launches each, default 20). Prints the raw benchmark line,
-# then BENCH lines (see scripts/bench.sh): the overhead minus the firmware measurement
-# time has a 30 ms target.
+# and sending cont over QMP, side by side in one run (BenchmarkLaunchOverhead in
+# daemon/launch, medians over BENCH_LAUNCH_N launches each, default 20). Prints the raw
+# benchmark line, then BENCH lines (see scripts/bench.sh): the overhead minus the
+# firmware measurement time has a 30 ms target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${BENCH_LAUNCH_N:-20}
-out=$(go test -count=1 -run '^$' -bench '^BenchmarkLaunchOverhead$' -benchtime "${n}x" ./daemon/ 2>&1) || {
+out=$(go test -count=1 -run '^$' -bench '^BenchmarkLaunchOverhead$' -benchtime "${n}x" ./daemon/launch/ 2>&1) || {
   echo "$out" >&2
   exit 1
 }

@@ -385,7 +385,7 @@ func FuzzParse(f *testing.F) {
 	})
 }
 
-// TestStandardLibraryOnly: the reader parses outside input for snpctl's lean build and
+// TestStandardLibraryOnly: the reader parses outside input for snpctl and
 // must bring no dependency with it.
 func TestStandardLibraryOnly(t *testing.T) {
 	out, err := exec.Command("go", "list", "-deps", "-f", "{{if not .Standard}}{{.ImportPath}}{{end}}", ".").Output()
