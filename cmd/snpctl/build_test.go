@@ -177,3 +177,18 @@ func TestOneBuild(t *testing.T) {
 		t.Errorf("git grep: %v", err)
 	}
 }
+
+// TestLinksNoDaemon: snpctl is a client; it links neither package daemon nor what only
+// the daemon needs (the Prometheus client, bbolt), whose package initialisation every
+// snpctl call would pay for.
+func TestLinksNoDaemon(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", ".").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dep := range strings.Fields(string(out)) {
+		if dep == "github.com/snpd/snpd/daemon" || strings.HasPrefix(dep, "github.com/prometheus/") || strings.HasPrefix(dep, "go.etcd.io/bbolt") {
+			t.Errorf("snpctl links %s", dep)
+		}
+	}
+}

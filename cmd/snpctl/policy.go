@@ -10,8 +10,6 @@ import (
 	"strings"
 
 	"github.com/snpd/snpd/config"
-	"github.com/snpd/snpd/daemon"
-	"github.com/snpd/snpd/daemon/api"
 	"github.com/snpd/snpd/daemon/launch"
 	"github.com/spf13/cobra"
 )
@@ -104,10 +102,15 @@ make.`,
 			if asJSON {
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
+				// config.Violation encodes as api.Violation does (rule, value, message):
+				// snpctl need not link the daemon to print it.
+				if vs == nil {
+					vs = []config.Violation{}
+				}
 				if err := enc.Encode(struct {
-					Name       string          `json:"name"`
-					Violations []api.Violation `json:"violations"`
-				}{vm.Name, daemon.APIViolations(vs)}); err != nil {
+					Name       string             `json:"name"`
+					Violations []config.Violation `json:"violations"`
+				}{vm.Name, vs}); err != nil {
 					return err
 				}
 			} else {

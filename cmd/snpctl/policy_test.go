@@ -1,11 +1,14 @@
 package main
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/snpd/snpd/config"
+	"github.com/snpd/snpd/daemon/api"
 	"github.com/snpd/snpd/snp/snptest"
 )
 
@@ -131,5 +134,15 @@ func TestPolicyCheckLibvirtPlaceholderIDBlock(t *testing.T) {
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	if code != 1 || len(lines) < 2 || !strings.HasPrefix(lines[len(lines)-1], "rule id_block.matches_launch: the ID block is not one the AMD-SP accepts") {
 		t.Fatalf("exit %d, stdout\n%s", code, out)
+	}
+}
+
+// TestPolicyViolationJSONMatchesAPI: snpctl policy check --json prints config.Violation
+// values, which must encode exactly as the API's api.Violation does.
+func TestPolicyViolationJSONMatchesAPI(t *testing.T) {
+	c, _ := json.Marshal(config.Violation{Rule: "r", Value: "v", Message: "m"})
+	a, _ := json.Marshal(api.Violation{Rule: "r", Value: "v", Message: "m"})
+	if string(c) != string(a) {
+		t.Fatalf("config.Violation encodes as %s, api.Violation as %s", c, a)
 	}
 }
